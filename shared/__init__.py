@@ -1,0 +1,1 @@
+"""What the worker and the API share: configuration, database, schema and the rollup."""

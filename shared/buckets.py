@@ -1,0 +1,85 @@
+"""Bucket starts as SQL expressions: the hour and the local day a log belongs to.
+
+An hour bucket starts at `created_at - created_at % 3600` (new-api's rule). A day
+bucket starts at local midnight in STATS_TIMEZONE, so its length follows the zone's
+daylight-saving changes (23 or 25 hours). PostgreSQL computes local midnight with
+AT TIME ZONE; SQLite has no time zone data, so the engine registers
+`usage_day_start(ts, tz)` (Python's zoneinfo) on every SQLite connection. Both
+give the same answer for every zone whose midnight exists on every day.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+HOUR = 3600
+DAY = 86400
+
+
+def hour_start(created_at):
+    return created_at - created_at % HOUR
+
+
+class day_start(FunctionElement):
+    """Unix seconds of local midnight of the day holding `created_at` in zone `tz`."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "usage_day_start"
+
+    def __init__(self, created_at, tz: str):
+        self.tz = tz
+        super().__init__(created_at)
+
+
+@compiles(day_start)
+def _day_start_default(element, compiler, **kw):
+    (created_at,) = element.clauses
+    ts = compiler.process(created_at, **kw)
+    if _is_utc(element.tz):
+        return f"({ts} - {ts} % {DAY})"
+    tz = compiler.process(_literal(element.tz), **kw)
+    return f"usage_day_start({ts}, {tz})"
+
+
+@compiles(day_start, "postgresql")
+def _day_start_pg(element, compiler, **kw):
+    (created_at,) = element.clauses
+    ts = compiler.process(created_at, **kw)
+    if _is_utc(element.tz):
+        return f"({ts} - {ts} % {DAY})"
+    tz = compiler.process(_literal(element.tz), **kw)
+    return (
+        f"CAST(EXTRACT(EPOCH FROM (date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz}) "
+        f"AT TIME ZONE {tz})) AS BIGINT)"
+    )
+
+
+def _literal(value: str):
+    from sqlalchemy import literal
+
+    return literal(value)
+
+
+def _is_utc(tz: str) -> bool:
+    return tz in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT")
+
+
+def local_midnight(ts: int, tz: str) -> int:
+    """Python twin of day_start, registered as SQLite's usage_day_start and used to
+    align ranges to whole days."""
+    zone = ZoneInfo(tz)
+    local = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
+    return int(midnight.timestamp())
+
+
+def next_local_midnight(ts: int, tz: str) -> int:
+    """Start of the day after the one holding ts (days may last 23 or 25 hours)."""
+    day = local_midnight(ts, tz)
+    # 26 hours always lands inside the next day, whatever the daylight-saving change.
+    return local_midnight(day + 26 * HOUR, tz)

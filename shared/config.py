@@ -1,0 +1,64 @@
+"""All configuration, read from the environment in one place.
+
+Every setting has a default that works on a fresh machine with nothing running:
+a SQLite file for the data, a SQLite file as the Celery broker. Production points
+DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class ConfigError(ValueError):
+    """A setting in the environment has a value we cannot use."""
+
+
+def _int(environ, name: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///usage-stats.db"
+    celery_broker_url: str = "sqla+sqlite:///usage-stats-broker.db"
+    celery_result_backend: str = "db+sqlite:///usage-stats-results.db"
+    rollup_interval_seconds: int = 60
+    stats_timezone: str = "UTC"
+    # How many log ids one rollup transaction covers at most, so that catching up
+    # on a long history never holds one huge transaction.
+    rollup_batch_size: int = 50_000
+    # Re-aggregation works through its range this many days per transaction.
+    reaggregate_chunk_days: int = 1
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        broker = environ.get("CELERY_BROKER_URL") or cls.celery_broker_url
+        # A Redis broker keeps task results beside it; the embedded broker keeps
+        # them in a SQLite file, so that `up` needs no server at all.
+        default_backend = broker if broker.startswith(("redis://", "rediss://")) else cls.celery_result_backend
+        tz = environ.get("STATS_TIMEZONE") or cls.stats_timezone
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}") from None
+        return cls(
+            database_url=environ.get("DATABASE_URL") or cls.database_url,
+            celery_broker_url=broker,
+            celery_result_backend=environ.get("CELERY_RESULT_BACKEND") or default_backend,
+            rollup_interval_seconds=_int(environ, "ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds),
+            stats_timezone=tz,
+            rollup_batch_size=_int(environ, "ROLLUP_BATCH_SIZE", cls.rollup_batch_size),
+            reaggregate_chunk_days=_int(environ, "REAGGREGATE_CHUNK_DAYS", cls.reaggregate_chunk_days),
+        )

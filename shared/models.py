@@ -1,0 +1,156 @@
+"""The tables: new-api's `users` and `logs` (read, created only when absent), and ours.
+
+Ours hold the usage rollup:
+- hourly_usage / daily_usage: one row per (bucket start, user, model), for /api/data/self
+  and the admin's per-user view;
+- hourly_model_usage / daily_model_usage: one row per (bucket start, model), so the
+  site-wide answer never sums thousands of user rows;
+- rollup_state: how far the rollup has got (one row);
+- rollup_gap: log id ranges the rollup passed while they were not visible, because their
+  transaction had not committed yet (or never will); see shared.rollup.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CHAR,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# GORM names an index idx_<table>_<column>; so do we, so that our `logs` and `users`
+# look like new-api's own.
+metadata = MetaData(naming_convention={"ix": "idx_%(table_name)s_%(column_0_name)s"})
+
+# SQLite auto-increments only an INTEGER PRIMARY KEY; everywhere else it is a bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+# --- new-api's tables (facts from spec/new-api-schema.md) -----------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("username", Text, unique=True, index=True),
+    Column("password", Text, nullable=False, server_default=""),
+    Column("display_name", Text, index=True),
+    Column("role", BigInteger, server_default="1"),
+    Column("status", BigInteger, server_default="1"),
+    Column("email", Text, index=True),
+    Column("access_token", CHAR(32), unique=True, nullable=True),
+    Column("quota", BigInteger, server_default="0"),
+    Column("used_quota", BigInteger, server_default="0"),
+    Column("request_count", BigInteger, server_default="0"),
+    Column("group", String(64), server_default="default"),
+    Column("aff_code", String(32), unique=True),
+    Column("inviter_id", BigInteger, index=True),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", BigInteger),
+    sqlite_autoincrement=True,
+)
+
+ROLE_USER = 1
+ROLE_ADMIN = 10
+ROLE_ROOT = 100
+STATUS_ENABLED = 1
+STATUS_DISABLED = 2
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, index=True),
+    Column("created_at", BigInteger),
+    Column("type", BigInteger),
+    Column("content", Text),
+    Column("username", Text, server_default="", index=True),
+    Column("token_name", Text, server_default="", index=True),
+    Column("model_name", Text, server_default="", index=True),
+    Column("quota", BigInteger, server_default="0"),
+    Column("prompt_tokens", BigInteger, server_default="0"),
+    Column("completion_tokens", BigInteger, server_default="0"),
+    Column("use_time", BigInteger, server_default="0"),
+    Column("is_stream", Boolean),
+    Column("channel_id", BigInteger, index=True),
+    Column("token_id", BigInteger, server_default="0", index=True),
+    Column("group", Text, index=True),
+    Column("ip", Text, server_default="", index=True),
+    Column("other", Text),
+    Index("idx_user_id_id", "user_id", "id"),
+    Index("idx_created_at_id", "created_at", "id"),
+    Index("idx_created_at_type", "created_at", "type"),
+    Index("index_username_model_name", "model_name", "username"),
+    sqlite_autoincrement=True,
+)
+
+# Log types; only consume logs count as usage.
+LOG_TOPUP, LOG_CONSUME, LOG_MANAGE, LOG_SYSTEM, LOG_ERROR, LOG_REFUND = 1, 2, 3, 4, 5, 6
+
+# --- ours ----------------------------------------------------------------------------
+
+MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
+
+
+def _measures():
+    return [Column(name, BigInteger, nullable=False, server_default="0") for name in MEASURES]
+
+
+def _per_user_usage(name: str) -> Table:
+    # Primary key led by user_id: /api/data/self reads one user's range of buckets.
+    return Table(
+        name,
+        metadata,
+        Column("user_id", BigInteger, primary_key=True),
+        Column("created_at", BigInteger, primary_key=True),
+        Column("model_name", Text, primary_key=True),
+        Column("username", Text, nullable=False, server_default=""),
+        *_measures(),
+        Index(f"ix_{name}_created_at", "created_at"),
+    )
+
+
+def _per_model_usage(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("created_at", BigInteger, primary_key=True),
+        Column("model_name", Text, primary_key=True),
+        *_measures(),
+    )
+
+
+hourly_usage = _per_user_usage("hourly_usage")
+daily_usage = _per_user_usage("daily_usage")
+hourly_model_usage = _per_model_usage("hourly_model_usage")
+daily_model_usage = _per_model_usage("daily_model_usage")
+
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    # Every log with id <= last_log_id is counted, except ids inside a rollup_gap range.
+    Column("last_log_id", BigInteger, nullable=False, server_default="0"),
+    # The STATS_TIMEZONE the daily rows were built in.
+    Column("timezone", Text, nullable=True),
+    Column("last_tick_at", Float, nullable=True),
+    Column("last_tick_seconds", Float, nullable=True),
+    Column("last_tick_logs", BigInteger, nullable=True),
+)
+
+rollup_gap = Table(
+    "rollup_gap",
+    metadata,
+    Column("lo", BigInteger, primary_key=True),
+    Column("hi", BigInteger, nullable=False),
+    # Database clock when the gap was seen; a gap is closed once no transaction that
+    # began before this moment still writes to logs.
+    Column("discovered_at", DateTime(timezone=True), nullable=False),
+)

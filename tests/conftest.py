@@ -1,0 +1,103 @@
+"""Fixtures: SQLite in memory for unit tests, a throwaway PostgreSQL database for
+integration tests (marked `integration`).
+
+PostgreSQL is found at TEST_POSTGRES_URL (default: the machine's server, trust auth).
+Without it, integration tests skip locally; with USAGE_STATS_REQUIRE_SERVICES=1 (set by
+.ci/run) every skipped integration test is turned into a failure, so CI can never pass
+while silently not testing the real database.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from shared import models
+from shared.config import Settings
+from shared.db import make_engine
+from shared.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REQUIRE_SERVICES = os.environ.get("USAGE_STATS_REQUIRE_SERVICES") == "1"
+
+OUR_TABLES = ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage", "rollup_gap")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SERVICES and report.skipped and item.get_closest_marker("integration"):
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped while USAGE_STATS_REQUIRE_SERVICES=1: {report.longrepr}"
+
+
+def reset(engine) -> None:
+    """Empty every table and put the rollup back at the start."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{n}"' for n in ("logs", "users") + OUR_TABLES)
+            conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
+        else:
+            for name in ("logs", "users") + OUR_TABLES:
+                conn.exec_driver_sql(f'DELETE FROM "{name}"')
+            conn.exec_driver_sql("DELETE FROM sqlite_sequence")
+        conn.execute(sa.update(models.rollup_state).values(last_log_id=0, timezone=None, last_tick_at=None))
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(database_url="sqlite://", stats_timezone="UTC")
+
+
+@pytest.fixture
+def sqlite_engine():
+    engine = make_engine("sqlite://")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_file_url(tmp_path):
+    """A SQLite file (WAL), for tests that need several connections at once."""
+    return f"sqlite:///{tmp_path / 'usage.db'}"
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
+    try:
+        admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"usage_stats_test_{uuid.uuid4().hex[:10]}"
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url):
+    engine = make_engine(pg_url)
+    reset(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def engine(request):
+    """The same test on the embedded default and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_engine")
+    return request.getfixturevalue("pg_engine")
