@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -21,7 +21,12 @@ DAY = 86400
 
 
 def hour_start(created_at):
-    return created_at - created_at % HOUR
+    # A literal, not a bind parameter, so the expression reads the same wherever it is used.
+    return created_at - created_at % literal_column(str(HOUR))
+
+
+def _utc_day_start(created_at):
+    return created_at - created_at % literal_column(str(DAY))
 
 
 class day_start(FunctionElement):
@@ -39,30 +44,31 @@ class day_start(FunctionElement):
 @compiles(day_start)
 def _day_start_default(element, compiler, **kw):
     (created_at,) = element.clauses
-    ts = compiler.process(created_at, **kw)
     if _is_utc(element.tz):
-        return f"({ts} - {ts} % {DAY})"
-    tz = compiler.process(_literal(element.tz), **kw)
+        return compiler.process(_utc_day_start(created_at), **kw)
+    ts = compiler.process(created_at, **kw)
+    tz = _quoted(element.tz)
     return f"usage_day_start({ts}, {tz})"
 
 
 @compiles(day_start, "postgresql")
 def _day_start_pg(element, compiler, **kw):
     (created_at,) = element.clauses
-    ts = compiler.process(created_at, **kw)
     if _is_utc(element.tz):
-        return f"({ts} - {ts} % {DAY})"
-    tz = compiler.process(_literal(element.tz), **kw)
+        return compiler.process(_utc_day_start(created_at), **kw)
+    ts = compiler.process(created_at, **kw)
+    tz = _quoted(element.tz)
     return (
         f"CAST(EXTRACT(EPOCH FROM (date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz}) "
         f"AT TIME ZONE {tz})) AS BIGINT)"
     )
 
 
-def _literal(value: str):
-    from sqlalchemy import literal
-
-    return literal(value)
+def _quoted(tz: str) -> str:
+    # Inlined rather than bound, so that GROUP BY sees the same expression as SELECT.
+    # Zone names are checked against the zone database first; quotes are doubled anyway.
+    ZoneInfo(tz)
+    return "'" + tz.replace("'", "''") + "'"
 
 
 def _is_utc(tz: str) -> bool:

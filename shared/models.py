@@ -153,4 +153,7 @@ rollup_gap = Table(
     # Database clock when the gap was seen; a gap is closed once no transaction that
     # began before this moment still writes to logs.
     Column("discovered_at", DateTime(timezone=True), nullable=False),
+    # Set once no such transaction was left: the next tick counts what committed in the
+    # range and then forgets the gap.
+    Column("settled_at", DateTime(timezone=True), nullable=True),
 )

@@ -62,6 +62,7 @@ def upgrade():
         sa.Column("lo", sa.BigInteger, primary_key=True),
         sa.Column("hi", sa.BigInteger, nullable=False),
         sa.Column("discovered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("settled_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
