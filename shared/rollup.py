@@ -69,6 +69,7 @@ class TickResult:
     batches: int = 0  # transactions committed
     seconds: float = 0.0
     skipped: bool = False  # another tick or a re-aggregation held the lock
+    more: bool = False  # the batch was full: more logs may be waiting
     last_log_id: int = 0
     logs_behind: int = 0
     lag_seconds: int = 0
@@ -310,10 +311,10 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
         state = _state(conn, settings)
         w = state.last_log_id
         batch = sa.select(m.logs.c.id).where(m.logs.c.id > w).order_by(m.logs.c.id).limit(settings.rollup_batch_size).subquery()
-        h = conn.execute(sa.select(sa.func.max(batch.c.id))).scalar()
+        h, n_ids = conn.execute(sa.select(sa.func.max(batch.c.id), sa.func.count(batch.c.id))).one()
         has_gaps = pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar() > 0
 
-        result = TickResult(batches=1, last_log_id=h if h is not None else w)
+        result = TickResult(batches=1, last_log_id=h if h is not None else w, more=n_ids >= settings.rollup_batch_size)
         sources = []
         if h is not None:
             sources.append(_consume_rows(sa.and_(m.logs.c.id > w, m.logs.c.id <= h), settings.stats_timezone))
@@ -356,8 +357,7 @@ def rollup(engine: Engine, settings: Settings, *, max_seconds: float | None = No
         total.logs += one.logs
         total.buckets += one.buckets
         total.last_log_id = one.last_log_id
-        caught_up = one.last_log_id == _max_log_id(engine)
-        if caught_up or (max_seconds is not None and time.perf_counter() - started > max_seconds):
+        if not one.more or (max_seconds is not None and time.perf_counter() - started > max_seconds):
             break
     total.seconds = time.perf_counter() - started
     total.logs_behind, total.lag_seconds = backlog(engine)
@@ -369,11 +369,6 @@ def rollup(engine: Engine, settings: Settings, *, max_seconds: float | None = No
             total.logs, total.buckets, total.batches, total.seconds, total.lag_seconds, total.logs_behind, total.last_log_id,
         )
     return total
-
-
-def _max_log_id(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.coalesce(sa.func.max(m.logs.c.id), 0))).scalar()
 
 
 def backlog(engine: Engine, cap: int = 1_000_000) -> tuple[int, int]:
