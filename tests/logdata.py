@@ -1,0 +1,213 @@
+"""Shared helpers for the rollup tests: writing gateway logs, and the truth to compare
+the summary tables against.
+
+The truth is computed in Python from the raw committed rows of `logs` (read through a
+fresh connection), independently of shared.rollup and shared.buckets: consume logs only
+(type 2), hour = created_at - created_at % 3600, day = the first instant whose local
+date (in the stats time zone) is the log's local date, token_used = prompt + completion,
+NULLs as 0 / ''.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from datetime import date, datetime, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from shared import models as m
+
+HOUR = 3600
+DAY = 86400
+MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
+
+_seq = itertools.count(1)
+
+
+def log(user_id=1, created_at=1_700_000_000, model="gpt-4o", quota=None, prompt=None, completion=None,
+        kind=m.LOG_CONSUME, username=None):
+    """One `logs` row as new-api writes it. Measures default to distinct-ish values so that
+    a sum over the wrong rows is unlikely to match by accident."""
+    n = next(_seq)
+    return {
+        "user_id": user_id,
+        "username": f"u{user_id}" if username is None else username,
+        "created_at": created_at,
+        "type": kind,
+        "model_name": model,
+        "quota": 100 + n % 97 if quota is None else quota,
+        "prompt_tokens": 10 + n % 13 if prompt is None else prompt,
+        "completion_tokens": 3 + n % 7 if completion is None else completion,
+        "content": "",
+        "token_name": "t",
+        "channel_id": 1,
+        "is_stream": False,
+    }
+
+
+def insert(target, rows) -> list[int]:
+    """Insert `rows` (dicts from `log`) through `target` -- an Engine (committed at once)
+    or a Connection (in its open transaction, left open) -- and return their ids."""
+    if isinstance(rows, dict):
+        rows = [rows]
+    if isinstance(target, sa.engine.Engine):
+        with target.begin() as conn:
+            return insert(conn, rows)
+    ids = []
+    for row in rows:
+        ids.append(target.execute(sa.insert(m.logs).values(**row).returning(m.logs.c.id)).scalar_one())
+    return ids
+
+
+# --- time ------------------------------------------------------------------------------
+
+
+def utc(*args) -> int:
+    """Unix seconds of a UTC wall-clock time: utc(2024, 3, 10, 5, 30)."""
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+
+
+def at(tz: str, *args, fold=0) -> int:
+    """Unix seconds of a local wall-clock time in `tz`."""
+    return int(datetime(*args, tzinfo=ZoneInfo(tz), fold=fold).timestamp())
+
+
+def _local_date(ts: int, zone: ZoneInfo) -> date:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).date()
+
+
+@lru_cache(maxsize=None)
+def _first_instant(d: date, tz: str, near: int) -> int:
+    # Every zone of the last decades changes offset on a quarter hour, so the first instant
+    # of a local date is a multiple of 900 s: walk back from `near` (an instant of that
+    # date, itself floored to 900 s) while the previous quarter hour is still that date.
+    zone = ZoneInfo(tz)
+    t = near
+    while _local_date(t - 900, zone) == d:
+        t -= 900
+    return t
+
+
+def day_of(ts: int, tz: str) -> int:
+    """Start (unix seconds) of the local day holding `ts` in `tz`: its first instant."""
+    if tz == "UTC":
+        return ts - ts % DAY
+    zone = ZoneInfo(tz)
+    d = _local_date(ts, zone)
+    near = ts - ts % 900
+    return _first_instant(d, tz, near if _local_date(near, zone) == d else near + 900)
+
+
+def hour_of(ts: int) -> int:
+    return ts - ts % HOUR
+
+
+def day_bounds(ts: int, tz: str) -> tuple[int, int]:
+    """[start, end) of the local day holding `ts`."""
+    lo = day_of(ts, tz)
+    return lo, day_of(lo + 26 * HOUR, tz)
+
+
+# --- the truth and the tables ------------------------------------------------------------
+
+
+def raw_consume_logs(engine) -> list:
+    """Committed consume logs, as the rollup should read them."""
+    lg = m.logs.c
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(lg.id, lg.user_id, lg.username, lg.created_at, lg.model_name, lg.quota,
+                      lg.prompt_tokens, lg.completion_tokens).where(lg.type == m.LOG_CONSUME).order_by(lg.id)
+        ).all()
+
+
+def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dict]:
+    """The four summary tables as a GROUP BY over the raw committed consume logs:
+    {table: {key: measures}}; per-user keys are (user_id, bucket, model), site-wide keys
+    (bucket, model). With `usernames`, per-user values end with max(username)."""
+    out = {name: defaultdict(lambda: [0] * 5) for name in
+           ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")}
+    names: dict = defaultdict(str)
+    for r in raw_consume_logs(engine):
+        user, model = r.user_id or 0, r.model_name or ""
+        q, p, c = r.quota or 0, r.prompt_tokens or 0, r.completion_tokens or 0
+        vals = (1, q, p + c, p, c)
+        hour, day = hour_of(r.created_at), day_of(r.created_at, tz)
+        for table, key in (("hourly_usage", (user, hour, model)), ("daily_usage", (user, day, model)),
+                           ("hourly_model_usage", (hour, model)), ("daily_model_usage", (day, model))):
+            acc = out[table][key]
+            for i, v in enumerate(vals):
+                acc[i] += v
+        for table, key in (("hourly_usage", (user, hour, model)), ("daily_usage", (user, day, model))):
+            names[table, key] = max(names[table, key], r.username or "")
+    result = {}
+    for table, rows in out.items():
+        result[table] = {}
+        for key, vals in rows.items():
+            if usernames and table in ("hourly_usage", "daily_usage"):
+                result[table][key] = (*vals, names[table, key])
+            else:
+                result[table][key] = tuple(vals)
+    return result
+
+
+def actual_tables(engine, *, usernames: bool = True) -> dict[str, dict]:
+    """The four summary tables as they are, in the shape of `expected_tables`."""
+    result = {}
+    with engine.connect() as conn:
+        for table in (m.hourly_usage, m.daily_usage):
+            c = table.c
+            cols = [c.user_id, c.created_at, c.model_name, *(c[x] for x in MEASURES)]
+            if usernames:
+                cols.append(c.username)
+            result[table.name] = {(r[0], r[1], r[2]): tuple(r[3:]) for r in conn.execute(sa.select(*cols))}
+        for table in (m.hourly_model_usage, m.daily_model_usage):
+            c = table.c
+            result[table.name] = {
+                (r[0], r[1]): tuple(r[2:])
+                for r in conn.execute(sa.select(c.created_at, c.model_name, *(c[x] for x in MEASURES)))
+            }
+    return result
+
+
+def diff(expected: dict, actual: dict, limit: int = 8) -> str:
+    """A readable difference between two `expected_tables`-shaped dicts ('' when equal)."""
+    lines = []
+    for table in expected:
+        e, a = expected[table], actual.get(table, {})
+        bad = sorted(set(e) | set(a), key=repr)
+        bad = [k for k in bad if e.get(k) != a.get(k)]
+        if bad:
+            lines.append(f"{table}: {len(bad)} differing rows (expected {len(e)}, have {len(a)})")
+            for k in bad[:limit]:
+                lines.append(f"    {k}: expected {e.get(k)} have {a.get(k)}")
+    return "\n".join(lines)
+
+
+def assert_exact(engine, tz: str, *, usernames: bool = True, where: str = "") -> dict:
+    """All four summary tables equal the GROUP BY over the raw committed consume logs."""
+    expected = expected_tables(engine, tz, usernames=usernames)
+    actual = actual_tables(engine, usernames=usernames)
+    problem = diff(expected, actual)
+    assert not problem, f"summary tables differ from the raw logs {where}\n{problem}"
+    return expected
+
+
+def totals(engine, table: str = "hourly_usage") -> tuple:
+    """(count, quota) summed over a whole summary table."""
+    with engine.connect() as conn:
+        n, q = conn.execute(sa.text(f"SELECT coalesce(sum(count), 0), coalesce(sum(quota), 0) FROM {table}")).one()
+    return int(n), int(q)
+
+
+def gaps(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(m.rollup_gap.c.lo, m.rollup_gap.c.hi, m.rollup_gap.c.settled_at).order_by(m.rollup_gap.c.lo))]
+
+
+def last_log_id(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(m.rollup_state.c.last_log_id)).scalar_one()
