@@ -1,0 +1,49 @@
+"""The read API: new-api's data statistics endpoints over the rollup tables.
+
+    gunicorn 'api:create_app()'
+
+Modules: routes (endpoints), auth (headers -> user), params (query string), errors (the
+JSON failure shape), openapi (the document), config (the API's own settings).
+The SQL lives in shared.queries, the token lookup in shared.auth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask
+from sqlalchemy.engine import Engine
+
+from shared.config import Settings
+from shared.db import get_engine
+
+from .config import ApiLimits
+
+__all__ = ["create_app", "AppState"]
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    engine: Engine
+    limits: ApiLimits
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None, limits: ApiLimits | None = None) -> Flask:
+    """The Flask app. `settings` default to the environment; `engine` (for tests with an
+    in-memory database) defaults to the process's engine for settings.database_url.
+    No connection is opened here, so gunicorn --preload forks an empty pool."""
+    from . import errors, routes
+
+    settings = settings if settings is not None else Settings.from_env()
+    app = Flask(__name__, static_folder=None)  # no /static route: nothing here is a file
+    app.json.sort_keys = False  # rows keep the contract's field order
+    # Werkzeug redirects "//api/data" to "/api/data" with an HTML body; a 404 in JSON is better.
+    app.url_map.merge_slashes = False
+    app.extensions["usage_stats"] = AppState(
+        settings=settings,
+        engine=engine if engine is not None else get_engine(settings.database_url),
+        limits=limits if limits is not None else ApiLimits.from_env(),
+    )
+    errors.register(app)
+    app.register_blueprint(routes.bp)
+    return app

@@ -1,0 +1,209 @@
+"""The OpenAPI 3.1 document served at /api/openapi.json.
+
+Written out by hand, since it is the contract; tests/test_api_openapi.py keeps it honest
+by validating real responses against it and by checking that its parameters are the
+ones api.params reads.
+"""
+from __future__ import annotations
+
+from .config import ApiLimits
+from .params import INT64_MAX
+
+_INT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX, "format": "int64"}
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _row(extra: dict | None = None) -> dict:
+    props = {
+        "model_name": {"type": "string", "description": "Model name"},
+        "count": {**_INT, "description": "Requests (consume logs)"},
+        "quota": {**_INT, "description": "Quota spent (500,000 = 1 USD)"},
+        "token_used": {**_INT, "description": "prompt_tokens + completion_tokens"},
+        "created_at": {**_INT, "description": "Bucket start, unix seconds: the hour, or local midnight of the day"},
+        **(extra or {}),
+        "prompt_tokens": {**_INT, "description": "Prompt tokens"},
+        "completion_tokens": {**_INT, "description": "Completion tokens"},
+    }
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _failure(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("schemas", "Failure")}}}
+
+
+def _errors(*, admin: bool) -> dict:
+    return {
+        "400": _failure(
+            "Bad parameter: not a whole number, negative, beyond int64, start after end, span too long, "
+            "unknown granularity, or a parameter given twice."
+        ),
+        "401": _failure("Missing or invalid access token; missing, malformed or mismatched New-Api-User."),
+        "403": _failure("The user is disabled" + (", or is not an administrator (role < 10)." if admin else ".")),
+        "500": _failure("Internal error (no details are given)."),
+        "503": _failure("The database cannot be reached; retry later."),
+        "default": _failure("Any other error, such as 404 for an unknown path or 405 for a method other than GET."),
+    }
+
+
+def _ok(schema: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref("schemas", schema)}}}
+
+
+def document(limits: ApiLimits) -> dict:
+    range_note = (
+        "A bucket is returned when its start lies in [start_timestamp, end_timestamp], both ends included. "
+        "Rows are ordered by created_at, then model_name."
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "usage-stats data statistics API",
+            "version": "1.0.0",
+            "description": (
+                "new-api's data statistics endpoints, answered from hourly and daily rollups of the "
+                "gateway's consume logs. Every failure is {\"success\": false, \"message\": ...}."
+            ),
+        },
+        "paths": {
+            "/api/data/self": {
+                "get": {
+                    "operationId": "getSelfData",
+                    "summary": "My usage statistics by date",
+                    "description": "The caller's own rows, one per (bucket, model). " + range_note,
+                    "security": [{"accessToken": [], "newApiUser": []}],
+                    "parameters": [_ref("parameters", n) for n in ("start_timestamp", "end_timestamp", "granularity")],
+                    "responses": {"200": _ok("SelfResponse", "The caller's rows (possibly none)."), **_errors(admin=False)},
+                }
+            },
+            "/api/data/": {
+                "get": {
+                    "operationId": "getAllData",
+                    "summary": "Site-wide usage statistics by date (administrators)",
+                    "description": (
+                        "Rows by (bucket, model) across all users; with username, that user's rows, which "
+                        "also carry user_id and username (none for an unknown or deleted user). "
+                        "Also answered at /api/data, without a redirect. " + range_note
+                    ),
+                    "security": [{"accessToken": [], "newApiUser": []}],
+                    "parameters": [
+                        _ref("parameters", n) for n in ("start_timestamp", "end_timestamp", "granularity", "username")
+                    ],
+                    "responses": {"200": _ok("AllResponse", "The rows (possibly none)."), **_errors(admin=True)},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is up (does not touch the database)",
+                    "security": [],
+                    "responses": {"200": _ok("Status", "Up.")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "The database is reachable and migrated",
+                    "security": [],
+                    "responses": {"200": _ok("Status", "Ready."), "503": _failure("The database is not reachable or not migrated.")},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "accessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The user's access token (users.access_token). A bare token without 'Bearer ' is accepted too.",
+                },
+                "newApiUser": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "New-Api-User",
+                    "description": "The id of the user the access token belongs to; required.",
+                },
+            },
+            "parameters": {
+                "start_timestamp": {
+                    "name": "start_timestamp",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "Range start, unix seconds (included). Default: end_timestamp minus 24 hours "
+                        "(granularity=hour) or minus 7 days (granularity=day). An empty value counts as absent."
+                    ),
+                    "schema": _INT,
+                },
+                "end_timestamp": {
+                    "name": "end_timestamp",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "Range end, unix seconds (included). Default: now. end_timestamp - start_timestamp may be "
+                        f"at most {limits.max_span_hourly_days} days for granularity=hour and "
+                        f"{limits.max_span_daily_days} days for granularity=day."
+                    ),
+                    "schema": _INT,
+                },
+                "granularity": {
+                    "name": "granularity",
+                    "in": "query",
+                    "required": False,
+                    "description": "hour: buckets start on the hour (UTC); day: at local midnight in the server's STATS_TIMEZONE.",
+                    "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"},
+                },
+                "username": {
+                    "name": "username",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only this user's rows (rows then carry user_id and username).",
+                    "schema": {"type": "string"},
+                },
+            },
+            "schemas": {
+                "SiteRow": _row(),
+                "UserRow": _row({
+                    "user_id": {**_INT, "description": "User id"},
+                    "username": {"type": "string", "description": "Username at the time of the requests"},
+                }),
+                "SelfResponse": _success_schema({"type": "array", "items": _ref("schemas", "UserRow")}),
+                "AllResponse": _success_schema({
+                    "type": "array",
+                    # Site-wide rows, or a user's rows when username is given; the two
+                    # differ in user_id/username, so exactly one of them matches a row.
+                    "items": {"oneOf": [_ref("schemas", "SiteRow"), _ref("schemas", "UserRow")]},
+                }),
+                "Status": {
+                    "type": "object",
+                    "properties": {"success": {"const": True}, "message": {"type": "string"}},
+                    "required": ["success", "message"],
+                    "additionalProperties": False,
+                },
+                "Failure": {
+                    "type": "object",
+                    "properties": {"success": {"const": False}, "message": {"type": "string", "minLength": 1}},
+                    "required": ["success", "message"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+    }
+
+
+def _success_schema(data: dict) -> dict:
+    return {
+        "type": "object",
+        "properties": {"success": {"const": True}, "message": {"type": "string"}, "data": data},
+        "required": ["success", "message", "data"],
+        "additionalProperties": False,
+    }

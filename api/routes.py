@@ -1,0 +1,81 @@
+"""The endpoints. Thin: authenticate, parse, call one query in shared.queries, wrap."""
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify, request
+
+from shared import models as m
+from shared import queries
+
+from . import params
+from .auth import authenticate
+from .errors import failure, is_unavailable, log
+
+bp = Blueprint("usage_stats", __name__)
+
+
+def _state():
+    return current_app.extensions["usage_stats"]
+
+
+def _success(data):
+    return jsonify(success=True, message="", data=data)
+
+
+@bp.get("/api/data/self")
+def data_self():
+    state = _state()
+    with state.engine.connect() as conn:
+        # Authentication before parameters, as new-api's middleware does: a caller
+        # without a valid token learns nothing about what the endpoint accepts.
+        # /self is for any user in new-api's sense of "User": role common (1) or above.
+        user = authenticate(conn, m.ROLE_USER)
+        window = params.parse_window(request.args, state.limits, int(time.time()))
+        rows = queries.user_usage(conn, user.id, window.granularity, window.start, window.end)
+    return _success(rows)
+
+
+# strict_slashes=False: /api/data answers too, without a redirect (a redirect would drop
+# the Authorization header in some clients, and its body would be HTML).
+@bp.get("/api/data/", strict_slashes=False)
+def data_all():
+    state = _state()
+    with state.engine.connect() as conn:
+        authenticate(conn, m.ROLE_ADMIN)
+        window = params.parse_window(request.args, state.limits, int(time.time()), params.ADMIN_PARAMETERS)
+        username = params.parse_username(request.args)
+        if username is None:
+            rows = queries.site_usage(conn, window.granularity, window.start, window.end)
+        else:
+            rows = queries.user_usage_by_name(conn, username, window.granularity, window.start, window.end)
+    return _success(rows)
+
+
+@bp.get("/healthz")
+def healthz():
+    # The process answers; says nothing about the database (that is /readyz).
+    return jsonify(success=True, message="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        with _state().engine.connect() as conn:
+            # Reading rollup_state checks the schema too, not just the connection.
+            conn.execute(sa.select(m.rollup_state.c.last_log_id).limit(1)).all()
+    except sa.exc.SQLAlchemyError as e:
+        if is_unavailable(e):
+            log.warning("readyz: database unreachable: %s", type(getattr(e, "orig", None) or e).__name__)
+        else:
+            log.warning("readyz: database schema not ready: %s", type(getattr(e, "orig", None) or e).__name__)
+        return failure(503, "database not ready")
+    return jsonify(success=True, message="ready")
+
+
+@bp.get("/api/openapi.json")
+def openapi_json():
+    from .openapi import document
+
+    return jsonify(document(_state().limits))

@@ -1,0 +1,66 @@
+"""Who an access token belongs to: new-api's `users.access_token`.
+
+The lookup is by equality in SQL (an index hit on the unique access_token column), and
+the token of the row found is then compared once more with hmac.compare_digest: the
+database's comparison may be looser than byte equality (PostgreSQL's char(32) ignores
+trailing blanks, MySQL's default collation ignores case), and the final say should be a
+constant-time comparison of the exact bytes.
+
+Soft-deleted users (deleted_at set) are treated as absent, as new-api does.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import models as m
+
+# new-api's tokens are 32 characters; anything far longer is not a token, and is not
+# worth a round trip to the database.
+MAX_TOKEN_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    role: int
+    status: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == m.STATUS_ENABLED
+
+
+def plausible_token(token: str) -> bool:
+    """Printable ASCII without blanks, of a sane length. Anything else cannot be a
+    new-api token, and some of it (NUL) PostgreSQL would refuse as a parameter."""
+    return 0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii() and token.isprintable() and " " not in token
+
+
+def user_by_access_token(conn: Connection, token: str) -> User | None:
+    """The live user whose access token is exactly `token`, or None."""
+    if not plausible_token(token):
+        return None
+    u = m.users.c
+    row = conn.execute(
+        sa.select(u.id, u.username, u.role, u.status, u.access_token)
+        .where(u.access_token == token, u.deleted_at.is_(None))
+        .limit(1)
+    ).first()
+    if row is None or row.access_token is None:
+        return None
+    # char(32) comes back blank-padded from PostgreSQL when the stored token is shorter.
+    stored = row.access_token.rstrip(" ")
+    if not hmac.compare_digest(stored.encode(), token.encode()):
+        return None
+    return User(
+        id=int(row.id),
+        username=row.username or "",
+        # NULLs (possible in a hand-edited table) mean "no rights" and "not enabled".
+        role=int(row.role) if row.role is not None else 0,
+        status=int(row.status) if row.status is not None else 0,
+    )
