@@ -45,5 +45,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         limits=limits if limits is not None else ApiLimits.from_env(),
     )
     errors.register(app)
+    errors.ensure_log_output()
     app.register_blueprint(routes.bp)
     return app

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, has_request_context, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -42,20 +42,14 @@ def failure(status: int, message: str, headers: dict | None = None):
 
 def redact(text: str) -> str:
     """`text` without the current request's access token in it."""
-    token = g.get("access_token") if _in_request() else None
+    token = g.get("access_token") if has_request_context() else None
     if token:
         text = text.replace(token, "[redacted]")
     return text
 
 
-def _in_request() -> bool:
-    from flask import has_request_context
-
-    return has_request_context()
-
-
 def _where() -> str:
-    return f"{request.method} {request.path}" if _in_request() else "-"
+    return f"{request.method} {request.path}" if has_request_context() else "-"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -101,6 +95,18 @@ def _unexpected(e: Exception):
     frames = redact("".join(traceback.format_tb(e.__traceback__)))
     log.error("internal error on %s: %s: %s\n%s", _where(), kind, _first_line(orig or e), frames.rstrip())
     return failure(500, "internal server error")
+
+
+def ensure_log_output() -> None:
+    """gunicorn sets up only its own loggers; without a handler of ours, these lines
+    would reach stderr through logging.lastResort, bare and without a time. Whoever
+    configured logging already (the CLI, pytest) keeps their setup."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def register(app: Flask) -> None:
