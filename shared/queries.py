@@ -6,7 +6,7 @@ Every shape is the same statement:
     FROM <source>
     WHERE <key filter> AND created_at BETWEEN :start AND :end
     GROUP BY <key columns>
-    ORDER BY created_at, model_name
+    ORDER BY created_at, model_name   -- model_name in code point order on every database
 
 `source` is the summary table the granularity names (hourly_* or daily_*). The summary
 tables already hold one row per key, so today the GROUP BY folds nothing; it is there so
@@ -23,6 +23,8 @@ from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from . import models as m
 
@@ -33,6 +35,25 @@ GRANULARITIES: tuple[str, ...] = ("hour", "day")
 PER_USER: dict[str, sa.Table] = {"hour": m.hourly_usage, "day": m.daily_usage}
 # One row per (bucket, model): the admin's site-wide view.
 SITE_WIDE: dict[str, sa.Table] = {"hour": m.hourly_model_usage, "day": m.daily_model_usage}
+
+
+class code_point_order(FunctionElement):
+    """`expr` as a sort key in code point order, the same on every database: SQLite
+    compares text bytewise already, PostgreSQL follows the database's locale (where
+    "B" < "a" or "_z" < "a" depends on it) unless told COLLATE "C"."""
+
+    inherit_cache = True
+    name = "code_point_order"
+
+
+@compiles(code_point_order)
+def _code_point_order_default(element, compiler, **kw):
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(code_point_order, "postgresql")
+def _code_point_order_pg(element, compiler, **kw):
+    return f'({compiler.process(element.clauses, **kw)}) COLLATE "C"'
 
 
 def _sum(source, name: str):
@@ -61,7 +82,7 @@ def per_user_select(source, user_id, start: int, end: int) -> sa.Select:
         )
         .where(c.user_id == user_id, c.created_at.between(start, end))
         .group_by(c.created_at, c.model_name, c.user_id)
-        .order_by(c.created_at, c.model_name)
+        .order_by(c.created_at, code_point_order(c.model_name))
     )
 
 
@@ -81,7 +102,7 @@ def site_wide_select(source, start: int, end: int) -> sa.Select:
         )
         .where(c.created_at.between(start, end))
         .group_by(c.created_at, c.model_name)
-        .order_by(c.created_at, c.model_name)
+        .order_by(c.created_at, code_point_order(c.model_name))
     )
 
 

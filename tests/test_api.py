@@ -430,6 +430,33 @@ def test_rows_are_ordered_by_created_at_then_model(sq_api, root, sqlite_engine):
     assert [(r["created_at"] - T0, r["model_name"]) for r in data] == [(0, "a"), (0, "z"), (H, "a"), (H, "b"), (2 * H, "")]
 
 
+@pytest.mark.integration
+def test_model_order_does_not_follow_the_database_locale(pg_engine):
+    # Under a linguistic collation "_z" < "a" < "B"; in code point order "B" < "_z" < "a".
+    # The answer must not depend on how the PostgreSQL database was created.
+    with pg_engine.connect() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first() is None:
+            pytest.skip("this PostgreSQL has no ICU collations")
+    token = add_user(pg_engine, 3, "root", role=m.ROLE_ROOT)
+    names = ["a", "B", "_z", "gpt4", "gpt-4o", ""]
+    add_rows(pg_engine, m.hourly_model_usage, [model_row(T0, n) for n in names])
+    add_rows(pg_engine, m.hourly_usage, [user_row(3, T0, n, "root") for n in names])
+    tables = ("hourly_model_usage", "hourly_usage")
+    try:
+        with pg_engine.begin() as conn:
+            for table in tables:
+                conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN model_name TYPE text COLLATE "und-x-icu"')
+            # The premise: under this column collation, plain ORDER BY is not code point order.
+            assert conn.exec_driver_sql("SELECT model_name FROM hourly_model_usage ORDER BY model_name").scalars().all() != sorted(names)
+        api = make_api(pg_engine)
+        for path in (ALL, SELF):
+            assert [r["model_name"] for r in ok_data(api.get(path, token, 3, **WINDOW))] == sorted(names)
+    finally:
+        with pg_engine.begin() as conn:
+            for table in tables:
+                conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN model_name TYPE text COLLATE "default"')
+
+
 def test_no_data_is_the_empty_success(sq_api, root):
     for path in (SELF, ALL):
         response = sq_api.get(path, **root, **WINDOW)
@@ -539,3 +566,4 @@ def test_create_app_reads_settings_from_the_environment(monkeypatch, tmp_path):
     state = app.extensions["usage_stats"]
     assert state.settings.database_url == url and str(state.engine.url) == url
     assert state.limits.max_span_hourly_days == 5
+    state.engine.dispose()
