@@ -475,3 +475,23 @@ def test_a_log_without_created_at_does_not_stop_the_rollup(sqlite_engine):
     insert(engine, [log(created_at=None), log(created_at=utc(2024, 5, 10, 3))])
     rollup(engine, cfg(engine))
     assert totals(engine)[0] >= 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG-5: day_start's SQL cache key ignores its time zone (inherit_cache=True, tz not in "
+    "_traverse_internals), so an engine keeps the SQL compiled for the first zone it saw"))
+def test_one_engine_serves_two_time_zones(sqlite_engine):
+    """A process that uses one engine with two time zones (tests, a future per-request
+    zone in the API, adopting a new STATS_TIMEZONE in a running worker) must bucket days
+    in the zone it asks for."""
+    engine = sqlite_engine
+    t = utc(2024, 5, 10, 20)  # May 10 in UTC, May 11 in Shanghai
+    insert(engine, [log(created_at=t)])
+    rollup(engine, cfg(engine, "UTC"))
+    assert keys(engine, "daily_model_usage") == [(utc(2024, 5, 10), "gpt-4o")]
+    with engine.begin() as conn:  # start again, as `reaggregate --all` in a new zone would
+        for table in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage):
+            conn.execute(sa.delete(table))
+        conn.execute(sa.update(m.rollup_state).values(last_log_id=0, timezone=None))
+    rollup(engine, cfg(engine, "Asia/Shanghai"))
+    assert keys(engine, "daily_model_usage") == [(at("Asia/Shanghai", 2024, 5, 11), "gpt-4o")]

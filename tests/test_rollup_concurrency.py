@@ -1,0 +1,453 @@
+"""Late commits, in-flight ids and concurrent ticks, with real connections and threads.
+
+PostgreSQL (integration):
+- a log whose transaction is still open when a tick passes its id is counted once it
+  commits -- and never twice -- whether it commits long after, or in the middle of the
+  tick (between the tick's snapshot and its gap bookkeeping);
+- a rolled-back id's gap is forgotten after a couple of ticks;
+- a tick (and a re-aggregation) never waits for an open writer;
+- two ticks at once, a tick beside a re-aggregation, writers beside ticks: exact totals.
+SQLite (file database): a tick waits for an open writer and then counts it; threads of
+writers and ticks end exact.
+
+No assertion is about speed: a thread that must "not block" is given a minute to finish
+while the writer's transaction is provably still open.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from shared import models as m
+from shared.config import Settings
+from shared.db import make_engine
+from shared.migrate import upgrade
+from shared.rollup import LOCK_KEY, reaggregate, rollup, tick
+from tests.logdata import actual_tables, assert_exact, at, day_bounds, gaps, insert, last_log_id, log, totals, utc
+
+TZ = "America/New_York"
+T = at(TZ, 2024, 11, 3, 1, 30)  # the 25-hour day
+STUCK = 60  # seconds a thread gets before we call it stuck (a hang detector, not a speed test)
+
+integration = pytest.mark.integration
+
+
+def cfg(engine, **kw) -> Settings:
+    return Settings(database_url=str(engine.url), stats_timezone=TZ, **kw)
+
+
+def run_threads(*targets):
+    """Run the callables in threads; re-raise the first exception any of them raised."""
+    errors = []
+
+    def wrap(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        return run
+
+    threads = [threading.Thread(target=wrap(fn), daemon=True) for fn in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(STUCK * 3)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    if errors:
+        raise errors[0]
+
+
+def in_thread(fn):
+    """Start fn in a thread; returns (thread, box) where box gets 'result' or 'error'."""
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def settle(engine, s, rounds=20):
+    """Tick until no gap is left (a gap needs two ticks once its writers are gone; a few
+    more rounds only in case an autovacuum worker briefly holds a lock on logs)."""
+    for _ in range(rounds):
+        tick(engine, s)
+        if not gaps(engine):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"gaps never forgotten: {gaps(engine)}")
+
+
+@pytest.fixture
+def writer(pg_url):
+    """A second engine for the gateway's writers, so that their connections are not the
+    rollup's."""
+    engine = make_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+# --- two connections ------------------------------------------------------------------
+
+
+@integration
+def test_late_commit_is_counted_once_it_commits(pg_engine, writer):
+    s = cfg(pg_engine)
+    a = writer.connect()
+    a_tx = a.begin()
+    (a_id,) = insert(a, log(user_id=1, created_at=T, quota=1000))
+    (b_id,) = insert(writer, log(user_id=2, created_at=T + 10, quota=7))
+    assert a_id < b_id
+
+    r = tick(pg_engine, s)
+    assert (r.logs, r.last_log_id) == (1, b_id)  # only the committed one
+    assert totals(pg_engine) == (1, 7)
+    assert totals(pg_engine, "daily_model_usage") == (1, 7)
+    assert [g[:2] for g in gaps(pg_engine)] == [(a_id, a_id)]
+    for _ in range(3):  # while A is open, its gap stays and stays unsettled
+        assert tick(pg_engine, s).logs == 0
+        assert [(lo, hi, settled) for lo, hi, settled in gaps(pg_engine)] == [(a_id, a_id, None)]
+    assert_exact(pg_engine, TZ, where="while A is still open")  # A is not committed: not in the truth either
+
+    a_tx.commit()
+    a.close()
+    assert tick(pg_engine, s).logs == 1
+    assert totals(pg_engine) == (2, 1007)
+    assert_exact(pg_engine, TZ)
+    settle(pg_engine, cfg(pg_engine))
+    assert totals(pg_engine) == (2, 1007)  # counted once
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+def test_rolled_back_id_gap_is_forgotten(pg_engine, writer):
+    s = cfg(pg_engine)
+    a = writer.connect()
+    a_tx = a.begin()
+    insert(a, [log(created_at=T), log(created_at=T + 1)])
+    insert(writer, log(created_at=T + 2, quota=3))
+    assert tick(pg_engine, s).logs == 1
+    assert len(gaps(pg_engine)) == 1
+    a_tx.rollback()
+    a.close()
+    for _ in range(2):
+        tick(pg_engine, s)
+    # "a couple of ticks": settled by the first, forgotten by the second
+    assert gaps(pg_engine) == []
+    assert totals(pg_engine) == (1, 3)
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+def test_tick_and_reaggregation_do_not_wait_for_an_open_writer(pg_engine, writer):
+    s = cfg(pg_engine)
+    insert(writer, log(created_at=T - 3600))
+    a = writer.connect()
+    a_tx = a.begin()
+    insert(a, log(created_at=T))
+    insert(writer, log(created_at=T + 5))
+    try:
+        lo, hi = day_bounds(T, TZ)
+        for job in (lambda: tick(pg_engine, s), lambda: rollup(pg_engine, s),
+                    lambda: reaggregate(pg_engine, s, lo, hi)):
+            thread, box = in_thread(job)
+            thread.join(STUCK)
+            assert not thread.is_alive(), "the rollup waited for a writer's open transaction"
+            assert "error" not in box, box.get("error")
+            assert a.in_transaction()  # A was open the whole time
+        assert totals(pg_engine) == (2, totals(pg_engine)[1])
+    finally:
+        a_tx.commit()
+        a.close()
+    rollup(pg_engine, s)
+    assert totals(pg_engine)[0] == 3
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+@pytest.mark.parametrize("when", ["_RECORD_GAPS", "_SETTLE_GAPS"])
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_writer_finishing_in_the_middle_of_a_tick(pg_engine, writer, when, outcome):
+    """A finishes after the tick's snapshot but before (or while) the tick records and
+    settles the gap: the tick settles the gap without having seen A, so the next tick
+    must count A (if it committed) before forgetting the gap."""
+    s = cfg(pg_engine)
+    a = writer.connect()
+    a_tx = a.begin()
+    insert(a, log(user_id=1, created_at=T, quota=1000))
+    insert(writer, log(user_id=2, created_at=T + 10, quota=7))
+    marker = {"_RECORD_GAPS": "SELECT prev + 1, id - 1", "_SETTLE_GAPS": "UPDATE rollup_gap SET settled_at"}[when]
+    fired = []
+
+    def finish_a(conn, cursor, statement, parameters, context, executemany):
+        if not fired and marker in statement:
+            fired.append(statement)
+            (a_tx.commit if outcome == "commit" else a_tx.rollback)()
+            a.close()
+
+    sa.event.listen(pg_engine, "before_cursor_execute", finish_a)
+    try:
+        r = tick(pg_engine, s)
+    finally:
+        sa.event.remove(pg_engine, "before_cursor_execute", finish_a)
+    assert fired, f"the tick never ran {when}"
+    assert r.logs == 1  # A finished after the snapshot: not seen by this tick
+    assert totals(pg_engine) == (1, 7)
+    r = tick(pg_engine, s)
+    assert r.logs == (1 if outcome == "commit" else 0)
+    settle(pg_engine, s)
+    assert totals(pg_engine) == ((2, 1007) if outcome == "commit" else (1, 7))
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+def test_reaggregation_does_not_count_a_committed_log_still_in_a_gap(pg_engine, writer):
+    """A commits inside a gap; before the next tick counts it, a re-aggregation of its day
+    runs. Re-aggregation must leave A to the tick, or A is counted twice."""
+    s = cfg(pg_engine)
+    a = writer.connect()
+    a_tx = a.begin()
+    insert(a, log(user_id=1, created_at=T, quota=1000))
+    insert(writer, log(user_id=1, created_at=T + 10, quota=7))
+    tick(pg_engine, s)
+    a_tx.commit()
+    a.close()
+    lo, hi = day_bounds(T, TZ)
+    r = reaggregate(pg_engine, s, lo, hi)
+    assert r.logs == 1
+    assert totals(pg_engine) == (1, 7)
+    reaggregate(pg_engine, s, lo, hi, user_id=1)
+    assert totals(pg_engine) == (1, 7)
+    tick(pg_engine, s)
+    assert totals(pg_engine) == (2, 1007)
+    assert_exact(pg_engine, TZ)
+    reaggregate(pg_engine, s, lo, hi)  # now counted: re-aggregation includes it
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+def test_old_timestamp_late_commit_lands_in_its_old_bucket(pg_engine, writer):
+    s = cfg(pg_engine)
+    old = T - 30 * 86400
+    insert(writer, log(created_at=old, quota=1))
+    rollup(pg_engine, s)
+    a = writer.connect()
+    a_tx = a.begin()
+    insert(a, log(created_at=old + 60, quota=2))
+    insert(writer, log(created_at=T, quota=4))
+    rollup(pg_engine, s)
+    a_tx.commit()
+    a.close()
+    rollup(pg_engine, s)
+    assert_exact(pg_engine, TZ)
+    hourly = {k[1]: v[:2] for k, v in actual_tables(pg_engine)["hourly_usage"].items()}
+    assert hourly[old - old % 3600] == (2, 3)
+
+
+# --- the lock -------------------------------------------------------------------------
+
+
+@integration
+def test_tick_skips_while_the_lock_is_held(pg_engine, writer):
+    s = cfg(pg_engine)
+    insert(writer, [log(created_at=T), log(created_at=T + 1)])
+    with writer.connect() as holder:
+        holder.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
+        holder.commit()
+        r = tick(pg_engine, s)
+        assert r.skipped and r.logs == 0
+        assert rollup(pg_engine, s).skipped
+        assert last_log_id(pg_engine) == 0 and totals(pg_engine) == (0, 0)
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
+        holder.commit()
+    r = tick(pg_engine, s)
+    assert not r.skipped and r.logs == 2
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+@pytest.mark.parametrize("wait", [False, True])
+def test_two_ticks_at_once(pg_engine, writer, wait):
+    s = cfg(pg_engine, rollup_batch_size=400)
+    rnd = random.Random(1)
+    counted = 0
+    for round_ in range(8):
+        n = rnd.randrange(200, 900)
+        rows = [log(user_id=rnd.randrange(1, 5), created_at=T + rnd.randrange(-86400, 86400),
+                    kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_ERROR])) for _ in range(n)]
+        insert(writer, rows)
+        counted += sum(r["type"] == m.LOG_CONSUME for r in rows)
+        barrier = threading.Barrier(2)
+        results = []
+
+        def one():
+            barrier.wait()
+            results.append(tick(pg_engine, s, wait=wait))
+
+        run_threads(one, one)
+        ran = [r for r in results if not r.skipped]
+        assert ran, "both ticks skipped"
+        if wait:
+            assert len(ran) == 2  # they queue instead of skipping
+        rollup(pg_engine, s)
+        assert totals(pg_engine)[0] == counted, f"round {round_}"
+    assert_exact(pg_engine, TZ)
+
+
+@integration
+def test_tick_beside_reaggregation_and_writers(pg_engine, writer):
+    s = cfg(pg_engine, rollup_batch_size=50, reaggregate_chunk_days=1)
+    stop = threading.Event()
+    lo, hi = T - 3 * 86400, T + 3 * 86400
+
+    def write(seed):
+        def run():
+            rnd = random.Random(seed)
+            for _ in range(60):
+                with writer.connect() as conn:
+                    tx = conn.begin()
+                    insert(conn, [log(user_id=rnd.randrange(1, 4), created_at=rnd.randrange(lo, hi),
+                                      kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_TOPUP]))
+                                  for _ in range(rnd.randrange(1, 4))])
+                    time.sleep(rnd.random() * 0.01)  # an id in flight for a while
+                    (tx.rollback if rnd.random() < 0.15 else tx.commit)()
+        return run
+
+    def ticks():
+        while not stop.is_set():
+            tick(pg_engine, s)
+
+    def reaggregations():
+        rnd = random.Random(9)
+        while not stop.is_set():
+            start = rnd.randrange(lo, hi)
+            reaggregate(pg_engine, s, start, start + rnd.randrange(1, 2 * 86400), user_id=rnd.choice([None, 1, 2]))
+
+    def writers():
+        try:
+            run_threads(write(1), write(2), write(3))
+        finally:
+            stop.set()
+
+    run_threads(writers, ticks, ticks, reaggregations)
+    rollup(pg_engine, s)
+    assert_exact(pg_engine, TZ, where="after writers, ticks and re-aggregations")
+    settle(pg_engine, s)
+    reaggregate(pg_engine, s, lo, hi)
+    assert_exact(pg_engine, TZ, where="after a final re-aggregation")
+
+
+@integration
+def test_writers_holding_transactions_while_ticks_run(pg_engine, writer):
+    """Many writers, some holding their transaction across several ticks, some rolling
+    back; ticks in two threads the whole time, with a small batch size."""
+    s = cfg(pg_engine, rollup_batch_size=7)
+    stop = threading.Event()
+
+    def write(seed):
+        def run():
+            rnd = random.Random(seed)
+            for _ in range(40):
+                with writer.connect() as conn:
+                    tx = conn.begin()
+                    insert(conn, [log(user_id=rnd.randrange(1, 6), created_at=T + rnd.randrange(-5 * 86400, 3600),
+                                      model=rnd.choice(["a", "b"]), kind=rnd.choice([m.LOG_CONSUME, m.LOG_SYSTEM]))
+                                  for _ in range(rnd.randrange(1, 3))])
+                    if rnd.random() < 0.2:
+                        time.sleep(0.05 + rnd.random() * 0.1)  # across several ticks
+                    (tx.rollback if rnd.random() < 0.2 else tx.commit)()
+        return run
+
+    def ticks():
+        while not stop.is_set():
+            tick(pg_engine, s)
+
+    def writers():
+        try:
+            run_threads(*(write(k) for k in range(5)))
+        finally:
+            stop.set()
+
+    run_threads(writers, ticks, ticks)
+    rollup(pg_engine, s)
+    assert_exact(pg_engine, TZ)
+    settle(pg_engine, s)
+    assert_exact(pg_engine, TZ)
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_file(sqlite_file_url):
+    engine = make_engine(sqlite_file_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_sqlite_tick_waits_for_an_open_writer_then_counts_it(sqlite_file):
+    s = cfg(sqlite_file)
+    insert(sqlite_file, log(created_at=T, quota=1))
+    a = sqlite_file.connect()
+    a_tx = a.begin()
+    insert(a, log(created_at=T + 1, quota=2))  # holds SQLite's write lock
+    thread, box = in_thread(lambda: tick(sqlite_file, s))
+    time.sleep(0.3)  # let the tick reach BEGIN IMMEDIATE (the assertions hold either way)
+    assert thread.is_alive() or "error" in box or box["result"].logs == 2
+    a_tx.commit()
+    a.close()
+    thread.join(STUCK)
+    assert not thread.is_alive()
+    assert "error" not in box, box.get("error")
+    # its snapshot was taken once it had the lock: it saw A's commit
+    assert box["result"].logs == 2
+    assert totals(sqlite_file) == (2, 3)
+    assert_exact(sqlite_file, TZ)
+
+
+def test_sqlite_writers_and_ticks_in_threads(sqlite_file):
+    s = cfg(sqlite_file, rollup_batch_size=5)
+    stop = threading.Event()
+    lo, hi = T - 2 * 86400, T + 2 * 86400
+
+    def write(seed):
+        def run():
+            rnd = random.Random(seed)
+            for _ in range(40):
+                with sqlite_file.connect() as conn:
+                    tx = conn.begin()
+                    insert(conn, [log(user_id=rnd.randrange(1, 4), created_at=rnd.randrange(lo, hi),
+                                      kind=rnd.choice([m.LOG_CONSUME, m.LOG_ERROR])) for _ in range(rnd.randrange(1, 3))])
+                    (tx.rollback if rnd.random() < 0.2 else tx.commit)()
+        return run
+
+    def ticks():
+        while not stop.is_set():
+            tick(sqlite_file, s)
+
+    def reaggregations():
+        rnd = random.Random(4)
+        while not stop.is_set():
+            start = rnd.randrange(lo, hi)
+            reaggregate(sqlite_file, s, start, start + 86400, user_id=rnd.choice([None, 2]))
+
+    def writers():
+        try:
+            run_threads(write(1), write(2), write(3))
+        finally:
+            stop.set()
+
+    run_threads(writers, ticks, ticks, reaggregations)
+    rollup(sqlite_file, s)
+    assert_exact(sqlite_file, TZ)
