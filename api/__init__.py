@@ -3,7 +3,7 @@
     gunicorn 'api:create_app()'
 
 Modules: routes (endpoints), auth (headers -> user), params (query string), errors (the
-JSON failure shape), openapi (the document), config (the API's own settings).
+JSON failure shape), openapi (the document), config (the span limits, from Settings).
 The SQL lives in shared.queries, the token lookup in shared.auth.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.extensions["usage_stats"] = AppState(
         settings=settings,
         engine=engine if engine is not None else get_engine(settings.database_url),
-        limits=limits if limits is not None else ApiLimits.from_env(),
+        limits=limits if limits is not None else ApiLimits.from_settings(settings),
     )
     errors.register(app)
     errors.ensure_log_output()

@@ -32,14 +32,15 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}, "hide_parameters": True}
         if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
             # One shared connection, or every connection would see its own empty database.
             kwargs["poolclass"] = StaticPool
         engine = create_engine(url, **kwargs)
         _prepare_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # hide_parameters: an error's text never shows bound values, such as a token.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
 
 
 def get_engine(url: str) -> Engine:

@@ -352,17 +352,17 @@ def test_span_limits(sq_api, root, granularity, days):
 
 
 def test_span_limits_come_from_the_environment(sqlite_engine, root):
-    limits = ApiLimits.from_env({"API_MAX_SPAN_HOURLY_DAYS": "2", "API_MAX_SPAN_DAILY_DAYS": "3"})
-    api = make_api(sqlite_engine, limits=limits)
+    settings = Settings.from_env({"API_MAX_SPAN_HOURLY_DAYS": "2", "API_MAX_SPAN_DAILY_DAYS": "3"})
+    api = make_api(sqlite_engine, limits=ApiLimits.from_settings(settings))
     ok_data(api.get(SELF, **root, start_timestamp=T0, end_timestamp=T0 + 2 * D))
     assert_failure(api.get(SELF, **root, start_timestamp=T0, end_timestamp=T0 + 2 * D + 1), 400, "2 days")
     assert_failure(api.get(SELF, **root, granularity="day", start_timestamp=T0, end_timestamp=T0 + 4 * D), 400, "3 days")
     # The default week of days is cut to the configured 3 days rather than refused.
     ok_data(api.get(SELF, **root, granularity="day"))
-    assert ApiLimits.from_env({}) == ApiLimits(31, 366)
+    assert ApiLimits.from_settings(Settings.from_env({})) == ApiLimits(31, 366)
     for bad in ("0", "-1", "x", "1.5"):
         with pytest.raises(ConfigError, match="API_MAX_SPAN_HOURLY_DAYS"):
-            ApiLimits.from_env({"API_MAX_SPAN_HOURLY_DAYS": bad})
+            Settings.from_env({"API_MAX_SPAN_HOURLY_DAYS": bad})
 
 
 @pytest.mark.parametrize("raw", ["week", "HOUR", "Day", "hours", "minute", "hour ", "0"])
