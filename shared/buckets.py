@@ -5,7 +5,8 @@ bucket starts at local midnight in STATS_TIMEZONE, so its length follows the zon
 daylight-saving changes (23 or 25 hours). PostgreSQL computes local midnight with
 AT TIME ZONE; SQLite has no time zone data, so the engine registers
 `usage_day_start(ts, tz)` (Python's zoneinfo) on every SQLite connection. Both
-give the same answer for every zone whose midnight exists on every day.
+give the same answer, also where midnight is skipped or happens twice (the day then
+starts at its first instant).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import BigInteger, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 HOUR = 3600
 DAY = 86400
@@ -35,6 +37,8 @@ class day_start(FunctionElement):
     type = BigInteger()
     inherit_cache = True
     name = "usage_day_start"
+    # The zone is part of the compiled SQL, so it must be part of the statement cache key.
+    _traverse_internals = FunctionElement._traverse_internals + [("tz", InternalTraversal.dp_string)]
 
     def __init__(self, created_at, tz: str):
         self.tz = tz
@@ -58,9 +62,13 @@ def _day_start_pg(element, compiler, **kw):
         return compiler.process(_utc_day_start(created_at), **kw)
     ts = compiler.process(created_at, **kw)
     tz = _quoted(element.tz)
+    # AT TIME ZONE reads an ambiguous local time as the later instant, so where midnight
+    # happens twice (a fall-back at 01:00) it would pick the second one. 23:00 of the day
+    # before is never ambiguous: convert that and add the hour, which gives the first
+    # midnight, or for a skipped midnight the first instant of the day (as zoneinfo does).
     return (
-        f"CAST(EXTRACT(EPOCH FROM (date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz}) "
-        f"AT TIME ZONE {tz})) AS BIGINT)"
+        f"CAST(EXTRACT(EPOCH FROM ((date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz}) "
+        f"- INTERVAL '1 hour') AT TIME ZONE {tz}) + INTERVAL '1 hour') AS BIGINT)"
     )
 
 

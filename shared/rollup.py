@@ -154,7 +154,13 @@ def _consume_rows(where, tz: str, from_=m.logs):
         sa.func.coalesce(lg.quota, 0).label("quota"),
         sa.func.coalesce(lg.prompt_tokens, 0).label("prompt_tokens"),
         sa.func.coalesce(lg.completion_tokens, 0).label("completion_tokens"),
-    ).select_from(from_).where(lg.type == m.LOG_CONSUME, where)
+    ).select_from(from_).where(
+        lg.type == m.LOG_CONSUME,
+        # A log without a time has no bucket (new-api always sets it); skipping it here
+        # keeps one corrupt row from stopping every tick, and re-aggregation agrees.
+        lg.created_at.is_not(None),
+        where,
+    )
 
 
 def _fill_delta(conn: Connection, rows) -> None:
@@ -181,7 +187,11 @@ def _fold(conn: Connection, target: sa.Table, source: sa.Select) -> int:
     ins = _insert(conn)(target).from_select([c.name for c in target.columns], source)
     adds = {name: target.c[name] + ins.excluded[name] for name in m.MEASURES}
     if "username" in target.c:
-        adds["username"] = ins.excluded.username
+        # The bucket's largest username, as a GROUP BY over its logs gives: the same
+        # whether the bucket was built by ticks or by re-aggregation.
+        adds["username"] = sa.case(
+            (ins.excluded.username > target.c.username, ins.excluded.username), else_=target.c.username
+        )
     return conn.execute(ins.on_conflict_do_update(index_elements=key, set_=adds)).rowcount
 
 
@@ -406,7 +416,7 @@ def reaggregate(
     from the raw logs and replace them; for one user when `user_id` is given.
 
     Idempotent, one transaction per `reaggregate_chunk_days` days, safe beside ticks and
-    writers. Hour rows of the hours starting inside those days are replaced too."""
+    writers. The hour rows of every hour overlapping those days are replaced too."""
     if end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
     started = time.perf_counter()
@@ -429,13 +439,14 @@ def reaggregate(
 
 
 def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, user_id: int | None) -> int:
-    # Hours are UTC-aligned, days local: the hours that start inside the days, and the
-    # logs of both (a half-hour zone's day starts mid-hour).
-    h_lo, h_hi = d_lo - d_lo % HOUR, d_hi - d_hi % HOUR
+    # Hours are UTC-aligned, days local: rebuild every hour that overlaps the days, from
+    # all its logs (in a half-hour zone the first and last hours straddle into the
+    # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
+    h_lo, h_hi = d_lo - d_lo % HOUR, -(-d_hi // HOUR) * HOUR
     lg = m.logs.c
     with exclusive(engine, wait=True) as conn:
         state = _state(conn, settings)
-        counted = sa.and_(lg.created_at >= h_lo, lg.created_at < d_hi, lg.id <= state.last_log_id)
+        counted = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi, lg.id <= state.last_log_id)
         if engine.dialect.name == "postgresql":
             counted = sa.and_(counted, _not_in_gap())
         if user_id is not None:
