@@ -2,7 +2,8 @@
 
     gunicorn 'api:create_app()'
 
-Modules: routes (endpoints), auth (headers -> user), params (query string), errors (the
+Modules: routes (endpoints), ops (re-aggregation over HTTP, /metrics, request
+metrics and access log lines), auth (headers -> user), params (query string), errors (the
 JSON failure shape), openapi (the document), config (the span limits, from Settings).
 The SQL lives in shared.queries, the token lookup in shared.auth.
 """
@@ -32,7 +33,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """The Flask app. `settings` default to the environment; `engine` (for tests with an
     in-memory database) defaults to the process's engine for settings.database_url.
     No connection is opened here, so gunicorn --preload forks an empty pool."""
-    from . import errors, routes
+    from shared.logging_setup import configure
+
+    from . import errors, ops, routes
 
     settings = settings if settings is not None else Settings.from_env()
     app = Flask(__name__, static_folder=None)  # no /static route: nothing here is a file
@@ -45,6 +48,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         limits=limits if limits is not None else ApiLimits.from_settings(settings),
     )
     errors.register(app)
+    # LOG_FORMAT=json, or nobody set up logging yet (gunicorn): our handler on the root
+    # logger, in the configured format. Otherwise (the CLI, pytest) theirs stays.
+    import logging
+
+    if settings.log_format == "json" or not logging.getLogger().handlers:
+        configure(settings.log_format)
     errors.ensure_log_output()
     app.register_blueprint(routes.bp)
+    ops.register(app)
     return app

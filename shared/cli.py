@@ -27,16 +27,17 @@ def cmd_db_upgrade(settings: Settings, args) -> int:
 
 
 def cmd_rollup(settings: Settings, args) -> int:
-    from .rollup import rollup
+    from .ops import run_tick
 
-    r = rollup(_engine(settings), settings, wait=True)
+    r = run_tick(_engine(settings), settings, wait=True)
     print(f"rolled up {r.logs} consume logs into {r.buckets} hourly buckets in {r.batches} batch(es), "
           f"{r.seconds:.3f}s; last log id {r.last_log_id}; {r.logs_behind} logs behind")
     return 0
 
 
 def cmd_reaggregate(settings: Settings, args) -> int:
-    from .rollup import reaggregate
+    from .ops import run_reaggregate as reaggregate
+    from .retention import check_reaggregate_range
 
     if args.all:
         start, end = _history_bounds(settings)
@@ -49,6 +50,10 @@ def cmd_reaggregate(settings: Settings, args) -> int:
         start, end = args.start, args.end
     if end <= start:
         raise ConfigError(f"--end ({end}) must be after --start ({start})")
+    try:
+        check_reaggregate_range(settings, start)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if args.enqueue:
         from worker import celery
         from worker.app import REAGGREGATE_TASK
@@ -67,6 +72,18 @@ def cmd_reaggregate(settings: Settings, args) -> int:
     r = reaggregate(_engine(settings), settings, start, end, args.user_id, progress=progress)
     bar.close()
     print(f"re-aggregated [{r.start}, {r.end}) in {r.chunks} chunk(s): {r.logs} consume logs, {r.seconds:.3f}s")
+    return 0
+
+
+def cmd_retention(settings: Settings, args) -> int:
+    from .ops import retention
+
+    r = retention(_engine(settings), settings)
+    if not r.enabled:
+        print("retention is off: set RETAIN_HOURLY_DAYS and/or RETAIN_LOGS_DAYS")
+        return 0
+    parts = [f"{table}: {n} rows deleted" for table, n in r.deleted.items()]
+    print("; ".join(parts) + f" ({r.seconds:.3f}s)")
     return 0
 
 
@@ -115,8 +132,9 @@ def cmd_status(settings: Settings, args) -> int:
 
 
 def _gunicorn_cmd(host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
-            "--access-logfile", "-", "api:create_app()"]
+    # No gunicorn access log: the API writes one line per request itself (LOG_FORMAT).
+    return [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "api:create_app()"]
 
 
 def _api_available() -> bool:
@@ -231,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="rollup lag, last tick, open gaps").set_defaults(func=cmd_status)
 
+    sub.add_parser(
+        "retention", help="drop hourly rows and raw logs past RETAIN_HOURLY_DAYS / RETAIN_LOGS_DAYS (off when unset)"
+    ).set_defaults(func=cmd_retention)
+
     s = sub.add_parser("serve", help="serve the API with gunicorn")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -248,10 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from .logging_setup import configure
+
     try:
         settings = Settings.from_env()
+        configure(settings.log_format)
         return args.func(settings, args) or 0
     except ConfigError as exc:
         print(f"usage-stats: {exc}", file=sys.stderr)

@@ -44,6 +44,15 @@ class Settings:
     # bound the rows one answer can hold (31 days = 745 hourly buckets per model).
     api_max_span_hourly_days: int = 31
     api_max_span_daily_days: int = 366
+    # plain (default) or json: one JSON object per log line (shared.logging_setup).
+    log_format: str = "plain"
+    # The worker serves Prometheus metrics on this port when set (0: not served).
+    worker_metrics_port: int = 0
+    # Retention (shared.retention), off when 0: drop hourly rows older than this many
+    # days (daily rows keep all history) ...
+    retain_hourly_days: int = 0
+    # ... and delete raw logs older than this many days, only those already rolled up.
+    retain_logs_days: int = 0
 
     @classmethod
     def from_env(cls, environ=None) -> "Settings":
@@ -67,4 +76,15 @@ class Settings:
             reaggregate_chunk_days=_int(environ, "REAGGREGATE_CHUNK_DAYS", cls.reaggregate_chunk_days),
             api_max_span_hourly_days=_int(environ, "API_MAX_SPAN_HOURLY_DAYS", cls.api_max_span_hourly_days),
             api_max_span_daily_days=_int(environ, "API_MAX_SPAN_DAILY_DAYS", cls.api_max_span_daily_days),
+            log_format=_log_format(environ),
+            worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", cls.worker_metrics_port, minimum=0),
+            retain_hourly_days=_int(environ, "RETAIN_HOURLY_DAYS", cls.retain_hourly_days, minimum=0),
+            retain_logs_days=_int(environ, "RETAIN_LOGS_DAYS", cls.retain_logs_days, minimum=0),
         )
+
+
+def _log_format(environ) -> str:
+    raw = (environ.get("LOG_FORMAT") or Settings.log_format).strip().lower()
+    if raw not in ("plain", "json"):
+        raise ConfigError(f"LOG_FORMAT must be plain or json, got {raw!r}")
+    return raw

@@ -1,14 +1,21 @@
 """The Celery app, built from the same Settings as everything else."""
 from __future__ import annotations
 
+import logging
+import os
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.schedules import crontab
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready
 
 from shared.config import Settings
 from shared.db import dispose_engines
 
 ROLLUP_TASK = "usage_stats.rollup"
 REAGGREGATE_TASK = "usage_stats.reaggregate"
+RETENTION_TASK = "usage_stats.retention"
+
+log = logging.getLogger("usage_stats.worker")
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -35,7 +42,13 @@ def make_celery(settings: Settings) -> Celery:
                 # A tick that could not start within one interval is superseded by the
                 # next: drop it rather than let ticks pile up behind a busy worker.
                 "options": {"expires": float(settings.rollup_interval_seconds)},
-            }
+            },
+            # Daily, at a quiet hour (UTC); a no-op unless RETAIN_* is set (shared.retention).
+            "retention": {
+                "task": RETENTION_TASK,
+                "schedule": crontab(minute=17, hour=3),
+                "options": {"expires": 3600.0},
+            },
         },
     )
     return app
@@ -45,3 +58,43 @@ def make_celery(settings: Settings) -> Celery:
 def _fresh_engines_after_fork(**_):
     # Connections must never be shared across a fork.
     dispose_engines()
+
+
+@setup_logging.connect
+def _logging(**_):
+    # Connected, so Celery leaves the root logger to us: LOG_FORMAT applies to the
+    # worker's and beat's lines as to the API's (shared.logging_setup).
+    from shared.logging_setup import configure
+
+    configure(Settings.from_env().log_format)
+
+
+@worker_ready.connect
+def _serve_metrics(sender=None, **_):
+    """WORKER_METRICS_PORT set: serve the worker's metrics there (from the main process).
+    With a prefork pool the tasks run in child processes: set PROMETHEUS_MULTIPROC_DIR so
+    their values are collected from files (shared.metrics)."""
+    settings = sender.app.conf.get("usage_stats_settings") if sender is not None else None
+    port = settings.worker_metrics_port if settings is not None else 0
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    from shared import metrics
+
+    if not metrics.multiprocess_enabled() and getattr(sender, "pool_cls", None) is not None:
+        pool = getattr(sender.pool_cls, "__module__", "")
+        if "prefork" in pool:
+            log.warning("prefork pool without PROMETHEUS_MULTIPROC_DIR: task metrics of child processes are not served")
+    start_http_server(port, registry=metrics.registry())
+    log.info("worker metrics on :%d/metrics", port)
+
+
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid=None, **_):
+    from shared import metrics
+
+    if metrics.multiprocess_enabled():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())

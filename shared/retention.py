@@ -1,0 +1,108 @@
+"""Retention, off by default: forget what is old enough not to be needed.
+
+- RETAIN_HOURLY_DAYS=N drops hourly rows (hourly_usage, hourly_model_usage) whose hour
+  started more than N days ago; an hour that straddles the horizon stays. Daily rows keep
+  all history.
+- RETAIN_LOGS_DAYS=N deletes raw logs created more than N days ago, but only logs the
+  rollup has counted: id <= rollup_state.last_log_id and in no rollup_gap range (a log in
+  a gap may still be counted later; a log above the watermark is not counted yet).
+
+Everything runs under the rollup's lock (shared.rollup.exclusive, waiting for it), so it
+never interleaves with a tick or a re-aggregation chunk; raw logs go in batches of
+ROLLUP_BATCH_SIZE ids, one transaction each, so that ticks run in between.
+
+Re-aggregation rebuilds days from raw logs, so with RETAIN_LOGS_DAYS set it must not
+touch days whose logs are gone: `check_reaggregate_range` refuses such a range.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import models as m
+from .buckets import HOUR
+from .config import Settings
+from .rollup import exclusive
+
+DAY = 86400
+log = logging.getLogger("usage_stats.retention")
+
+
+@dataclass
+class RetentionResult:
+    deleted: dict[str, int] = field(default_factory=dict)
+    hourly_before: int | None = None  # hour rows starting before this were dropped
+    logs_before: int | None = None  # counted logs created before this were deleted
+    seconds: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.hourly_before is not None or self.logs_before is not None
+
+
+def hourly_horizon(settings: Settings, now: int) -> int | None:
+    if not settings.retain_hourly_days:
+        return None
+    t = now - settings.retain_hourly_days * DAY
+    return t - t % HOUR
+
+
+def logs_horizon(settings: Settings, now: int) -> int | None:
+    return now - settings.retain_logs_days * DAY if settings.retain_logs_days else None
+
+
+def check_reaggregate_range(settings: Settings, start: int, now: int | None = None) -> None:
+    """ValueError when [start, ...) reaches back before the raw-log horizon (a re-aggregation
+    there would replace good daily rows with sums over deleted logs)."""
+    horizon = logs_horizon(settings, int(time.time()) if now is None else now)
+    if horizon is not None and start < horizon + DAY:
+        # + a day: re-aggregation widens the range to whole local days.
+        raise ValueError(
+            f"start_timestamp {start} is too old: raw logs older than {settings.retain_logs_days} days "
+            f"(RETAIN_LOGS_DAYS) are deleted, so re-aggregation must start after {horizon + DAY}"
+        )
+
+
+def run_retention(engine: Engine, settings: Settings, now: int | None = None) -> RetentionResult:
+    now = int(time.time()) if now is None else now
+    started = time.perf_counter()
+    result = RetentionResult(hourly_before=hourly_horizon(settings, now), logs_before=logs_horizon(settings, now))
+    if not result.enabled:
+        log.info("retention: off (RETAIN_HOURLY_DAYS and RETAIN_LOGS_DAYS are unset)")
+        return result
+    if result.hourly_before is not None:
+        with exclusive(engine, wait=True) as conn:
+            for table in (m.hourly_usage, m.hourly_model_usage):
+                n = conn.execute(sa.delete(table).where(table.c.created_at < result.hourly_before)).rowcount
+                result.deleted[table.name] = n
+    if result.logs_before is not None:
+        result.deleted["logs"] = _delete_counted_logs(engine, settings, result.logs_before)
+    result.seconds = time.perf_counter() - started
+    log.info(
+        "retention: %s in %.3fs",
+        ", ".join(f"{k}={v}" for k, v in result.deleted.items()), result.seconds,
+        extra={"event": "retention", "deleted": result.deleted, "duration_s": round(result.seconds, 3)},
+    )
+    return result
+
+
+def _delete_counted_logs(engine: Engine, settings: Settings, before: int) -> int:
+    lg, g = m.logs.c, m.rollup_gap.c
+    total = 0
+    while True:
+        with exclusive(engine, wait=True) as conn:
+            w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar() or 0
+            counted = sa.and_(
+                lg.created_at < before,
+                lg.id <= w,
+                ~sa.exists().where(lg.id.between(g.lo, g.hi)),
+            )
+            ids = sa.select(lg.id).where(counted).order_by(lg.id).limit(settings.rollup_batch_size)
+            n = conn.execute(sa.delete(m.logs).where(lg.id.in_(ids.scalar_subquery()))).rowcount
+        total += n
+        if n < settings.rollup_batch_size:
+            return total
