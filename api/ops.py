@@ -93,6 +93,10 @@ def _celery():
                 client.conf.update(broker_connection_timeout=3, broker_connection_retry=False,
                                    redis_socket_connect_timeout=3, redis_socket_timeout=10,
                                    redis_retry_on_timeout=False)
+                # The API polls task state (GET .../<id>) and never waits on a result, so it
+                # needs no result subscription on send; that subscription would retry a dead
+                # Redis for a long while instead of failing fast.
+                client.backend.on_task_call = lambda *args, **kwargs: None
                 ext["usage_stats_celery"] = client
     return ext["usage_stats_celery"]
 
