@@ -162,6 +162,12 @@ def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path): 
         from tests.test_worker import _stop
 
         _stop(proc)
+    # LOG_FORMAT=json reaches the worker's lines too (Celery's setup_logging signal).
+    ticks = [line for line in proc.stdout.read().splitlines() if "rollup tick" in line]
+    assert ticks
+    import json
+
+    assert all(json.loads(line)["logger"] == "usage_stats.rollup" for line in ticks)
 
 
 def test_multiprocess_mode_collects_files(tmp_path):
