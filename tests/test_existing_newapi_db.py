@@ -1,0 +1,221 @@
+"""`db upgrade` beside an existing new-api database (PostgreSQL).
+
+A fixture creates new-api's own `users` and `logs` the way new-api (GORM) does -- bigserial
+ids, text columns, its indexes, and the columns usage-stats never reads (request_id,
+aff_code, stripe_customer, ...) -- and fills them. Then our migrations run:
+- new-api's tables keep exactly their columns, indexes and rows;
+- ours are added;
+- the first tick rolls up the existing history exactly (equal to a GROUP BY over logs).
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from shared.config import Settings
+from shared.db import make_engine
+from shared.migrate import upgrade
+from shared.ops import run_tick
+from tests.conftest import PG_ADMIN_URL
+
+pytestmark = pytest.mark.integration
+
+# Written from the facts in spec/new-api-schema.md (GORM on PostgreSQL: int -> bigint,
+# string -> text, primary key bigserial, index names idx_<table>_<column>).
+NEWAPI_DDL = [
+    """CREATE TABLE "users" (
+        "id" bigserial,
+        "username" text,
+        "password" text NOT NULL,
+        "display_name" text,
+        "role" bigint DEFAULT 1,
+        "status" bigint DEFAULT 1,
+        "email" text,
+        "github_id" text,
+        "discord_id" text,
+        "oidc_id" text,
+        "wechat_id" text,
+        "telegram_id" text,
+        "linux_do_id" text,
+        "access_token" char(32),
+        "quota" bigint DEFAULT 0,
+        "used_quota" bigint DEFAULT 0,
+        "request_count" bigint DEFAULT 0,
+        "group" varchar(64) DEFAULT 'default',
+        "aff_code" varchar(32),
+        "aff_count" bigint DEFAULT 0,
+        "aff_quota" bigint DEFAULT 0,
+        "aff_history" bigint DEFAULT 0,
+        "inviter_id" bigint,
+        "deleted_at" timestamptz,
+        "setting" text,
+        "remark" varchar(255),
+        "stripe_customer" varchar(64),
+        "created_at" bigint,
+        "last_login_at" bigint DEFAULT 0,
+        "auth_version" bigint NOT NULL DEFAULT 1,
+        PRIMARY KEY ("id"),
+        CONSTRAINT "uni_users_username" UNIQUE ("username")
+    )""",
+    'CREATE INDEX "idx_users_username" ON "users" ("username")',
+    'CREATE INDEX "idx_users_display_name" ON "users" ("display_name")',
+    'CREATE INDEX "idx_users_email" ON "users" ("email")',
+    'CREATE INDEX "idx_users_github_id" ON "users" ("github_id")',
+    'CREATE INDEX "idx_users_discord_id" ON "users" ("discord_id")',
+    'CREATE INDEX "idx_users_oidc_id" ON "users" ("oidc_id")',
+    'CREATE INDEX "idx_users_wechat_id" ON "users" ("wechat_id")',
+    'CREATE INDEX "idx_users_telegram_id" ON "users" ("telegram_id")',
+    'CREATE INDEX "idx_users_linux_do_id" ON "users" ("linux_do_id")',
+    'CREATE UNIQUE INDEX "idx_users_access_token" ON "users" ("access_token")',
+    'CREATE UNIQUE INDEX "idx_users_aff_code" ON "users" ("aff_code")',
+    'CREATE INDEX "idx_users_inviter_id" ON "users" ("inviter_id")',
+    'CREATE INDEX "idx_users_deleted_at" ON "users" ("deleted_at")',
+    'CREATE INDEX "idx_users_stripe_customer" ON "users" ("stripe_customer")',
+    """CREATE TABLE "logs" (
+        "id" bigserial,
+        "user_id" bigint,
+        "created_at" bigint,
+        "type" bigint,
+        "content" text,
+        "username" text DEFAULT '',
+        "token_name" text DEFAULT '',
+        "model_name" text DEFAULT '',
+        "quota" bigint DEFAULT 0,
+        "prompt_tokens" bigint DEFAULT 0,
+        "completion_tokens" bigint DEFAULT 0,
+        "use_time" bigint DEFAULT 0,
+        "is_stream" boolean,
+        "channel_id" bigint,
+        "token_id" bigint DEFAULT 0,
+        "group" text,
+        "ip" text DEFAULT '',
+        "request_id" varchar(64) DEFAULT '',
+        "upstream_request_id" varchar(128) DEFAULT '',
+        "other" text,
+        PRIMARY KEY ("id")
+    )""",
+    'CREATE INDEX "idx_logs_user_id" ON "logs" ("user_id")',
+    'CREATE INDEX "idx_user_id_id" ON "logs" ("user_id", "id")',
+    'CREATE INDEX "idx_created_at_id" ON "logs" ("created_at", "id")',
+    'CREATE INDEX "idx_created_at_type" ON "logs" ("created_at", "type")',
+    'CREATE INDEX "idx_logs_username" ON "logs" ("username")',
+    'CREATE INDEX "index_username_model_name" ON "logs" ("model_name", "username")',
+    'CREATE INDEX "idx_logs_token_name" ON "logs" ("token_name")',
+    'CREATE INDEX "idx_logs_model_name" ON "logs" ("model_name")',
+    'CREATE INDEX "idx_logs_channel_id" ON "logs" ("channel_id")',
+    'CREATE INDEX "idx_logs_token_id" ON "logs" ("token_id")',
+    'CREATE INDEX "idx_logs_group" ON "logs" ("group")',
+    'CREATE INDEX "idx_logs_ip" ON "logs" ("ip")',
+    'CREATE INDEX "idx_logs_request_id" ON "logs" ("request_id")',
+    'CREATE INDEX "idx_logs_upstream_request_id" ON "logs" ("upstream_request_id")',
+]
+
+T0 = 1_700_000_000
+MODELS = ("gpt-4o", "claude-3-5-sonnet", "deepseek-chat")
+
+
+@pytest.fixture
+def newapi_url():
+    """A fresh database holding new-api's tables and some history, dropped afterwards."""
+    try:
+        admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"usage_stats_newapi_{uuid.uuid4().hex[:10]}"
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for ddl in NEWAPI_DDL:
+            conn.exec_driver_sql(ddl)
+        for i in range(1, 6):
+            conn.exec_driver_sql(
+                'INSERT INTO users (username, password, display_name, role, status, access_token, aff_code, '
+                '"group", created_at, setting, remark, stripe_customer) '
+                "VALUES (%(u)s, 'hash', %(u)s, %(role)s, 1, %(tok)s, %(aff)s, 'default', %(t)s, '{}', 'r', 'cus_x')",
+                {"u": f"user{i}", "role": 100 if i == 1 else 1, "tok": f"{i:032d}", "aff": f"AF{i}", "t": T0},
+            )
+        rows = []
+        for n in range(600):
+            kind = 2 if n % 7 else (5 if n % 2 else 3)  # some error and manage logs
+            rows.append({
+                "user_id": 1 + n % 5, "created_at": T0 + n * 997, "type": kind, "content": f"log {n}",
+                "username": f"user{1 + n % 5}", "token_name": "default", "model_name": MODELS[n % 3],
+                "quota": 100 + n, "prompt_tokens": n % 50, "completion_tokens": n % 13, "use_time": 1,
+                "is_stream": bool(n % 2), "channel_id": 1 + n % 2, "token_id": n % 4, "group": "default",
+                "ip": "10.0.0.1", "request_id": f"req-{n}", "upstream_request_id": f"up-{n}", "other": "{}",
+            })
+        cols = list(rows[0])
+        conn.exec_driver_sql(
+            f'INSERT INTO logs ({", ".join(chr(34) + c + chr(34) for c in cols)}) '
+            f'VALUES ({", ".join("%(" + c + ")s" for c in cols)})',
+            rows,
+        )
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def _snapshot(engine) -> dict:
+    with engine.connect() as conn:
+        out = {}
+        for table in ("users", "logs"):
+            out[table, "columns"] = conn.execute(sa.text(
+                "SELECT column_name, data_type, character_maximum_length, column_default, is_nullable "
+                "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = :t "
+                "ORDER BY ordinal_position"), {"t": table}).all()
+            out[table, "indexes"] = conn.execute(sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = :t "
+                "ORDER BY indexname"), {"t": table}).all()
+            out[table, "constraints"] = conn.execute(sa.text(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                "ORDER BY conname"), {"t": table}).all()
+            out[table, "rows"] = conn.execute(sa.text(f'SELECT * FROM "{table}" ORDER BY id')).all()
+        out["tables"] = conn.execute(sa.text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")).scalars().all()
+    return out
+
+
+def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url):
+    engine = make_engine(newapi_url)
+    try:
+        before = _snapshot(engine)
+        assert before["tables"] == ["logs", "users"]
+        assert len(before["logs", "rows"]) == 600 and len(before["users", "rows"]) == 5
+
+        upgrade(engine)
+        upgrade(engine)  # idempotent
+
+        after = _snapshot(engine)
+        for key in before:
+            if key != "tables":
+                assert after[key] == before[key], key
+        ours = {"hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage", "rollup_state",
+                "rollup_gap", "usage_stats_alembic_version"}
+        assert set(after["tables"]) == {"logs", "users"} | ours
+
+        settings = Settings(database_url=newapi_url, rollup_batch_size=128)
+        result = run_tick(engine, settings, wait=True)
+        assert result.batches == 5 and result.last_log_id == 600 and result.logs_behind == 0
+
+        with engine.connect() as conn:
+            expected = conn.execute(sa.text(
+                "SELECT user_id, created_at - created_at % 3600, model_name, count(*), sum(quota), "
+                "sum(prompt_tokens + completion_tokens) FROM logs WHERE type = 2 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")).all()
+            actual = conn.execute(sa.text(
+                "SELECT user_id, created_at, model_name, count, quota, token_used FROM hourly_usage ORDER BY 1, 2, 3")).all()
+            assert actual == expected and len(actual) > 0
+            daily = conn.execute(sa.text("SELECT sum(count), sum(quota) FROM daily_model_usage")).one()
+            raw = conn.execute(sa.text("SELECT count(*), sum(quota) FROM logs WHERE type = 2")).one()
+            assert tuple(daily) == tuple(raw)
+        # Rolling up read new-api's tables only: they are still exactly as they were.
+        final = _snapshot(engine)
+        for table in ("users", "logs"):
+            assert final[table, "rows"] == before[table, "rows"]
+    finally:
+        engine.dispose()
