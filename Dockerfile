@@ -5,7 +5,8 @@ COPY shared ./shared
 COPY worker ./worker
 COPY api ./api
 RUN pip install --no-cache-dir .
-RUN useradd --create-home usage && chown usage /app
+# uid 1000 matches the tmpfs for PROMETHEUS_MULTIPROC_DIR in docker-compose.yml.
+RUN useradd --create-home --uid 1000 usage && chown usage /app
 USER usage
-EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-", "api:create_app()"]
+EXPOSE 8000 9100
+CMD ["gunicorn", "-c", "python:api.gunicorn_conf", "--bind", "0.0.0.0:8000", "--workers", "2", "api:create_app()"]

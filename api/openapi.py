@@ -94,6 +94,59 @@ def document(limits: ApiLimits) -> dict:
                     "responses": {"200": _ok("AllResponse", "The rows (possibly none)."), **_errors(admin=True)},
                 }
             },
+            "/api/data/reaggregate": {
+                "post": {
+                    "operationId": "enqueueReaggregate",
+                    "summary": "Re-aggregate a range from the raw logs (administrators)",
+                    "description": (
+                        "Hands a re-aggregation to the worker and answers at once with its task id. The worker "
+                        "recomputes every local day touching [start_timestamp, end_timestamp) from the raw logs, "
+                        "for one user when user_id is given. Poll /api/data/reaggregate/{task_id} for its progress. "
+                        "With RETAIN_LOGS_DAYS set, a range reaching back before the raw-log horizon is refused."
+                    ),
+                    "security": [{"accessToken": [], "newApiUser": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("schemas", "ReaggregateRequest")}},
+                    },
+                    "responses": {
+                        "202": _ok("ReaggregateAccepted", "Enqueued; the Location header is the status URL."),
+                        **{k: v for k, v in _errors(admin=True).items() if k not in ("400", "503")},
+                        "400": _failure(
+                            "The body is not a JSON object of the documented fields, a timestamp or user_id is not a "
+                            "whole number in range, end_timestamp is not after start_timestamp, or the range starts "
+                            "before the raw-log retention horizon."
+                        ),
+                        "503": _failure("The database or the task queue (broker) cannot be reached; retry later."),
+                    },
+                }
+            },
+            "/api/data/reaggregate/{task_id}": {
+                "get": {
+                    "operationId": "getReaggregate",
+                    "summary": "State and progress of a re-aggregation (administrators)",
+                    "description": (
+                        "From the Celery result backend. PENDING is also the answer for an id the backend does not "
+                        "know (never enqueued, or its result expired after a day)."
+                    ),
+                    "security": [{"accessToken": [], "newApiUser": []}],
+                    "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _ok("ReaggregateStatusResponse", "The task's state."),
+                        **{k: v for k, v in _errors(admin=True).items() if k not in ("400", "503")},
+                        "400": _failure("Not a task id."),
+                        "503": _failure("The database or the result backend cannot be reached; retry later."),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (text exposition format)",
+                    "security": [],
+                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
             "/api/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",
@@ -182,6 +235,45 @@ def document(limits: ApiLimits) -> dict:
                     # Site-wide rows, or a user's rows when username is given; the two
                     # differ in user_id/username, so exactly one of them matches a row.
                     "items": {"oneOf": [_ref("schemas", "SiteRow"), _ref("schemas", "UserRow")]},
+                }),
+                "ReaggregateRequest": {
+                    "type": "object",
+                    "properties": {
+                        "start_timestamp": {**_INT, "description": "Range start, unix seconds (widened to local midnight)"},
+                        "end_timestamp": {**_INT, "description": "Range end, unix seconds, exclusive; after start_timestamp"},
+                        "user_id": {"type": ["integer", "null"], "minimum": 1, "maximum": INT64_MAX,
+                                    "description": "Only this user's rows (site-wide rows are rebuilt from per-user rows)"},
+                    },
+                    "required": ["start_timestamp", "end_timestamp"],
+                    "additionalProperties": False,
+                },
+                "ReaggregateAccepted": _success_schema({
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "description": "The task id"},
+                        "state": {"const": "PENDING"},
+                        "status_url": {"type": "string"},
+                    },
+                    "required": ["id", "state", "status_url"],
+                    "additionalProperties": False,
+                }),
+                "ReaggregateStatusResponse": _success_schema({
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "state": {"type": "string", "description": "PENDING, PROGRESS, SUCCESS, FAILURE (or another Celery state)"},
+                        "done": {"type": "integer", "description": "Chunks of days done"},
+                        "total": {"type": ["integer", "null"], "description": "Chunks in all (null until known)"},
+                        "started": {"type": ["number", "null"], "description": "Unix seconds the worker started it"},
+                        "finished": {"type": ["number", "null"], "description": "Unix seconds it finished (success or failure)"},
+                        "error": {"type": ["string", "null"], "description": "On FAILURE: the error's type and first line"},
+                        "result": {
+                            "type": ["object", "null"],
+                            "description": "On SUCCESS: the local-day range done [start, end), chunks, consume logs counted, seconds",
+                        },
+                    },
+                    "required": ["id", "state", "done", "total", "started", "finished", "error", "result"],
+                    "additionalProperties": False,
                 }),
                 "Status": {
                     "type": "object",

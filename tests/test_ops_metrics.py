@@ -187,3 +187,39 @@ def test_multiprocess_mode_collects_files(tmp_path):
                for f in text_string_to_metric_families(out) for s in f.samples}
     assert samples[("usage_stats_api_request_duration_seconds_count",
                     (("method", "GET"), ("route", "/x"), ("status", "200")))] == 2
+
+
+def test_gunicorn_workers_share_metrics_in_multiprocess_mode(tmp_path):
+    """`usage-stats serve` with two gunicorn workers and PROMETHEUS_MULTIPROC_DIR: /metrics
+    counts the requests of both workers, whichever answers it."""
+    port = _free_port()
+    mp = tmp_path / "prom"
+    mp.mkdir()
+    (mp / "stale_counter_99999.db").write_bytes(b"")  # a previous run's file: removed at start
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    env = dict(os.environ, DATABASE_URL=url, PROMETHEUS_MULTIPROC_DIR=str(mp), LOG_FORMAT="json")
+    subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, check=True, cwd=tmp_path,
+                   capture_output=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _fetch(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        for _ in range(19):
+            _fetch(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        assert not (mp / "stale_counter_99999.db").exists()
+        text = _fetch(f"http://127.0.0.1:{port}/metrics", proc=proc)
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples[("usage_stats_api_request_duration_seconds_count",
+                        (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == 20
+    finally:
+        from tests.test_worker import _stop
+
+        _stop(proc)
+    output = proc.stdout.read()
+    import json
+
+    access = [json.loads(line) for line in output.splitlines() if '"event": "request"' in line]
+    assert len(access) == 21  # 20 x /healthz + /metrics: one JSON line per request

@@ -1,0 +1,87 @@
+"""docker-compose.yml, checked structurally (no Docker engine here, so `docker compose
+config` cannot run): services, dependency conditions, healthchecks, exactly one beat,
+the settings every app container shares, and that every variable it sets is one
+Settings reads."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SERVICES = ("migrate", "api", "worker", "beat")
+
+
+@pytest.fixture(scope="module")
+def compose():
+    # PyYAML resolves the anchors and `<<` merge keys as Compose does.
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services(compose):
+    assert set(compose["services"]) == {"postgres", "redis", "migrate", "api", "worker", "beat"}
+    assert "pgdata" in compose["volumes"]
+
+
+def test_dependencies_wait_for_health_and_migration(compose):
+    s = compose["services"]
+    assert s["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in ("api", "worker", "beat"):
+        assert s[name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }, name
+    assert s["migrate"]["command"] == ["usage-stats", "db", "upgrade"]
+    assert s["migrate"]["restart"] == "no"
+
+
+def test_healthchecks(compose):
+    s = compose["services"]
+    assert "pg_isready" in " ".join(s["postgres"]["healthcheck"]["test"])
+    assert s["redis"]["healthcheck"]["test"][-1] == "ping"
+    assert "/readyz" in " ".join(s["api"]["healthcheck"]["test"])
+    assert "9100/metrics" in " ".join(s["worker"]["healthcheck"]["test"])
+
+
+def test_exactly_one_beat(compose):
+    beats = [name for name, svc in compose["services"].items()
+             if "beat" in svc.get("command", []) or "--beat" in svc.get("command", [])]
+    assert beats == ["beat"]
+    assert compose["services"]["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert "--beat" not in compose["services"]["worker"]["command"]
+
+
+def test_app_settings(compose):
+    s = compose["services"]
+    for name in APP_SERVICES:
+        env = s[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"]
+        assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
+        assert env["LOG_FORMAT"] in ("plain", "json")
+    for name in ("api", "worker", "beat"):
+        assert s[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == "/run/prometheus"
+        assert any(t.startswith("/run/prometheus") for t in s[name]["tmpfs"])
+    assert s["worker"]["environment"]["WORKER_METRICS_PORT"] == "9100"
+    api_cmd = s["api"]["command"]
+    assert api_cmd[:3] == ["gunicorn", "-c", "python:api.gunicorn_conf"] and api_cmd[-1] == "api:create_app()"
+
+
+def test_every_variable_is_a_setting(compose):
+    """A typo in a variable name would be silently ignored by the containers."""
+    from shared.config import Settings
+
+    source = (ROOT / "shared" / "config.py").read_text()
+    known = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', source)) | {"PROMETHEUS_MULTIPROC_DIR"}
+    for name in APP_SERVICES:
+        for var in compose["services"][name]["environment"]:
+            assert var in known, (name, var)
+    Settings.from_env({k: str(v) for k, v in compose["services"]["worker"]["environment"].items()})
+
+
+def test_dockerfile_serves_the_api_with_the_gunicorn_config():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "python:api.gunicorn_conf" in text and "--uid 1000" in text
