@@ -135,15 +135,22 @@ def _fetch(url, timeout=60.0, proc=None) -> str:
 
 
 @pytest.mark.integration
-def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path, pool):  # noqa: F811
+    """solo: the tasks run in the main process, which serves its own registry; prefork:
+    they run in children, whose values reach the main process's endpoint through
+    PROMETHEUS_MULTIPROC_DIR."""
     with pg_engine.begin() as conn:
         conn.execute(sa.insert(m.logs), [_log(1, int(time.time()) - 60 * i) for i in range(7)])
     port = _free_port()
     env = dict(os.environ, DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url, ROLLUP_INTERVAL_SECONDS="1",
                WORKER_METRICS_PORT=str(port), LOG_FORMAT="json")
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if pool == "prefork":
+        (tmp_path / "prom").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", "solo",
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", pool, "--concurrency", "2",
          "--schedule", str(tmp_path / "beat-schedule")],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -82,10 +82,10 @@ def _serve_metrics(sender=None, **_):
 
     from shared import metrics
 
-    if not metrics.multiprocess_enabled() and getattr(sender, "pool_cls", None) is not None:
-        pool = getattr(sender.pool_cls, "__module__", "")
-        if "prefork" in pool:
-            log.warning("prefork pool without PROMETHEUS_MULTIPROC_DIR: task metrics of child processes are not served")
+    # The sender is the worker's Consumer; its pool tells whether tasks run in children.
+    pool = type(getattr(sender, "pool", None)).__module__
+    if not metrics.multiprocess_enabled() and "prefork" in pool:
+        log.warning("prefork pool without PROMETHEUS_MULTIPROC_DIR: task metrics of child processes are not served")
     start_http_server(port, registry=metrics.registry())
     log.info("worker metrics on :%d/metrics", port)
 
