@@ -90,9 +90,13 @@ def _celery():
 
                 client = make_celery(current_app.extensions["usage_stats"].settings)
                 # An API request must not hang on a dead broker: fail fast, answer 503.
-                client.conf.update(broker_connection_timeout=3, broker_connection_retry=False,
-                                   redis_socket_connect_timeout=3, redis_socket_timeout=10,
-                                   redis_retry_on_timeout=False)
+                client.conf.update(
+                    broker_connection_timeout=3, broker_connection_retry=False,
+                    # kombu's own reconnect loop (seconds on a refused connection): one retry.
+                    broker_transport_options={**(client.conf.broker_transport_options or {}), "max_retries": 1,
+                                              "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+                    redis_socket_connect_timeout=3, redis_socket_timeout=10, redis_retry_on_timeout=False,
+                )
                 # The API polls task state (GET .../<id>) and never waits on a result, so it
                 # needs no result subscription on send; that subscription would retry a dead
                 # Redis for a long while instead of failing fast.
