@@ -26,6 +26,24 @@ POST = "/api/data/reaggregate"
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 
 
+def _conforms(client, method, path, response):
+    """`response` validates against the OpenAPI schema for its path, method and status."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    from tests.test_api_openapi import DOC_URI, pointer
+
+    doc = client.get("/api/openapi.json").get_json()
+    registry = Registry().with_resource(DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012))
+    responses = doc["paths"][path][method]["responses"]
+    assert str(response.status_code) in responses, (method, path, response.status_code)
+    ref = f"{DOC_URI}#/" + pointer("paths", path, method, "responses", str(response.status_code), "content",
+                                   "application/json", "schema")
+    errors = [e.message for e in Draft202012Validator({"$ref": ref}, registry=registry).iter_errors(response.get_json())]
+    assert not errors, errors
+
+
 def _headers(token, user):
     return {"Authorization": f"Bearer {token}", "New-Api-User": str(user)}
 
@@ -99,6 +117,7 @@ def test_bad_parameters_400(sq, body, fragment):
     else:
         r = client.post(POST, json=body, headers=_headers(token, uid))
     _failure(r, 400, fragment)
+    _conforms(client, "post", POST, r)
 
 
 def test_range_before_the_raw_log_horizon_400(sqlite_engine):
@@ -121,6 +140,7 @@ def test_unreachable_broker_503(sq):
     uid, token = people["admin"]
     r = client.post(POST, json=GOOD, headers=_headers(token, uid))
     body = _failure(r, 503, "unavailable")
+    _conforms(client, "post", POST, r)
     assert r.headers.get("Retry-After") == "5"
     assert token not in body["message"]
     r = client.get(POST + "/0b7c3a6e-1111-4222-8333-944455556666", headers=_headers(token, uid))
@@ -159,6 +179,7 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
         start, end = now - 5 * 86400, now + 3600
         r = client.post(POST, json={"start_timestamp": start, "end_timestamp": end}, headers=_headers(token, 1))
         assert r.status_code == 202, r.get_data(as_text=True)
+        _conforms(client, "post", POST, r)
         body = r.get_json()
         assert body["success"] is True
         task_id = body["data"]["id"]
@@ -177,6 +198,7 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
                 break
             time.sleep(0.2)
         assert data["state"] == "SUCCESS", data
+        _conforms(client, "get", POST + "/{task_id}", s)
         assert data["error"] is None
         assert data["done"] == data["total"] == data["result"]["chunks"] >= 6
         assert data["started"] is not None and data["finished"] >= data["started"]
