@@ -150,7 +150,7 @@ def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path, p
         (tmp_path / "prom").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", pool, "--concurrency", "2",
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", pool, "--concurrency", "2", "--loglevel", "INFO",
          "--schedule", str(tmp_path / "beat-schedule")],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

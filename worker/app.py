@@ -61,12 +61,13 @@ def _fresh_engines_after_fork(**_):
 
 
 @setup_logging.connect
-def _logging(**_):
+def _logging(loglevel=None, **_):
     # Connected, so Celery leaves the root logger to us: LOG_FORMAT applies to the
-    # worker's and beat's lines as to the API's (shared.logging_setup).
+    # worker's and beat's lines as to the API's (shared.logging_setup); --loglevel holds.
     from shared.logging_setup import configure
 
-    configure(Settings.from_env().log_format)
+    level = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel or "INFO").upper())
+    configure(Settings.from_env().log_format, level=level if isinstance(level, int) else logging.INFO)
 
 
 @worker_ready.connect
