@@ -126,8 +126,8 @@ def document(limits: ApiLimits) -> dict:
                     "operationId": "getReaggregate",
                     "summary": "State and progress of a re-aggregation (administrators)",
                     "description": (
-                        "From the Celery result backend. PENDING is also the answer for an id the backend does not "
-                        "know (never enqueued, or its result expired after a day)."
+                        "From the Celery result backend. An id that was never enqueued here, or whose result "
+                        "expired (after a day), is a 404."
                     ),
                     "security": [{"accessToken": [], "newApiUser": []}],
                     "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -135,6 +135,7 @@ def document(limits: ApiLimits) -> dict:
                         "200": _ok("ReaggregateStatusResponse", "The task's state."),
                         **{k: v for k, v in _errors(admin=True).items() if k not in ("400", "503")},
                         "400": _failure("Not a task id."),
+                        "404": _failure("No such re-aggregation: never enqueued, or its result expired."),
                         "503": _failure("The database or the result backend cannot be reached; retry later."),
                     },
                 }

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
 
@@ -96,6 +97,10 @@ def _celery():
                     broker_transport_options={**(client.conf.broker_transport_options or {}), "max_retries": 1,
                                               "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
                     redis_socket_connect_timeout=3, redis_socket_timeout=10, redis_retry_on_timeout=False,
+                    result_backend_transport_options={
+                        **(client.conf.result_backend_transport_options or {}),
+                        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+                    },
                 )
                 # The API polls task state (GET .../<id>) and never waits on a result, so it
                 # needs no result subscription on send; that subscription would retry a dead
@@ -172,9 +177,22 @@ def reaggregate_enqueue():
     with current_app.extensions["usage_stats"].engine.connect() as conn:
         authenticate(conn, m.ROLE_ADMIN)
     start, end, user_id = parse_reaggregate_body()
+    client = _celery()
+    task_id = str(uuid.uuid4())
+    # A PENDING result carrying `enqueued` before the task exists: the status endpoint
+    # then tells a queued task (this marker) from an id nobody enqueued (no result at
+    # all, 404). Written first, so that it can never overwrite the worker's own states.
     try:
-        task = _celery().send_task(REAGGREGATE_TASK, args=[start, end, user_id], retry=False)
+        client.backend.store_result(task_id, {"done": 0, "total": None, "enqueued": time.time()}, "PENDING")
     except _broker_errors() as e:
+        return _unavailable("result backend", e)
+    try:
+        task = client.send_task(REAGGREGATE_TASK, args=[start, end, user_id], task_id=task_id, retry=False)
+    except _broker_errors() as e:
+        try:
+            client.backend.forget(task_id)
+        except Exception:  # the marker expires with the result anyway
+            pass
         return _unavailable("broker", e)
     error_log.info("re-aggregation %s enqueued: [%d, %d) user=%s", task.id, start, end, user_id)
     status_url = url_for("usage_stats_ops.reaggregate_status", task_id=task.id)
@@ -212,6 +230,8 @@ def reaggregate_status(task_id: str):
         finished = _timestamp(result.date_done) if state in ("SUCCESS", "FAILURE", "REVOKED") else None
     except _broker_errors() as e:
         return _unavailable("result backend", e)
+    if state == "PENDING" and not (isinstance(info, dict) and "enqueued" in info):
+        raise ApiError(404, "no such re-aggregation (never enqueued, or its result expired)")
     data = {"id": task_id, "state": state, "done": 0, "total": None, "started": None, "finished": finished,
             "error": None, "result": None}
     if isinstance(info, dict):

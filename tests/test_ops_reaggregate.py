@@ -212,10 +212,20 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
         site = sa.text("SELECT sum(count), sum(quota) FROM daily_model_usage")
         assert _rows(pg_engine, site) == [(60, sum(10 + h for h in range(30)) * 2)]
 
+        # An id nobody enqueued is a 404, not an eternal PENDING.
+        unknown = client.get(f"{POST}/0b7c3a6e-1111-4222-8333-944455556666", headers=_headers(token, 1))
+        _failure(unknown, 404, "no such re-aggregation")
+        _conforms(client, "get", POST + "/{task_id}", unknown)
+
         # A failing task reports FAILURE with an error, in the same shape.
         from worker.app import REAGGREGATE_TASK
 
-        bad = client.application.extensions["usage_stats_celery"].send_task(REAGGREGATE_TASK, args=[10, 5, None])
+        # (Sent directly, since the endpoint refuses such a range; with the endpoint's
+        # "enqueued" marker, so that it is known before the worker picks it up.)
+        celery_client = client.application.extensions["usage_stats_celery"]
+        bad_id = "reaggregate-test-failure"
+        celery_client.backend.store_result(bad_id, {"done": 0, "total": None, "enqueued": time.time()}, "PENDING")
+        bad = celery_client.send_task(REAGGREGATE_TASK, args=[10, 5, None], task_id=bad_id)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             data = client.get(f"{POST}/{bad.id}", headers=_headers(token, 1)).get_json()["data"]
