@@ -14,7 +14,6 @@ each process serves its own values, which is right for one process (`--pool solo
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -123,11 +122,3 @@ def observe_retention(deleted: dict[str, int]) -> None:
     for table, n in deleted.items():
         RETENTION_DELETED.labels(table).inc(n)
 
-
-class Stopwatch:
-    def __init__(self):
-        self.started = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started

@@ -15,7 +15,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from shared import metrics
 from shared import models as m
 from shared.config import Settings
 from shared.ops import run_reaggregate, run_tick
