@@ -127,7 +127,25 @@ def cmd_status(settings: Settings, args) -> int:
     print(f"lag:          {lag}s, {behind} logs behind")
     print(f"open gaps:    {gaps} (log ids seen missing while a transaction may still commit them)")
     print(f"timezone:     {state.timezone or settings.stats_timezone}")
+    print(f"re-aggregations running: {_running_reaggregations(settings)}")
     return 0
+
+
+def _running_reaggregations(settings: Settings) -> str:
+    """Asks the live workers (a broadcast over the broker, one second at most)."""
+    try:
+        from worker import celery
+        from worker.app import REAGGREGATE_TASK
+
+        active = celery.control.inspect(timeout=1.0).active() or {}
+    except Exception as exc:  # the broker is down: say so rather than fail the whole status
+        return f"unknown (broker unreachable: {type(exc).__name__})"
+    if not active:
+        return "none (no worker answered)"
+    tasks = [t for per_worker in active.values() for t in per_worker if t.get("name") == REAGGREGATE_TASK]
+    if not tasks:
+        return "none"
+    return ", ".join(f"{t['id']} {t.get('args')}" for t in tasks)
 
 
 def _gunicorn_cmd(host: str, port: int, workers: int) -> list[str]:
