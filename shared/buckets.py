@@ -45,31 +45,34 @@ class day_start(FunctionElement):
         super().__init__(created_at)
 
 
-@compiles(day_start)
-def _day_start_default(element, compiler, **kw):
+def _compile_day_start(element, compiler, local_midnight_sql, **kw):
     (created_at,) = element.clauses
     if _is_utc(element.tz):
         return compiler.process(_utc_day_start(created_at), **kw)
-    ts = compiler.process(created_at, **kw)
-    tz = _quoted(element.tz)
-    return f"usage_day_start({ts}, {tz})"
+    return local_midnight_sql(compiler.process(created_at, **kw), _quoted(element.tz))
+
+
+@compiles(day_start)
+def _day_start_default(element, compiler, **kw):
+    return _compile_day_start(element, compiler, lambda ts, tz: f"usage_day_start({ts}, {tz})", **kw)
 
 
 @compiles(day_start, "postgresql")
 def _day_start_pg(element, compiler, **kw):
-    (created_at,) = element.clauses
-    if _is_utc(element.tz):
-        return compiler.process(_utc_day_start(created_at), **kw)
-    ts = compiler.process(created_at, **kw)
-    tz = _quoted(element.tz)
     # AT TIME ZONE reads an ambiguous local time as the later instant, so where midnight
-    # happens twice (a fall-back at 01:00) it would pick the second one. 23:00 of the day
-    # before is never ambiguous: convert that and add the hour, which gives the first
-    # midnight, or for a skipped midnight the first instant of the day (as zoneinfo does).
-    return (
-        f"CAST(EXTRACT(EPOCH FROM ((date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz}) "
-        f"- INTERVAL '1 hour') AT TIME ZONE {tz}) + INTERVAL '1 hour') AS BIGINT)"
-    )
+    # happens twice (a fall-back to 00:00 at 01:00) it gives the second one. If the instant
+    # one hour earlier is that same local midnight, it is the first one: take it. (A
+    # skipped midnight comes out as the day's first instant, as in zoneinfo.)
+    def sql(ts, tz):
+        midnight = f"date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz})"
+        later = f"({midnight} AT TIME ZONE {tz})"
+        earlier = f"({later} - INTERVAL '1 hour')"
+        return (
+            f"CAST(EXTRACT(EPOCH FROM CASE WHEN ({earlier} AT TIME ZONE {tz}) = {midnight} "
+            f"THEN {earlier} ELSE {later} END) AS BIGINT)"
+        )
+
+    return _compile_day_start(element, compiler, sql, **kw)
 
 
 def _quoted(tz: str) -> str:

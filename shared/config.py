@@ -11,6 +11,14 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
+# Legacy zone names PostgreSQL's AT TIME ZONE reads as abbreviations or POSIX rules
+# (fixed offsets, or inverted signs) while zoneinfo reads them as real zones: days would
+# start at different instants on the two databases.
+AMBIGUOUS_ZONE_NAMES = frozenset({
+    "CET", "EET", "MET", "WET", "EST", "MST", "HST", "EST5EDT", "CST6CDT", "MST7MDT", "PST8PDT",
+})
+
+
 class ConfigError(ValueError):
     """A setting in the environment has a value we cannot use."""
 
@@ -66,6 +74,11 @@ class Settings:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}") from None
+        if tz.upper() in AMBIGUOUS_ZONE_NAMES:
+            raise ConfigError(
+                f"STATS_TIMEZONE {tz!r} is read by PostgreSQL as a fixed-offset abbreviation but by the "
+                f"zone database as a zone with daylight saving; use a Region/City name such as Europe/Paris"
+            )
         return cls(
             database_url=environ.get("DATABASE_URL") or cls.database_url,
             celery_broker_url=broker,
