@@ -79,25 +79,23 @@ def _local_date(ts: int, zone: ZoneInfo) -> date:
 
 
 @lru_cache(maxsize=None)
-def _first_instant(d: date, tz: str, near: int) -> int:
+def _first_instant(d: date, tz: str) -> int:
     # Every zone of the last decades changes offset on a quarter hour, so the first instant
-    # of a local date is a multiple of 900 s: walk back from `near` (an instant of that
-    # date, itself floored to 900 s) while the previous quarter hour is still that date.
+    # of a local date is a multiple of 900 s: the earliest quarter hour whose local date is
+    # d, searched over every instant that can be in d anywhere (offsets are within
+    # -12 h..+14 h of UTC). Not merely the start of the run of d that holds a given log:
+    # where clocks went back across midnight, as in Newfoundland's 00:01 changes until
+    # 2011, a date can start, give way to the previous one for an hour, and resume.
     zone = ZoneInfo(tz)
-    t = near
-    while _local_date(t - 900, zone) == d:
-        t -= 900
-    return t
+    utc_midnight = int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+    return min(t for t in range(utc_midnight - 15 * HOUR, utc_midnight + 13 * HOUR, 900) if _local_date(t, zone) == d)
 
 
 def day_of(ts: int, tz: str) -> int:
     """Start (unix seconds) of the local day holding `ts` in `tz`: its first instant."""
     if tz == "UTC":
         return ts - ts % DAY
-    zone = ZoneInfo(tz)
-    d = _local_date(ts, zone)
-    near = ts - ts % 900
-    return _first_instant(d, tz, near if _local_date(near, zone) == d else near + 900)
+    return _first_instant(_local_date(ts, ZoneInfo(tz)), tz)
 
 
 def hour_of(ts: int) -> int:
@@ -131,6 +129,8 @@ def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dic
            ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")}
     names: dict = defaultdict(str)
     for r in raw_consume_logs(engine):
+        if r.created_at is None:
+            continue  # no time, no bucket: such a log is skipped (new-api always sets it)
         user, model = r.user_id or 0, r.model_name or ""
         q, p, c = r.quota or 0, r.prompt_tokens or 0, r.completion_tokens or 0
         vals = (1, q, p + c, p, c)

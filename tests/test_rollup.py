@@ -166,6 +166,113 @@ def test_daily_bucket_america_havana_midnight_repeated_postgres(pg_engine):
     _havana_fall_back(pg_engine)
 
 
+def test_daily_bucket_america_nuuk_spring_forward_from_23h_sqlite(sqlite_engine):
+    """Greenland (since 2024) springs forward from Saturday 23:00 -02 to Sunday 00:00 -01:
+    23:00 is skipped, midnight exists once and starts the day."""
+    _nuuk_spring_forward(sqlite_engine)
+
+
+@pytest.mark.integration
+def test_daily_bucket_america_nuuk_spring_forward_from_23h_postgres(pg_engine):
+    _nuuk_spring_forward(pg_engine)
+
+
+def _nuuk_spring_forward(engine):
+    tz = "America/Nuuk"
+    day = at(tz, 2024, 3, 31)  # 00:00 -01 = 01:00 UTC
+    assert day == utc(2024, 3, 31, 1)
+    insert(engine, [log(created_at=day + 600), log(created_at=day + 5 * HOUR), log(created_at=day - 600)])
+    rollup(engine, cfg(engine, tz))
+    assert keys(engine, "daily_model_usage") == [(at(tz, 2024, 3, 30), "gpt-4o"), (day, "gpt-4o")]
+    assert_exact(engine, tz)
+
+
+# Zones chosen for every kind of change: DST at 02:00 (New York, London), half-hour DST
+# (Lord Howe), negative DST (Dublin), midnight skipped (Beirut, Santiago, Asuncion),
+# midnight twice (Havana, Amman, Gaza), 23:00 skipped (Nuuk, Scoresbysund), Newfoundland's
+# 00:01 changes, a whole day skipped (Apia), a half-hour fall-back at midnight
+# (Pyongyang 2015), 23:00 DST start (Dhaka 2009), Ramadan DST (Casablanca). Each of the
+# two midnight kinds was once wrong on PostgreSQL (BUG-3, then BUG-6), now fixed.
+DAY_START_ZONES = [
+    "America/New_York", "Europe/London", "Australia/Lord_Howe", "Europe/Dublin", "Asia/Beirut",
+    "America/Santiago", "America/Asuncion", "America/Havana", "Asia/Amman", "Asia/Gaza", "America/St_Johns",
+    "Africa/Casablanca", "Asia/Tehran", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Chatham",
+    "America/Nuuk", "America/Scoresbysund", "Pacific/Apia", "Asia/Pyongyang", "Asia/Dhaka",
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tz", DAY_START_ZONES)
+def test_postgres_day_start_equals_python_around_every_offset_change(pg_engine, tz):
+    """PostgreSQL's day_start (ticks) must agree with shared.buckets.local_midnight (the day
+    ranges of re-aggregation, and SQLite's buckets) everywhere near an offset change,
+    2000-2026; where they disagree, re-aggregation can drop logs (see the CET test)."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from shared.buckets import day_start, local_midnight
+
+    # three ordinary days (for zones that no longer change), and 30 h around every change
+    zone, points, previous = ZoneInfo(tz), set(range(utc(2024, 6, 1), utc(2024, 6, 4), 900)), None
+    for t in range(utc(2000, 1, 1), utc(2027, 1, 1), 3 * HOUR):
+        offset = datetime.fromtimestamp(t, timezone.utc).astimezone(zone).utcoffset()
+        if previous is not None and offset != previous:
+            points.update(range(t - 30 * HOUR, t + 30 * HOUR, 900))
+        previous = offset
+    stamps = sa.func.unnest(sa.cast(sa.literal(sorted(points), sa.ARRAY(sa.BigInteger)), sa.ARRAY(sa.BigInteger)))
+    x = stamps.table_valued(sa.column("x", sa.BigInteger)).render_derived().c.x
+    query = sa.select(x, day_start(x, tz))
+    with pg_engine.connect() as conn:
+        rows = conn.execute(query).all()
+    assert len(rows) == len(points)
+    wrong = [(ts, datetime.fromtimestamp(ts, zone).isoformat(), pg, local_midnight(ts, tz))
+             for ts, pg in rows if pg != local_midnight(ts, tz)]
+    assert not wrong, f"{len(wrong)} instants differ (ts, local, postgres, python), e.g. {wrong[:3]}"
+
+
+@pytest.mark.parametrize("tz", ["CET", "EET", "MET", "WET"])
+def test_zone_names_postgres_reads_as_abbreviations_are_refused(tz):
+    """BUG-7 (fixed in configuration): PostgreSQL reads AT TIME ZONE 'CET' as the
+    fixed-offset abbreviation, zoneinfo as a zone with daylight saving; on PostgreSQL
+    re-aggregation then dropped the logs of 00:00-01:00 CEST from the daily tables."""
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Region/City"):
+        Settings.from_env({"STATS_TIMEZONE": tz})
+    assert Settings.from_env({"STATS_TIMEZONE": "Europe/Paris"}).stats_timezone == "Europe/Paris"
+
+
+@pytest.mark.integration
+def test_every_accepted_zone_name_gets_the_same_days_on_postgres(pg_engine):
+    """Any STATS_TIMEZONE that configuration accepts is bucketed alike by PostgreSQL and by
+    Python (SQLite, re-aggregation's day ranges), in every season of 2024."""
+    import zoneinfo
+
+    from shared.buckets import day_start, local_midnight
+    from shared.config import ConfigError
+
+    accepted = []
+    for name in sorted(zoneinfo.available_timezones()):
+        try:
+            accepted.append(Settings.from_env({"STATS_TIMEZONE": name}).stats_timezone)
+        except ConfigError:
+            pass
+    assert "America/New_York" in accepted and "CET" not in accepted
+    stamps = [utc(2024, month, 15, 12) for month in (1, 4, 7, 10)]
+    wrong = []
+    with pg_engine.connect() as conn:
+        for name in accepted:
+            try:
+                got = conn.execute(sa.select(*(day_start(sa.literal(t, sa.BigInteger), name) for t in stamps))).one()
+            except sa.exc.DBAPIError as exc:  # a name PostgreSQL does not know at all
+                conn.rollback()
+                wrong.append((name, str(exc.orig).splitlines()[0]))
+                continue
+            if list(got) != [local_midnight(t, name) for t in stamps]:
+                wrong.append((name, list(got)))
+    assert not wrong, f"{len(wrong)} accepted zone names bucket differently on PostgreSQL: {wrong[:10]}"
+
+
 def _havana_fall_back(engine):
     tz = "America/Havana"
     first = at(tz, 2024, 11, 3, 0, 0, fold=0)  # 00:00 CDT = 04:00 UTC
@@ -350,8 +457,7 @@ def test_reaggregate_before_any_tick(engine):
 
 
 @pytest.mark.parametrize("tz", ["Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns"])
-def test_reaggregate_rebuilds_the_straddling_last_hour_of_a_half_hour_zone(sqlite_engine, tz):
-    engine = sqlite_engine
+def test_reaggregate_rebuilds_the_straddling_last_hour_of_a_half_hour_zone(engine, tz):
     s = cfg(engine, tz)
     late = at(tz, 2024, 5, 10, 23, 50)  # the day's last minutes; its UTC hour runs into May 11
     assert (late - late % HOUR) + HOUR > day_bounds(late, tz)[1]
@@ -460,9 +566,16 @@ def test_site_wide_tables_are_group_by_bucket_and_model(engine):
 
 def test_a_log_without_created_at_does_not_stop_the_rollup(sqlite_engine):
     engine = sqlite_engine
-    insert(engine, [log(created_at=None), log(created_at=utc(2024, 5, 10, 3))])
-    rollup(engine, cfg(engine))
-    assert totals(engine)[0] >= 1
+    s = cfg(engine)
+    insert(engine, [log(created_at=None, quota=1000), log(created_at=utc(2024, 5, 10, 3), quota=5)])
+    r = rollup(engine, s)
+    assert (r.logs, r.last_log_id) == (1, 2)  # the log without a time is passed, not counted
+    insert(engine, [log(created_at=utc(2024, 5, 10, 4), quota=6)])
+    rollup(engine, s)  # and the rollup goes on
+    assert totals(engine) == totals(engine, "daily_model_usage") == (2, 11)
+    reaggregate(engine, s, utc(2024, 5, 10), utc(2024, 5, 11))  # re-aggregation agrees
+    assert totals(engine) == (2, 11)
+    assert_exact(engine, "UTC")
 
 
 def test_one_engine_serves_two_time_zones(sqlite_engine):

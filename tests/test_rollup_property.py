@@ -27,11 +27,12 @@ checks each use their own connection.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 
 from shared import models as m
 from shared.config import Settings
@@ -39,7 +40,7 @@ from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.rollup import reaggregate, rollup, tick
 from tests.conftest import reset
-from tests.logdata import assert_exact, at, gaps, insert, log
+from tests.logdata import assert_exact, at, gaps, insert, last_log_id, log
 
 DAY = 86400
 BASE = at("America/New_York", 2024, 11, 3, 1, 30)  # the 25-hour day, in the repeated hour
@@ -56,27 +57,33 @@ log_specs = st.tuples(
     st.sampled_from([m.LOG_CONSUME] * 3 + [m.LOG_TOPUP, m.LOG_ERROR]),
     st.integers(0, 1000),
 )
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("insert"), st.lists(log_specs, min_size=1, max_size=4),
-                  st.sampled_from(["commit", "commit", "rollback", "hold", "hold"])),
-        st.tuples(st.just("resolve"), st.integers(0, 7), st.booleans()),
-        st.tuples(st.just("tick")),
-        st.tuples(st.just("rollup")),
-        st.tuples(st.just("reaggregate"), st.integers(-3, 2), st.integers(1, 3), st.sampled_from([None, None, 1, 2])),
-        st.tuples(st.just("reaggregate"), st.just(None), st.just(None), st.sampled_from([None, None, 1, 2])),
-        st.tuples(st.just("edit"), st.integers(0, 1000),
-                  st.sampled_from(["quota", "move", "delete", "type", "model"]), st.booleans()),
-    ),
-    min_size=1,
-    max_size=30,
-)
+OPERATIONS = {
+    "insert": st.tuples(st.just("insert"), st.lists(log_specs, min_size=1, max_size=4),
+                        st.sampled_from(["commit", "rollback", "hold", "hold"])),
+    "resolve": st.tuples(st.just("resolve"), st.integers(0, 7), st.sampled_from([True, True, False])),
+    "tick": st.tuples(st.just("tick")),
+    "rollup": st.tuples(st.just("rollup")),
+    "reaggregate": st.tuples(st.just("reaggregate"), st.integers(-3, 2), st.integers(1, 3),
+                             st.sampled_from([None, None, 1, 2])),
+    "reaggregate all": st.tuples(st.just("reaggregate"), st.just(None), st.just(None),
+                                 st.sampled_from([None, None, 1, 2])),
+    "edit": st.tuples(st.just("edit"), st.integers(0, 1000),
+                      st.sampled_from(["quota", "move", "delete", "type", "model"]), st.booleans()),
+}
+# Weighted: a late commit needs a held insert, a later commit, a tick, and then the held
+# transaction's commit, in that order; uniform choices made that rare.
+WEIGHTS = ["insert"] * 4 + ["resolve"] * 2 + ["tick"] * 2 + ["rollup"] * 2 + ["reaggregate", "reaggregate all", "edit"]
+operations = st.lists(st.sampled_from(WEIGHTS).flatmap(OPERATIONS.__getitem__), min_size=6, max_size=30)
 scenario = st.fixed_dictionaries({
     "tz": st.sampled_from(["UTC", "America/New_York", "Asia/Shanghai"]),
     "batch": st.sampled_from([1, 2, 5, 50_000]),
     "chunk_days": st.sampled_from([1, 2]),
     "ops": operations,
     "final_commit": st.booleans(),
+    # re-aggregate the whole history after the last commits and before the last rollup,
+    # i.e. while late-committed logs may still sit, uncounted, inside gaps
+    # (not too often: a re-aggregation also repairs a log that the ticks missed)
+    "final_reaggregate": st.sampled_from([False, False, True]),
 })
 
 MAX_HELD = 4  # leave the pool (5 + 10) room for the ticks and the checks
@@ -117,12 +124,15 @@ def run_scenario(engine, data, *, can_hold: bool) -> None:
     tz = data["tz"]
     s = Settings(database_url=str(engine.url), stats_timezone=tz, rollup_batch_size=data["batch"],
                  reaggregate_chunk_days=data["chunk_days"])
-    held: list = []  # [(connection, transaction)]
+    whole = dataclasses.replace(s, reaggregate_chunk_days=100)
+    held: list = []  # [(connection, transaction, ids)]
 
     def resolve(i: int, commit: bool):
-        conn, trans = held.pop(i % len(held))
+        conn, trans, ids = held.pop(i % len(held))
         (trans.commit if commit else trans.rollback)()
         conn.close()
+        if commit and min(ids) <= last_log_id(engine):
+            event("late commit below the watermark")
 
     try:
         for step, op in enumerate(data["ops"]):
@@ -134,8 +144,7 @@ def run_scenario(engine, data, *, can_hold: bool) -> None:
                         resolve(0, True)
                     conn = engine.connect()
                     trans = conn.begin()
-                    insert(conn, _rows(specs))
-                    held.append((conn, trans))
+                    held.append((conn, trans, insert(conn, _rows(specs))))
                 else:
                     with engine.connect() as conn:
                         trans = conn.begin()
@@ -152,8 +161,8 @@ def run_scenario(engine, data, *, can_hold: bool) -> None:
                 assert_exact(engine, tz, where=f"after the rollup at step {step} ({len(held)} transactions open)")
             elif kind == "reaggregate":
                 _, day, n, user = op
-                if day is None:  # the whole history
-                    reaggregate(engine, s, BASE - 41 * DAY, BASE + 3 * DAY, user_id=user)
+                if day is None:  # the whole history, in one chunk
+                    reaggregate(engine, whole, BASE - 41 * DAY, BASE + 3 * DAY, user_id=user)
                 else:
                     start = BASE + day * DAY
                     reaggregate(engine, s, start, start + n * DAY, user_id=user)
@@ -161,8 +170,10 @@ def run_scenario(engine, data, *, can_hold: bool) -> None:
                 _edit(engine, s, op[1], op[2], op[3])
         while held:
             resolve(0, data["final_commit"])
+        if data["final_reaggregate"]:
+            reaggregate(engine, whole, BASE - 41 * DAY, BASE + 3 * DAY)
     finally:
-        for conn, trans in held:
+        for conn, trans, _ in held:
             trans.rollback()
             conn.close()
 
@@ -188,42 +199,37 @@ PROPERTY = hsettings(
 )
 
 
-def fresh_engine(url: str):
-    # A new engine per example, not one for the whole test: SQLAlchemy's compiled-statement
-    # cache lives in the engine, and day_start's cache key ignores its time zone (BUG-5,
-    # test_rollup.py::test_one_engine_serves_two_time_zones), so an engine that compiled
-    # the rollup for one zone would go on bucketing days in it for the next example.
-    engine = make_engine(url)
-    reset(engine)
-    return engine
+# One engine for all examples of a test, each example in its own time zone: the engine's
+# compiled-statement cache must not carry one zone's SQL into another (BUG-5, fixed).
 
 
 def test_summaries_equal_group_by_over_committed_logs_sqlite(sqlite_file_url):
-    first = make_engine(sqlite_file_url)
-    upgrade(first)
-    first.dispose()
+    engine = make_engine(sqlite_file_url)
+    upgrade(engine)
 
     @PROPERTY
     @given(data=scenario)
     def check(data):
-        engine = fresh_engine(sqlite_file_url)
-        try:
-            run_scenario(engine, data, can_hold=False)
-        finally:
-            engine.dispose()
+        reset(engine)
+        run_scenario(engine, data, can_hold=False)
 
-    check()
+    try:
+        check()
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.integration
 def test_summaries_equal_group_by_over_committed_logs_postgres(pg_url):
+    engine = make_engine(pg_url)
+
     @PROPERTY
     @given(data=scenario)
     def check(data):
-        engine = fresh_engine(pg_url)
-        try:
-            run_scenario(engine, data, can_hold=True)
-        finally:
-            engine.dispose()
+        reset(engine)
+        run_scenario(engine, data, can_hold=True)
 
-    check()
+    try:
+        check()
+    finally:
+        engine.dispose()
