@@ -198,6 +198,11 @@ DAY_START_ZONES = [
     "America/Santiago", "America/Asuncion", "America/Havana", "Asia/Amman", "Asia/Gaza", "America/St_Johns",
     "Africa/Casablanca", "Asia/Tehran", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Chatham",
     "America/Nuuk", "America/Scoresbysund", "Pacific/Apia", "Asia/Pyongyang", "Asia/Dhaka",
+    *(pytest.param(z, marks=pytest.mark.xfail(strict=True, reason=(
+        "BUG-10 (low, historic): a midnight repeated by other than exactly one hour (Chita and "
+        "Magadan 2014: two hours; Colombo 2006: 30 minutes) still gets the second midnight on "
+        "PostgreSQL, which only steps back one hour")))
+      for z in ("Asia/Chita", "Asia/Colombo")),
 ]
 
 
