@@ -489,3 +489,115 @@ def test_sequence_cache_above_one_is_counted_or_refused(pg_engine, writer):
     finally:
         with pg_engine.begin() as conn:
             conn.exec_driver_sql(f"ALTER SEQUENCE {seq} CACHE 1")
+
+
+# --- crashes ------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_on(engine, marker: str):
+    """Make the next statement containing `marker` on `engine` raise, as if the process died
+    right there (client-side fault injection; the database is real)."""
+    fired = []
+
+    def boom(conn, cursor, statement, parameters, context, executemany):
+        if not fired and marker in statement:
+            fired.append(statement)
+            raise Crash(marker)
+
+    sa.event.listen(engine, "before_cursor_execute", boom)
+    return fired, lambda: sa.event.remove(engine, "before_cursor_execute", boom)
+
+
+def _snapshot(engine):
+    from tests.logdata import actual_tables
+    return actual_tables(engine), last_log_id(engine), [g[:2] for g in gaps(engine)]
+
+
+@pytest.mark.parametrize("marker", ["UPDATE rollup_state", "INSERT INTO daily_model_usage"])
+def test_a_tick_that_dies_midway_leaves_nothing_behind(engine, marker):
+    """The aggregation, the gap bookkeeping and the watermark commit together or not at all."""
+    _die_midway(engine, marker)
+
+
+@integration
+def test_a_tick_that_dies_recording_a_gap_leaves_nothing_behind(pg_engine):
+    _die_midway(pg_engine, "INSERT INTO rollup_gap")
+
+
+def _die_midway(engine, marker):
+    s = cfg(engine, rollup_batch_size=3)
+    insert(engine, [log(user_id=1, created_at=T + k * 600) for k in range(4)])
+    rollup(engine, s)
+    if engine.dialect.name == "postgresql" and marker == "INSERT INTO rollup_gap":
+        with engine.begin() as conn:  # an id that will be missing: the tick records a gap
+            conn.exec_driver_sql("SELECT nextval(pg_get_serial_sequence('logs', 'id'))")
+    insert(engine, [log(user_id=2, created_at=T + k * 600) for k in range(2)])
+    before = _snapshot(engine)
+    fired, undo = _crash_on(engine, marker)
+    try:
+        with pytest.raises(Crash):
+            tick(engine, s)
+    finally:
+        undo()
+    assert fired
+    assert _snapshot(engine) == before
+    r = tick(engine, s)  # and the lock was released: the next tick runs, and counts once
+    assert not r.skipped and r.logs == 2
+    assert_exact(engine, TZ)
+
+
+def test_a_reaggregation_that_dies_between_chunks_leaves_consistent_days(engine):
+    s = cfg(engine, reaggregate_chunk_days=1)
+    lo = at(TZ, 2024, 11, 1)
+    ids = insert(engine, [log(created_at=lo + k * 86400 + 3600, quota=10) for k in range(4)])
+    rollup(engine, s)
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.logs).values(quota=20))
+    calls = []
+
+    def boom(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("DELETE FROM hourly_usage"):
+            calls.append(statement)
+            if len(calls) == 3:
+                raise Crash("third chunk")
+
+    sa.event.listen(engine, "before_cursor_execute", boom)
+    try:
+        with pytest.raises(Crash):
+            reaggregate(engine, s, lo, lo + 4 * 86400 - 1)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", boom)
+    from tests.logdata import actual_tables
+    daily = {k[1]: v[1] for k, v in actual_tables(engine)["daily_usage"].items()}
+    # chunks 1-2 rebuilt (new quota), chunks 3-4 untouched (old quota): never a mix in a day
+    assert sorted(daily.values()) == [10, 10, 20, 20]
+    assert ids == [1, 2, 3, 4]
+    reaggregate(engine, s, lo, lo + 4 * 86400 - 1)  # running it again finishes the job
+    assert_exact(engine, TZ)
+
+
+@integration
+def test_a_killed_lock_holder_does_not_stop_the_rollup(pg_engine, writer):
+    s = cfg(pg_engine)
+    insert(writer, log(created_at=T))
+    holder = writer.connect()
+    holder.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
+    holder.commit()
+    pid = holder.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+    holder.commit()
+    assert tick(pg_engine, s).skipped
+    with writer.connect() as admin:
+        assert admin.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar_one()
+    holder.invalidate()
+    holder.close()
+    for _ in range(50):  # the backend exits asynchronously
+        r = tick(pg_engine, s)
+        if not r.skipped:
+            break
+        time.sleep(0.1)
+    assert not r.skipped and r.logs == 1
+    assert_exact(pg_engine, TZ)
