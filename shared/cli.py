@@ -39,10 +39,20 @@ def cmd_reaggregate(settings: Settings, args) -> int:
     from .retention import check_reaggregate_range
 
     if args.all:
-        start, end = _history_bounds(settings)
-        if start is None:
+        from .retention import logs_horizon
+        from .rollup import adopt_timezone, history_bounds
+
+        bounds = history_bounds(_engine(settings))
+        if bounds is None:
             print("no logs: nothing to re-aggregate")
             return 0
+        start, end = bounds
+        horizon = logs_horizon(settings, int(time.time()))
+        if horizon is not None:
+            # Older raw logs may already be gone: keep the rows built from them.
+            start = max(start, horizon + 86400)
+        if horizon is None and adopt_timezone(_engine(settings), settings):
+            print(f"daily rows dropped to be rebuilt in {settings.stats_timezone}")
     else:
         if args.start is None or args.end is None:
             raise ConfigError("reaggregate needs --start and --end (unix seconds), or --all")
@@ -84,16 +94,6 @@ def cmd_retention(settings: Settings, args) -> int:
     parts = [f"{table}: {n} rows deleted" for table, n in r.deleted.items()]
     print("; ".join(parts) + f" ({r.seconds:.3f}s)")
     return 0
-
-
-def _history_bounds(settings: Settings):
-    import sqlalchemy as sa
-
-    from . import models as m
-
-    with _engine(settings).connect() as conn:
-        lo, hi = conn.execute(sa.select(sa.func.min(m.logs.c.created_at), sa.func.max(m.logs.c.created_at))).one()
-    return (lo, hi + 1) if lo is not None else (None, None)
 
 
 def cmd_demo_data(settings: Settings, args) -> int:

@@ -32,8 +32,9 @@ Why this design (pg_incremental's sequence pipeline, without its wait):
   days, one chunk of days per transaction. Ticks can run between chunks; each chunk sees
   a consistent watermark, so the two never count a log twice or miss it.
 
-Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule assumes
-the default CACHE 1 (new-api's bigserial), which `check_log_sequence` reports on.
+Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule needs
+the default CACHE 1 (new-api's bigserial), and a tick refuses to run otherwise
+(`check_log_sequence`).
 """
 from __future__ import annotations
 
@@ -272,6 +273,37 @@ WHERE settled_at IS NULL AND NOT EXISTS (
 """)
 
 
+_LOG_SEQUENCE_CACHE = sa.text("""
+SELECT pg_get_serial_sequence('logs', 'id') AS name, s.seqcache AS cache
+FROM pg_sequence s WHERE s.seqrelid = CAST(pg_get_serial_sequence('logs', 'id') AS regclass)
+""")
+
+
+def check_log_sequence(conn: Connection) -> None:
+    """Refuse a logs id sequence with CACHE > 1: each session then hands out ids from its
+    own block, out of order with other sessions, and an id below one already counted may
+    arrive after its gap was forgotten (it would never be counted)."""
+    row = conn.execute(_LOG_SEQUENCE_CACHE).first()
+    if row is not None and row.cache > 1:
+        raise RollupError(
+            f"the logs id sequence {row.name} has CACHE {row.cache}: ids are then handed out out of "
+            f"order and a late log could be missed; run `ALTER SEQUENCE {row.name} CACHE 1`"
+        )
+
+
+def _check_ids_not_restarted(conn: Connection, w: int) -> None:
+    """Ids below the watermark only: the logs table was recreated or its sequence reset
+    (a restored database, TRUNCATE ... RESTART IDENTITY). Its new logs would go uncounted
+    until their ids passed the old watermark, so stop and say so."""
+    top = conn.execute(sa.select(sa.func.max(m.logs.c.id))).scalar()
+    if top is not None and top < w:
+        raise RollupError(
+            f"log ids start again below the rollup's last_log_id {w} (the highest id now is {top}): the logs "
+            f"table was recreated or its id sequence reset. If the logs up to id {w} are gone for good, run "
+            f"`UPDATE rollup_state SET last_log_id = 0` so the new logs are counted (existing summary rows stay)"
+        )
+
+
 def _gap_join():
     g = m.rollup_gap.c
     return m.logs.join(m.rollup_gap, m.logs.c.id.between(g.lo, g.hi))
@@ -319,9 +351,13 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
         if conn is None:
             return TickResult(skipped=True)
         state = _state(conn, settings)
+        if pg:
+            check_log_sequence(conn)
         w = state.last_log_id
         batch = sa.select(m.logs.c.id).where(m.logs.c.id > w).order_by(m.logs.c.id).limit(settings.rollup_batch_size).subquery()
         h, n_ids = conn.execute(sa.select(sa.func.max(batch.c.id), sa.func.count(batch.c.id))).one()
+        if h is None and w > 0:
+            _check_ids_not_restarted(conn, w)
         has_gaps = pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar() > 0
 
         result = TickResult(batches=1, last_log_id=h if h is not None else w, more=n_ids >= settings.rollup_batch_size)
@@ -394,6 +430,29 @@ def backlog(engine: Engine, cap: int = 1_000_000) -> tuple[int, int]:
 
 
 # --- re-aggregation ------------------------------------------------------------------
+
+
+def adopt_timezone(engine: Engine, settings: Settings) -> bool:
+    """When the daily rows were built in another zone than STATS_TIMEZONE: drop them all
+    and record the new zone, so that ticks go on and a re-aggregation of the whole history
+    (`usage-stats reaggregate --all`) rebuilds them. True when something changed."""
+    with exclusive(engine, wait=True) as conn:
+        current = conn.execute(sa.select(m.rollup_state.c.timezone).where(m.rollup_state.c.id == 1)).scalar()
+        if current in (None, settings.stats_timezone):
+            return False
+        for table in (m.daily_usage, m.daily_model_usage):
+            conn.execute(sa.delete(table))
+        conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
+    log.info("daily rows dropped: built in %s, STATS_TIMEZONE is now %s", current, settings.stats_timezone)
+    return True
+
+
+def history_bounds(engine: Engine) -> tuple[int, int] | None:
+    """[first, last + 1) of the logs' created_at (both ends from idx_created_at_id)."""
+    lg = m.logs.c
+    with engine.connect() as conn:
+        lo, hi = conn.execute(sa.select(sa.func.min(lg.created_at), sa.func.max(lg.created_at))).one()
+    return None if lo is None else (lo, hi + 1)
 
 
 def day_starts(start: int, end: int, tz: str) -> list[int]:
