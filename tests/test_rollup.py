@@ -614,10 +614,7 @@ def test_one_engine_serves_two_time_zones(sqlite_engine):
     assert keys(engine, "daily_model_usage") == [(at("Asia/Shanghai", 2024, 5, 11), "gpt-4o")]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG-8: the timezone-mismatch RollupError says to run `usage-stats reaggregate --all` "
-    "(whose help says it adopts a changed STATS_TIMEZONE), but that command calls "
-    "reaggregate(), which raises the same RollupError: nothing adopts the new zone"))
+# BUG-8 (found here, fixed since): this test now guards the fix.
 def test_the_remedy_the_timezone_error_names_works(sqlite_file_url, monkeypatch, capsys):
     from shared import cli
     from shared.db import dispose_engines, make_engine
@@ -642,10 +639,7 @@ def test_the_remedy_the_timezone_error_names_works(sqlite_file_url, monkeypatch,
     engine.dispose()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG-11: when the logs id sequence starts again below the watermark (the gateway's logs "
-    "table recreated or truncated with RESTART IDENTITY, a restored database), ticks count "
-    "nothing and say nothing until the new ids pass the old watermark"))
+# BUG-11 (found here, fixed since): this test now guards the fix.
 def test_ids_starting_again_below_the_watermark_are_counted_or_refused(engine):
     s = cfg(engine)
     insert(engine, [log(created_at=utc(2024, 5, 10, k)) for k in range(5)])
@@ -665,3 +659,51 @@ def test_ids_starting_again_below_the_watermark_are_counted_or_refused(engine):
         return
     tables = actual_tables(engine)["daily_model_usage"]
     assert tables.get((utc(2024, 6, 1), "gpt-4o"), (0,))[0] == 3
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG-12: deleting the newest logs (nothing restarted) makes every tick raise the "
+    "'ids start again below last_log_id' RollupError until a new log arrives, and its advice "
+    "(UPDATE rollup_state SET last_log_id = 0) would then count every remaining log twice"))
+def test_deleting_the_newest_logs_is_not_a_restart(engine):
+    s = cfg(engine)
+    ids = insert(engine, [log(created_at=utc(2024, 5, 10, k)) for k in range(5)])
+    rollup(engine, s)
+    with engine.begin() as conn:  # e.g. one user's logs erased, the newest among them
+        conn.execute(sa.delete(m.logs).where(m.logs.c.id == ids[-1]))
+    r = tick(engine, s)  # nothing to count, nothing wrong
+    assert (r.logs, r.last_log_id) == (0, ids[-1])
+    reaggregate(engine, s, utc(2024, 5, 10), utc(2024, 5, 11))
+    assert_exact(engine, "UTC")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG-13: with RETAIN_LOGS_DAYS set, `reaggregate --all` does not adopt a changed "
+    "STATS_TIMEZONE and fails with the very error that tells the operator to run it, even when "
+    "retention has deleted nothing yet"))
+def test_the_timezone_remedy_also_works_with_log_retention_configured(sqlite_file_url, monkeypatch, capsys):
+    import time as _time
+
+    from shared import cli
+    from shared.db import dispose_engines, make_engine
+    from shared.migrate import upgrade
+
+    engine = make_engine(sqlite_file_url)
+    upgrade(engine)
+    now = int(_time.time())
+    insert(engine, [log(created_at=now - 86400 * k) for k in range(1, 4)])  # all well inside 30 days
+    rollup(engine, cfg(engine, "UTC"))
+    monkeypatch.setenv("DATABASE_URL", sqlite_file_url)
+    monkeypatch.setenv("STATS_TIMEZONE", "Asia/Shanghai")
+    monkeypatch.setenv("RETAIN_LOGS_DAYS", "30")
+    try:
+        code = cli.main(["reaggregate", "--all", "--quiet"])
+    finally:
+        dispose_engines()
+    err = capsys.readouterr().err
+    # Either it works, or it says something other than "run reaggregate --all" again.
+    assert code == 0 or "reaggregate --all" not in err, err
+    if code == 0:
+        rollup(engine, cfg(engine, "Asia/Shanghai"))
+        assert_exact(engine, "Asia/Shanghai")
+    engine.dispose()

@@ -454,10 +454,7 @@ def test_sqlite_writers_and_ticks_in_threads(sqlite_file):
 
 
 @integration
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG-9: with a logs id sequence of CACHE > 1, a session hands out ids below ids another "
-    "session already committed, after their gap was forgotten: the log is never counted. The "
-    "module docstring says `check_log_sequence` reports on this, but no such check exists"))
+# BUG-9 (found here, fixed since): this test now guards the fix.
 def test_sequence_cache_above_one_is_counted_or_refused(pg_engine, writer):
     from shared.rollup import RollupError
 
