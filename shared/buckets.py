@@ -60,16 +60,19 @@ def _day_start_default(element, compiler, **kw):
 @compiles(day_start, "postgresql")
 def _day_start_pg(element, compiler, **kw):
     # AT TIME ZONE reads an ambiguous local time as the later instant, so where midnight
-    # happens twice (a fall-back to 00:00 at 01:00) it gives the second one. If the instant
-    # one hour earlier is that same local midnight, it is the first one: take it. (A
-    # skipped midnight comes out as the day's first instant, as in zoneinfo.)
+    # happens twice (clocks set back to 00:00) it gives the second one. The first one is
+    # local midnight at the offset in force a few hours earlier: take it when it is
+    # earlier and really is that same local midnight. (A skipped midnight comes out as
+    # the day's first instant, as in zoneinfo.)
     def sql(ts, tz):
         midnight = f"date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz})"
         later = f"({midnight} AT TIME ZONE {tz})"
-        earlier = f"({later} - INTERVAL '1 hour')"
+        before = f"({later} - INTERVAL '3 hours')"
+        offset_before = f"(({before} AT TIME ZONE {tz}) - ({before} AT TIME ZONE 'UTC'))"
+        first = f"(({midnight} - {offset_before}) AT TIME ZONE 'UTC')"
         return (
-            f"CAST(EXTRACT(EPOCH FROM CASE WHEN ({earlier} AT TIME ZONE {tz}) = {midnight} "
-            f"THEN {earlier} ELSE {later} END) AS BIGINT)"
+            f"CAST(EXTRACT(EPOCH FROM CASE WHEN {first} < {later} AND ({first} AT TIME ZONE {tz}) = {midnight} "
+            f"THEN {first} ELSE {later} END) AS BIGINT)"
         )
 
     return _compile_day_start(element, compiler, sql, **kw)

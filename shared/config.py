@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """A setting in the environment has a value we cannot use."""
 
 
+def _check_timezone(tz: str) -> None:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}") from None
+    if tz.upper() in AMBIGUOUS_ZONE_NAMES:
+        raise ConfigError(
+            f"STATS_TIMEZONE {tz!r} is read by PostgreSQL as a fixed-offset abbreviation but by the "
+            f"zone database as a zone with daylight saving; use a Region/City name such as Europe/Paris"
+        )
+
+
 def _int(environ, name: str, default: int, minimum: int = 1) -> int:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
@@ -62,6 +74,10 @@ class Settings:
     # ... and delete raw logs older than this many days, only those already rolled up.
     retain_logs_days: int = 0
 
+    def __post_init__(self):
+        # Here rather than in from_env, so that a Settings built in code is checked too.
+        _check_timezone(self.stats_timezone)
+
     @classmethod
     def from_env(cls, environ=None) -> "Settings":
         environ = os.environ if environ is None else environ
@@ -70,15 +86,6 @@ class Settings:
         # them in a SQLite file, so that `up` needs no server at all.
         default_backend = broker if broker.startswith(("redis://", "rediss://")) else cls.celery_result_backend
         tz = environ.get("STATS_TIMEZONE") or cls.stats_timezone
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}") from None
-        if tz.upper() in AMBIGUOUS_ZONE_NAMES:
-            raise ConfigError(
-                f"STATS_TIMEZONE {tz!r} is read by PostgreSQL as a fixed-offset abbreviation but by the "
-                f"zone database as a zone with daylight saving; use a Region/City name such as Europe/Paris"
-            )
         return cls(
             database_url=environ.get("DATABASE_URL") or cls.database_url,
             celery_broker_url=broker,

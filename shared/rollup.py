@@ -291,16 +291,39 @@ def check_log_sequence(conn: Connection) -> None:
         )
 
 
+_LOG_SEQUENCE_LAST = {
+    # NULL when the sequence was reset and has not handed out an id since.
+    "postgresql": "SELECT pg_sequence_last_value(CAST(pg_get_serial_sequence('logs', 'id') AS regclass)), "
+                  "pg_get_serial_sequence('logs', 'id') IS NOT NULL",
+    "sqlite": "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'logs'), "
+              "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'logs')",
+}
+
+
 def _check_ids_not_restarted(conn: Connection, w: int) -> None:
-    """Ids below the watermark only: the logs table was recreated or its sequence reset
-    (a restored database, TRUNCATE ... RESTART IDENTITY). Its new logs would go uncounted
-    until their ids passed the old watermark, so stop and say so."""
-    top = conn.execute(sa.select(sa.func.max(m.logs.c.id))).scalar()
-    if top is not None and top < w:
+    """No id above the watermark: fine, unless ids will now be handed out below it (the
+    logs table recreated or its sequence reset, as after TRUNCATE ... RESTART IDENTITY or a
+    restored database): those logs would go uncounted, so stop and say so. Asked of the
+    id sequence, so deleting the newest logs is not mistaken for a restart."""
+    try:
+        last, has_sequence = conn.exec_driver_sql(_LOG_SEQUENCE_LAST[conn.dialect.name]).one()
+    except (KeyError, sa.exc.DBAPIError):
+        last, has_sequence = None, False  # no sqlite_sequence table: no AUTOINCREMENT anywhere
+    if has_sequence:
+        if last is None or last < w:
+            raise RollupError(
+                f"the logs id sequence starts again below the rollup's last_log_id {w} (it is at {last or 0}): "
+                f"the logs table was recreated or its sequence reset. If the logs up to id {w} are gone for good, "
+                f"run `UPDATE rollup_state SET last_log_id = 0` so the new logs are counted"
+            )
+        return
+    # Without a sequence (SQLite rowids) a new id is max(id) + 1.
+    top = conn.execute(sa.select(sa.func.max(m.logs.c.id))).scalar() or 0
+    if top < w:
         raise RollupError(
-            f"log ids start again below the rollup's last_log_id {w} (the highest id now is {top}): the logs "
-            f"table was recreated or its id sequence reset. If the logs up to id {w} are gone for good, run "
-            f"`UPDATE rollup_state SET last_log_id = 0` so the new logs are counted (existing summary rows stay)"
+            f"the highest log id is {top}, below the rollup's last_log_id {w}, and new logs will reuse ids up to "
+            f"{w}: if the logs table was recreated, run `UPDATE rollup_state SET last_log_id = 0`; if only its "
+            f"newest logs were deleted, run `UPDATE rollup_state SET last_log_id = {top}`"
         )
 
 

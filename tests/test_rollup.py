@@ -198,11 +198,8 @@ DAY_START_ZONES = [
     "America/Santiago", "America/Asuncion", "America/Havana", "Asia/Amman", "Asia/Gaza", "America/St_Johns",
     "Africa/Casablanca", "Asia/Tehran", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Chatham",
     "America/Nuuk", "America/Scoresbysund", "Pacific/Apia", "Asia/Pyongyang", "Asia/Dhaka",
-    *(pytest.param(z, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG-10 (low, historic): a midnight repeated by other than exactly one hour (Chita and "
-        "Magadan 2014: two hours; Colombo 2006: 30 minutes) still gets the second midnight on "
-        "PostgreSQL, which only steps back one hour")))
-      for z in ("Asia/Chita", "Asia/Colombo")),
+    # a midnight repeated by two hours (Chita, Magadan 2014) or thirty minutes (Colombo 2006): BUG-10
+    "Asia/Chita", "Asia/Magadan", "Asia/Colombo",
 ]
 
 
@@ -661,10 +658,6 @@ def test_ids_starting_again_below_the_watermark_are_counted_or_refused(engine):
     assert tables.get((utc(2024, 6, 1), "gpt-4o"), (0,))[0] == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG-12: deleting the newest logs (nothing restarted) makes every tick raise the "
-    "'ids start again below last_log_id' RollupError until a new log arrives, and its advice "
-    "(UPDATE rollup_state SET last_log_id = 0) would then count every remaining log twice"))
 def test_deleting_the_newest_logs_is_not_a_restart(engine):
     s = cfg(engine)
     ids = insert(engine, [log(created_at=utc(2024, 5, 10, k)) for k in range(5)])
