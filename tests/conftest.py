@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -67,24 +68,33 @@ def sqlite_file_url(tmp_path):
     return f"sqlite:///{tmp_path / 'usage.db'}"
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
+@contextmanager
+def throwaway_database(prefix: str):
+    """The URL of a new, empty PostgreSQL database, dropped on exit; skips the test when
+    PostgreSQL cannot be reached."""
     try:
         admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            name = f"usage_stats_test_{uuid.uuid4().hex[:10]}"
+            name = f"{prefix}_{uuid.uuid4().hex[:10]}"
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except sa.exc.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
+    with throwaway_database("usage_stats_test") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ aff_code, stripe_customer, ...) -- and fills them. Then our migrations run:
 """
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import sqlalchemy as sa
 
@@ -18,7 +16,7 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.ops import run_tick
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import throwaway_database
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +117,11 @@ MODELS = ("gpt-4o", "claude-3-5-sonnet", "deepseek-chat")
 @pytest.fixture
 def newapi_url():
     """A fresh database holding new-api's tables and some history, dropped afterwards."""
-    try:
-        admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            name = f"usage_stats_newapi_{uuid.uuid4().hex[:10]}"
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    with throwaway_database("usage_stats_newapi") as url:
+        yield _with_newapi_history(url)
+
+
+def _with_newapi_history(url: str) -> str:
     engine = make_engine(url)
     with engine.begin() as conn:
         for ddl in NEWAPI_DDL:
@@ -155,10 +150,7 @@ def newapi_url():
             rows,
         )
     engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    return url
 
 
 def _snapshot(engine) -> dict:
