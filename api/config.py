@@ -18,5 +18,7 @@ class ApiLimits:
     def from_settings(cls, settings: Settings) -> "ApiLimits":
         return cls(settings.api_max_span_hourly_days, settings.api_max_span_daily_days)
 
-    def max_span_days(self, granularity: str) -> int:
-        return self.max_span_hourly_days if granularity == "hour" else self.max_span_daily_days
+    def max_span_days(self, granularity: str, from_hourly: bool = False) -> int:
+        """Hours, and days, weeks or months summed from hourly rows (in a zone other than
+        STATS_TIMEZONE), cost what hours cost: the hourly limit. Otherwise the daily one."""
+        return self.max_span_hourly_days if granularity == "hour" or from_hourly else self.max_span_daily_days

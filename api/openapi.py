@@ -7,7 +7,7 @@ ones api.params reads.
 from __future__ import annotations
 
 from .config import ApiLimits
-from .params import INT64_MAX
+from .params import ADMIN_PARAMETERS, INT64_MAX, MAX_CALENDAR_TIMESTAMP, SELF_PARAMETERS
 
 _INT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX, "format": "int64"}
 
@@ -22,7 +22,10 @@ def _row(extra: dict | None = None) -> dict:
         "count": {**_INT, "description": "Requests (consume logs)"},
         "quota": {**_INT, "description": "Quota spent (500,000 = 1 USD)"},
         "token_used": {**_INT, "description": "prompt_tokens + completion_tokens"},
-        "created_at": {**_INT, "description": "Bucket start, unix seconds: the hour, or local midnight of the day"},
+        "created_at": {**_INT, "description": (
+            "Bucket start, unix seconds: the hour, or the local midnight starting the day, the week (Monday) "
+            "or the month (the 1st) in the zone tz"
+        )},
         **(extra or {}),
         "prompt_tokens": {**_INT, "description": "Prompt tokens"},
         "completion_tokens": {**_INT, "description": "Completion tokens"},
@@ -38,7 +41,9 @@ def _errors(*, admin: bool) -> dict:
     return {
         "400": _failure(
             "Bad parameter: not a whole number, negative, beyond int64, start after end, span too long, "
-            "unknown granularity, or a parameter given twice."
+            "unknown granularity, unknown time zone, a zone with offsets that are not whole hours (other than "
+            "STATS_TIMEZONE, for days, weeks and months), realtime not true or false or turned off on the "
+            "server, or a parameter given twice."
         ),
         "401": _failure("Missing or invalid access token; missing, malformed or mismatched New-Api-User."),
         "403": _failure("The user is disabled" + (", or is not an administrator (role < 10)." if admin else ".")),
@@ -55,7 +60,8 @@ def _ok(schema: str, description: str) -> dict:
 def document(limits: ApiLimits) -> dict:
     range_note = (
         "A bucket is returned when its start lies in [start_timestamp, end_timestamp], both ends included. "
-        "Rows are ordered by created_at, then model_name."
+        "Rows are ordered by created_at, then model_name. With realtime (the default), the answer includes "
+        "every consume log committed before the request, also those the rollup has not reached yet."
     )
     return {
         "openapi": "3.1.0",
@@ -74,7 +80,7 @@ def document(limits: ApiLimits) -> dict:
                     "summary": "My usage statistics by date",
                     "description": "The caller's own rows, one per (bucket, model). " + range_note,
                     "security": [{"accessToken": [], "newApiUser": []}],
-                    "parameters": [_ref("parameters", n) for n in ("start_timestamp", "end_timestamp", "granularity")],
+                    "parameters": [_ref("parameters", n) for n in SELF_PARAMETERS],
                     "responses": {"200": _ok("SelfResponse", "The caller's rows (possibly none)."), **_errors(admin=False)},
                 }
             },
@@ -88,9 +94,7 @@ def document(limits: ApiLimits) -> dict:
                         "Also answered at /api/data, without a redirect. " + range_note
                     ),
                     "security": [{"accessToken": [], "newApiUser": []}],
-                    "parameters": [
-                        _ref("parameters", n) for n in ("start_timestamp", "end_timestamp", "granularity", "username")
-                    ],
+                    "parameters": [_ref("parameters", n) for n in ADMIN_PARAMETERS],
                     "responses": {"200": _ok("AllResponse", "The rows (possibly none)."), **_errors(admin=True)},
                 }
             },
@@ -194,7 +198,8 @@ def document(limits: ApiLimits) -> dict:
                     "required": False,
                     "description": (
                         "Range start, unix seconds (included). Default: end_timestamp minus 24 hours "
-                        "(granularity=hour) or minus 7 days (granularity=day). An empty value counts as absent."
+                        "(granularity=hour), 7 days (day), 84 days (week) or 365 days (month), never more than "
+                        "the span limit. An empty value counts as absent."
                     ),
                     "schema": _INT,
                 },
@@ -205,7 +210,10 @@ def document(limits: ApiLimits) -> dict:
                     "description": (
                         "Range end, unix seconds (included). Default: now. end_timestamp - start_timestamp may be "
                         f"at most {limits.max_span_hourly_days} days for granularity=hour and "
-                        f"{limits.max_span_daily_days} days for granularity=day."
+                        f"{limits.max_span_daily_days} days for granularity=day, week and month; days, weeks and "
+                        f"months in a tz other than the server's STATS_TIMEZONE are summed from hourly rows and "
+                        f"may span at most {limits.max_span_hourly_days} days. For weeks and months (and days in "
+                        f"another tz), at most {MAX_CALENDAR_TIMESTAMP}."
                     ),
                     "schema": _INT,
                 },
@@ -213,8 +221,35 @@ def document(limits: ApiLimits) -> dict:
                     "name": "granularity",
                     "in": "query",
                     "required": False,
-                    "description": "hour: buckets start on the hour (UTC); day: at local midnight in the server's STATS_TIMEZONE.",
-                    "schema": {"type": "string", "enum": ["hour", "day"], "default": "hour"},
+                    "description": (
+                        "hour: buckets start on the hour (UTC); day: at local midnight in tz; week: at local "
+                        "midnight starting Monday; month: at local midnight starting the 1st."
+                    ),
+                    "schema": {"type": "string", "enum": ["hour", "day", "week", "month"], "default": "hour"},
+                },
+                "tz": {
+                    "name": "tz",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "IANA time zone of day, week and month buckets (23- and 25-hour days included), such as "
+                        "Asia/Shanghai or America/New_York. Default: the server's STATS_TIMEZONE, whose days come "
+                        "from the daily rows. Another zone is summed from hourly rows and must have whole-hour "
+                        "offsets over the range (Asia/Kolkata is refused unless it is STATS_TIMEZONE). "
+                        "Unknown zones and legacy names such as CET or EST5EDT are refused. No effect on hours."
+                    ),
+                    "schema": {"type": "string", "examples": ["Asia/Shanghai"]},
+                },
+                "realtime": {
+                    "name": "realtime",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "true (default, unless the server sets API_REALTIME=false): add the consume logs the rollup "
+                        "has not counted yet, so that a log counts as soon as it is committed. false: the summary "
+                        "rows only. true on a server with API_REALTIME=false is refused."
+                    ),
+                    "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
                 },
                 "username": {
                     "name": "username",

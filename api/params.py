@@ -7,20 +7,31 @@ An empty value ("?start_timestamp=") counts as absent, as form-built URLs send t
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
 
 from werkzeug.datastructures import MultiDict
 
-from shared.queries import GRANULARITIES
+from shared.buckets import HOUR, LONGEST
+from shared.config import AMBIGUOUS_ZONE_NAMES
+from shared.queries import GRANULARITIES, View
 
 from .config import DAY, ApiLimits
 from .errors import ApiError
 
 INT64_MAX = 2**63 - 1
-SELF_PARAMETERS = ("start_timestamp", "end_timestamp", "granularity")
+SELF_PARAMETERS = ("start_timestamp", "end_timestamp", "granularity", "tz", "realtime")
 ADMIN_PARAMETERS = SELF_PARAMETERS + ("username",)
-# When the range is not given: the last day of hours, the last week of days.
-DEFAULT_SPAN_DAYS = {"hour": 1, "day": 7}
+# When the range is not given: the last day of hours, week of days, 12 weeks, year of months.
+DEFAULT_SPAN_DAYS = {"hour": 1, "day": 7, "week": 84, "month": 365}
+REALTIME_VALUES = {"true": True, "1": True, "false": False, "0": False}
+# Names in the zone database that are no place: the machine's own zone, a placeholder.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+# Weeks, months, and days outside STATS_TIMEZONE need calendar dates: the range must end
+# a month before the end of the year 9999 (the zone database's and Python's last year).
+MAX_CALENDAR_TIMESTAMP = 253_402_300_799 - 32 * DAY
 
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
@@ -30,6 +41,7 @@ class Window:
     granularity: str
     start: int
     end: int
+    view: View
 
 
 def _single(args: MultiDict, name: str) -> str | None:
@@ -52,18 +64,25 @@ def _timestamp(name: str, raw: str) -> int:
     raise ApiError(400, f"{name} must be a whole number of unix seconds")
 
 
-def parse_window(args: MultiDict, limits: ApiLimits, now: int, names=SELF_PARAMETERS) -> Window:
-    """granularity, start and end from the query string; raises ApiError(400)."""
+def parse_window(args: MultiDict, limits: ApiLimits, now: int, names=SELF_PARAMETERS, *,
+                 stats_tz: str = "UTC", realtime_enabled: bool = True) -> Window:
+    """granularity, tz, realtime, start and end from the query string; raises
+    ApiError(400). `stats_tz` is the server's STATS_TIMEZONE, the zone of the daily rows;
+    `realtime_enabled` is API_REALTIME."""
     for name in names:
         _single(args, name)  # repeated parameters, before anything else
     granularity = _single(args, "granularity") or "hour"
     if granularity not in GRANULARITIES:
-        raise ApiError(400, "granularity must be hour or day")
+        raise ApiError(400, "granularity must be hour, day, week or month")
+    tz = parse_tz(_single(args, "tz"), stats_tz)
+    realtime = parse_realtime(_single(args, "realtime"), realtime_enabled)
+    view = View(granularity=granularity, tz=tz, stats_tz=stats_tz, realtime=realtime)
     raw_start, raw_end = _single(args, "start_timestamp"), _single(args, "end_timestamp")
     start = _timestamp("start_timestamp", raw_start) if raw_start is not None else None
     end = _timestamp("end_timestamp", raw_end) if raw_end is not None else None
 
-    limit_days = limits.max_span_days(granularity)
+    from_hourly = granularity != "hour" and not view.from_daily
+    limit_days = limits.max_span_days(granularity, from_hourly)
     if end is None:
         end = now
     if start is None:
@@ -72,12 +91,71 @@ def parse_window(args: MultiDict, limits: ApiLimits, now: int, names=SELF_PARAME
     if start > end:
         raise ApiError(400, "start_timestamp must not be after end_timestamp")
     if end - start > limit_days * DAY:
+        why = (
+            f" in tz={tz} (a zone other than the server's STATS_TIMEZONE {stats_tz}: summed from hourly rows)"
+            if from_hourly else ""
+        )
         raise ApiError(
             400,
             f"the range from start_timestamp to end_timestamp may span at most {limit_days} days "
-            f"for granularity={granularity}",
+            f"for granularity={granularity}{why}",
         )
-    return Window(granularity, start, end)
+    if (granularity in ("week", "month") or from_hourly) and end > MAX_CALENDAR_TIMESTAMP:
+        raise ApiError(400, f"end_timestamp may be at most {MAX_CALENDAR_TIMESTAMP} for granularity={granularity}")
+    if from_hourly:
+        _check_whole_hours(tz, stats_tz, start, end + LONGEST[granularity])
+    return Window(granularity, start, end, view)
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) - _NOT_ZONES
+
+
+def parse_tz(raw: str | None, stats_tz: str) -> str:
+    """An IANA zone name (default: STATS_TIMEZONE). Legacy names that PostgreSQL reads
+    as fixed offsets or POSIX rules (CET, EST5EDT, ...) are refused, as for STATS_TIMEZONE."""
+    if raw is None:
+        return stats_tz
+    if raw == stats_tz:
+        return raw
+    if raw not in _zone_names():
+        raise ApiError(400, "tz must be an IANA time zone name such as Asia/Shanghai or America/New_York")
+    if raw.upper() in AMBIGUOUS_ZONE_NAMES:
+        raise ApiError(400, f"tz {raw} is ambiguous (PostgreSQL reads it as a fixed offset); use a Region/City name")
+    return raw
+
+
+def parse_realtime(raw: str | None, enabled: bool) -> bool:
+    if raw is None:
+        return enabled
+    if raw not in REALTIME_VALUES:
+        raise ApiError(400, "realtime must be true or false")
+    if REALTIME_VALUES[raw] and not enabled:
+        raise ApiError(400, "realtime answers are turned off on this server (API_REALTIME=false)")
+    return REALTIME_VALUES[raw]
+
+
+def _offset(zone: zoneinfo.ZoneInfo, ts: int) -> int:
+    return int(datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).utcoffset().total_seconds())
+
+
+def _check_whole_hours(tz: str, stats_tz: str, lo: int, hi: int) -> None:
+    """Days, weeks and months summed from hourly rows need every UTC hour of [lo, hi)
+    inside one local day: the zone's offset must be a whole number of hours and may
+    change only on the hour."""
+    zone = zoneinfo.ZoneInfo(tz)
+    for h in range(lo - lo % HOUR, hi, HOUR):
+        offset = _offset(zone, h)
+        if offset % HOUR or _offset(zone, h + HOUR - 1) != offset:
+            sign = "-" if offset < 0 else "+"
+            hours, rest = divmod(abs(offset), HOUR)
+            raise ApiError(
+                400,
+                f"tz {tz} is at UTC{sign}{hours:02d}:{rest // 60:02d}, not a whole number of hours, in the requested "
+                f"range: days, weeks and months in such a zone are served only when it is the server's "
+                f"STATS_TIMEZONE ({stats_tz}); use granularity=hour, or a zone with whole-hour offsets",
+            )
 
 
 def parse_username(args: MultiDict) -> str | None:

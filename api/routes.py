@@ -24,16 +24,27 @@ def _success(data):
     return jsonify(success=True, message="", data=data)
 
 
+def _window(state, names=params.SELF_PARAMETERS) -> params.Window:
+    return params.parse_window(
+        request.args, state.limits, int(time.time()), names,
+        stats_tz=state.settings.stats_timezone, realtime_enabled=state.settings.api_realtime,
+    )
+
+
+# Every statement of a data request reads one snapshot (queries.snapshot), so that the
+# summary rows and the real-time tail agree on what the rollup has counted.
+
+
 @bp.get("/api/data/self")
 def data_self():
     state = _state()
-    with state.engine.connect() as conn:
+    with queries.snapshot(state.engine) as conn:
         # Authentication before parameters, as new-api's middleware does: a caller
         # without a valid token learns nothing about what the endpoint accepts.
         # /self is for any user in new-api's sense of "User": role common (1) or above.
         user = authenticate(conn, m.ROLE_USER)
-        window = params.parse_window(request.args, state.limits, int(time.time()))
-        rows = queries.user_usage(conn, user.id, window.granularity, window.start, window.end)
+        window = _window(state)
+        rows = queries.user_usage(conn, user.id, window.view, window.start, window.end)
     return _success(rows)
 
 
@@ -42,14 +53,14 @@ def data_self():
 @bp.get("/api/data/", strict_slashes=False)
 def data_all():
     state = _state()
-    with state.engine.connect() as conn:
+    with queries.snapshot(state.engine) as conn:
         authenticate(conn, m.ROLE_ADMIN)
-        window = params.parse_window(request.args, state.limits, int(time.time()), params.ADMIN_PARAMETERS)
+        window = _window(state, params.ADMIN_PARAMETERS)
         username = params.parse_username(request.args)
         if username is None:
-            rows = queries.site_usage(conn, window.granularity, window.start, window.end)
+            rows = queries.site_usage(conn, window.view, window.start, window.end)
         else:
-            rows = queries.user_usage_by_name(conn, username, window.granularity, window.start, window.end)
+            rows = queries.user_usage_by_name(conn, username, window.view, window.start, window.end)
     return _success(rows)
 
 

@@ -10,7 +10,7 @@ starts at its first instant).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, literal_column
@@ -20,6 +20,11 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 HOUR = 3600
 DAY = 86400
+# Calendar units a bucket can span beyond the day: weeks start on Monday.
+PERIODS = ("week", "month")
+# The longest bucket of each granularity, with room for a 25-hour day: a row whose
+# bucket starts at `end` lies before `end + LONGEST[granularity]`.
+LONGEST = {"hour": HOUR, "day": DAY + 2 * HOUR, "week": 7 * DAY + 2 * HOUR, "month": 31 * DAY + 2 * HOUR}
 
 
 def hour_start(created_at):
@@ -59,23 +64,68 @@ def _day_start_default(element, compiler, **kw):
 
 @compiles(day_start, "postgresql")
 def _day_start_pg(element, compiler, **kw):
+    return _compile_day_start(element, compiler, lambda ts, tz: _pg_local_start(ts, tz, "day"), **kw)
+
+
+def _pg_local_start(ts: str, tz: str, unit: str) -> str:
+    """PostgreSQL: unix seconds of the first instant of the local day (or of the Monday
+    starting the week, or of the 1st of the month: `unit` as date_trunc names it) that
+    holds unix time `ts` in zone `tz` (a quoted literal)."""
     # AT TIME ZONE reads an ambiguous local time as the later instant, so where midnight
     # happens twice (clocks set back to 00:00) it gives the second one. The first one is
     # local midnight at the offset in force a few hours earlier: take it when it is
     # earlier and really is that same local midnight. (A skipped midnight comes out as
     # the day's first instant, as in zoneinfo.)
-    def sql(ts, tz):
-        midnight = f"date_trunc('day', to_timestamp({ts}) AT TIME ZONE {tz})"
-        later = f"({midnight} AT TIME ZONE {tz})"
-        before = f"({later} - INTERVAL '3 hours')"
-        offset_before = f"(({before} AT TIME ZONE {tz}) - ({before} AT TIME ZONE 'UTC'))"
-        first = f"(({midnight} - {offset_before}) AT TIME ZONE 'UTC')"
-        return (
-            f"CAST(EXTRACT(EPOCH FROM CASE WHEN {first} < {later} AND ({first} AT TIME ZONE {tz}) = {midnight} "
-            f"THEN {first} ELSE {later} END) AS BIGINT)"
-        )
+    midnight = f"date_trunc('{unit}', to_timestamp({ts}) AT TIME ZONE {tz})"
+    later = f"({midnight} AT TIME ZONE {tz})"
+    before = f"({later} - INTERVAL '3 hours')"
+    offset_before = f"(({before} AT TIME ZONE {tz}) - ({before} AT TIME ZONE 'UTC'))"
+    first = f"(({midnight} - {offset_before}) AT TIME ZONE 'UTC')"
+    return (
+        f"CAST(EXTRACT(EPOCH FROM CASE WHEN {first} < {later} AND ({first} AT TIME ZONE {tz}) = {midnight} "
+        f"THEN {first} ELSE {later} END) AS BIGINT)"
+    )
 
-    return _compile_day_start(element, compiler, sql, **kw)
+
+class period_start(FunctionElement):
+    """Unix seconds of the first instant of the local week (from Monday) or month
+    holding `created_at` in zone `tz`: the day_start of that Monday or that 1st."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "usage_period_start"
+    _traverse_internals = FunctionElement._traverse_internals + [
+        ("tz", InternalTraversal.dp_string), ("unit", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, created_at, tz: str, unit: str):
+        if unit not in PERIODS:
+            raise ValueError(f"unit must be one of {PERIODS}, got {unit!r}")
+        self.tz = tz
+        self.unit = unit
+        super().__init__(created_at)
+
+
+@compiles(period_start)
+def _period_start_default(element, compiler, **kw):
+    (created_at,) = element.clauses
+    return f"usage_period_start({compiler.process(created_at, **kw)}, {_quoted(element.tz)}, '{element.unit}')"
+
+
+@compiles(period_start, "postgresql")
+def _period_start_pg(element, compiler, **kw):
+    (created_at,) = element.clauses
+    return _pg_local_start(compiler.process(created_at, **kw), _quoted(element.tz), element.unit)
+
+
+def bucket_start(created_at, granularity: str, tz: str):
+    """The bucket of `created_at` at `granularity` (hour, day, week, month), days, weeks
+    and months in zone `tz`: the same expressions the rollup uses for hours and days."""
+    if granularity == "hour":
+        return hour_start(created_at)
+    if granularity == "day":
+        return day_start(created_at, tz)
+    return period_start(created_at, tz, granularity)
 
 
 def _quoted(tz: str) -> str:
@@ -103,3 +153,22 @@ def next_local_midnight(ts: int, tz: str) -> int:
     day = local_midnight(ts, tz)
     # 26 hours always lands inside the next day, whatever the daylight-saving change.
     return local_midnight(day + 26 * HOUR, tz)
+
+
+def _first_instant(d: date, zone: ZoneInfo) -> int:
+    # As local_midnight: 00:00 of that date, the first one where it happens twice.
+    return int(datetime(d.year, d.month, d.day, tzinfo=zone, fold=0).timestamp())
+
+
+def local_period_start(ts: int, tz: str, unit: str) -> int:
+    """Python twin of period_start (registered as SQLite's usage_period_start): the start
+    of the local week (Monday) or month holding ts."""
+    zone = ZoneInfo(tz)
+    d = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).date()
+    if unit == "week":
+        d -= timedelta(days=d.weekday())
+    elif unit == "month":
+        d = d.replace(day=1)
+    else:
+        raise ValueError(f"unit must be one of {PERIODS}, got {unit!r}")
+    return _first_instant(d, zone)

@@ -73,6 +73,9 @@ class Settings:
     retain_hourly_days: int = 0
     # ... and delete raw logs older than this many days, only those already rolled up.
     retain_logs_days: int = 0
+    # API answers add the consume logs the rollup has not counted yet (shared.queries);
+    # false: summary rows only, and a request's realtime=true is refused.
+    api_realtime: bool = True
 
     def __post_init__(self):
         # Here rather than in from_env, so that a Settings built in code is checked too.
@@ -100,7 +103,22 @@ class Settings:
             worker_metrics_port=_int(environ, "WORKER_METRICS_PORT", cls.worker_metrics_port, minimum=0),
             retain_hourly_days=_int(environ, "RETAIN_HOURLY_DAYS", cls.retain_hourly_days, minimum=0),
             retain_logs_days=_int(environ, "RETAIN_LOGS_DAYS", cls.retain_logs_days, minimum=0),
+            api_realtime=_bool(environ, "API_REALTIME", cls.api_realtime),
         )
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(environ, name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return value in _TRUE
 
 
 def _log_format(environ) -> str:

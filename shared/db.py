@@ -2,8 +2,8 @@
 
 SQLite: WAL so that API reads never wait for the rollup, a busy timeout instead of
 "database is locked", our own BEGIN so that a writer can ask for BEGIN IMMEDIATE
-(take the write lock up front; see `write_connection`), and the usage_day_start
-function that shared.buckets compiles to.
+(take the write lock up front; see `write_connection`), and the usage_day_start and
+usage_period_start functions that shared.buckets compiles to.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
-from .buckets import local_midnight
+from .buckets import local_midnight, local_period_start
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -82,6 +82,7 @@ def _prepare_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
         dbapi_conn.create_function("usage_day_start", 2, local_midnight, deterministic=True)
+        dbapi_conn.create_function("usage_period_start", 3, local_period_start, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):

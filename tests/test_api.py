@@ -365,7 +365,7 @@ def test_span_limits_come_from_the_environment(sqlite_engine, root):
             Settings.from_env({"API_MAX_SPAN_HOURLY_DAYS": bad})
 
 
-@pytest.mark.parametrize("raw", ["week", "HOUR", "Day", "hours", "minute", "hour ", "0"])
+@pytest.mark.parametrize("raw", ["year", "HOUR", "Day", "Week", "hours", "months", "minute", "hour ", "0"])
 def test_unknown_granularity_is_400(sq_api, root, raw):
     assert_failure(sq_api.get(SELF, **root, granularity=raw), 400, "granularity")
     assert_failure(sq_api.get(ALL, **root, granularity=raw), 400, "granularity")

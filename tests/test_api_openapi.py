@@ -128,7 +128,7 @@ def test_failures_match_the_document(setup):
     api, contract, tokens = setup
     cases = [
         ("/api/data/self", api.get("/api/data/self", tokens["user"], 1, start_timestamp="x"), 400),
-        ("/api/data/", api.get("/api/data/", tokens["root"], 3, granularity="week"), 400),
+        ("/api/data/", api.get("/api/data/", tokens["root"], 3, granularity="fortnight"), 400),
         ("/api/data/self", api.get("/api/data/self", "0" * 32, 1), 401),
         ("/api/data/", api.get("/api/data/", tokens["root"], 1), 401),
         ("/api/data/self", api.get("/api/data/self", tokens["off"], 5), 403),

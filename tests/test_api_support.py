@@ -93,3 +93,69 @@ def ok_data(response) -> list[dict]:
 @pytest.fixture
 def api(engine) -> Api:
     return make_api(engine)
+
+
+# --- the truth for the real-time, time zone and period tests ---------------------------
+# Computed in Python from the raw logs, independently of shared.buckets/queries/rollup:
+# hours are created_at - created_at % 3600; days, weeks (from Monday) and months start at
+# the first instant of the local date (tests/logdata._first_instant searches for it).
+
+
+def bucket_of(ts: int, granularity: str, tz: str) -> int:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from tests.logdata import _first_instant, hour_of
+
+    if granularity == "hour":
+        return hour_of(ts)
+    d = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(ZoneInfo(tz)).date()
+    if granularity == "week":
+        d -= timedelta(days=d.weekday())
+    elif granularity == "month":
+        d = d.replace(day=1)
+    return _first_instant(d, tz)
+
+
+def committed_logs(engine, max_id: int | None = None) -> list[dict]:
+    """Every committed log (all types), read through a fresh connection."""
+    lg = m.logs.c
+    q = sa.select(lg.id, lg.type, lg.user_id, lg.username, lg.created_at, lg.model_name, lg.quota,
+                  lg.prompt_tokens, lg.completion_tokens).order_by(lg.id)
+    if max_id is not None:
+        q = q.where(lg.id <= max_id)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def expected(logs: list[dict], granularity: str, tz: str, start: int, end: int, *, user_id=None,
+             site_wide: bool = False) -> list[dict]:
+    """The API's answer over `logs`: consume logs by (bucket, model[, user]) whose bucket
+    starts in [start, end], in the API's order and field names."""
+    groups: dict = {}
+    for lg in logs:
+        if lg["type"] != m.LOG_CONSUME or lg["created_at"] is None:
+            continue
+        uid = lg["user_id"] or 0
+        if user_id is not None and uid != user_id:
+            continue
+        bucket = bucket_of(lg["created_at"], granularity, tz)
+        if not start <= bucket <= end:
+            continue
+        model = lg["model_name"] or ""
+        key = (bucket, model) if site_wide else (bucket, model, uid)
+        g = groups.setdefault(key, {"count": 0, "quota": 0, "prompt_tokens": 0, "completion_tokens": 0, "username": ""})
+        g["count"] += 1
+        g["quota"] += lg["quota"] or 0
+        g["prompt_tokens"] += lg["prompt_tokens"] or 0
+        g["completion_tokens"] += lg["completion_tokens"] or 0
+        g["username"] = max(g["username"], lg["username"] or "")
+    rows = []
+    for key, g in groups.items():
+        row = {"model_name": key[1], "count": g["count"], "quota": g["quota"],
+               "token_used": g["prompt_tokens"] + g["completion_tokens"], "created_at": key[0]}
+        if not site_wide:
+            row.update(user_id=key[2], username=g["username"])
+        row.update(prompt_tokens=g["prompt_tokens"], completion_tokens=g["completion_tokens"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["created_at"], r["model_name"]))
