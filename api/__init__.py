@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from . import errors, ops, routes
 
     settings = settings if settings is not None else Settings.from_env()
-    app = Flask(__name__, static_folder=None)  # no /static route: nothing here is a file
+    # No Flask static route: the chart page's few files are served by routes.page_file.
+    app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # rows keep the contract's field order
     # Werkzeug redirects "//api/data" to "/api/data" with an HTML body; a 404 in JSON is better.
     app.url_map.merge_slashes = False

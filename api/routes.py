@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory
+from markupsafe import escape
 
 from shared import models as m
 from shared import queries
@@ -90,3 +92,39 @@ def openapi_json():
     from .openapi import document
 
     return jsonify(document(_state().limits))
+
+
+# --- the chart page -------------------------------------------------------------------
+
+STATIC = Path(__file__).parent / "static"
+# Only these files are served; package.json and the lock file are build inputs.
+PAGE_FILES = frozenset({
+    "app.js", "style.css",
+    "vendor/chart.umd.min.js", "vendor/chart.js.LICENSE.md", "vendor/kurkle-color.LICENSE.md", "vendor/VERSION",
+})
+# The page loads its own scripts and styles only, and talks only to this API.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@bp.get("/")
+def page():
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    html = html.replace("__STATS_TIMEZONE__", str(escape(_state().settings.stats_timezone)))
+    return Response(html, mimetype="text/html", headers=PAGE_HEADERS)
+
+
+@bp.get("/static/<path:name>")
+def page_file(name: str):
+    if name not in PAGE_FILES:
+        abort(404)
+    response = send_from_directory(STATIC, name, max_age=300)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

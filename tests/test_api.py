@@ -486,7 +486,8 @@ def test_large_measures_are_exact_json_integers(engine):
 # --- errors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/nothing", "/api/data/self/x", "/api/data/self/", "/", "/static/app.js", "//api/data"])
+@pytest.mark.parametrize("path", ["/api/nothing", "/api/data/self/x", "/api/data/self/", "/index.html", "/static/nope.js",
+                                  "/static/package.json", "/static/../routes.py", "/static/vendor/", "//api/data"])
 def test_unknown_paths_are_json_404(sq_api, path):
     response = sq_api.client.get(path)
     assert_failure(response, 404, "not found")
