@@ -28,9 +28,11 @@ Why this design (pg_incremental's sequence pipeline, without its wait):
   previous holder's commit; SQLite's BEGIN IMMEDIATE). A tick that finds the lock taken
   skips instead of queueing.
 - Re-aggregation recomputes whole local days from raw logs, but only the logs the
-  rollup has counted (id <= last_log_id and in no gap), replacing the rows of those
-  days, one chunk of days per transaction. Ticks can run between chunks; each chunk sees
-  a consistent watermark, so the two never count a log twice or miss it.
+  rollup has counted (id <= last_log_id and in no gap), one chunk of days per
+  transaction, and writes only the rows that differ (a FULL JOIN of the fresh rows with
+  the stored ones): re-checking unchanged history costs an aggregation and a comparison,
+  not a rewrite of every row. Ticks can run between chunks; each chunk sees a
+  consistent watermark, so the two never count a log twice or miss it.
 
 Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule needs
 the default CACHE 1 (new-api's bigserial), and a tick refuses to run otherwise
@@ -47,6 +49,7 @@ from typing import Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from . import models as m
 from .buckets import HOUR, day_start, hour_start, local_midnight, next_local_midnight
@@ -164,22 +167,53 @@ def _consume_rows(where, tz: str, from_=m.logs):
     )
 
 
+def _delta_select(rows) -> sa.Select:
+    """GROUP BY (hour, day, user, model) over `rows` (a select or union of _consume_rows),
+    in rollup_delta's column order."""
+    r = rows.subquery("r")
+    return sa.select(
+        r.c.hour, r.c.day, r.c.user_id, r.c.model_name, sa.func.max(r.c.username).label("username"),
+        sa.func.count().label("count"),
+        *(sa.cast(sa.func.sum(expr), sa.BigInteger).label(name) for name, expr in (
+            ("quota", r.c.quota), ("token_used", r.c.prompt_tokens + r.c.completion_tokens),
+            ("prompt_tokens", r.c.prompt_tokens), ("completion_tokens", r.c.completion_tokens))),
+    ).group_by(r.c.hour, r.c.day, r.c.user_id, r.c.model_name)
+
+
 def _fill_delta(conn: Connection, rows) -> None:
-    """rollup_delta := GROUP BY (hour, day, user, model) over `rows` (a select or union)."""
+    """rollup_delta := _delta_select(rows), for a tick: a few thousand rows."""
     conn.exec_driver_sql(_DELTA_DDL)
     conn.execute(sa.delete(delta))
-    r = rows.subquery("r")
-    conn.execute(
-        sa.insert(delta).from_select(
-            list(delta.c.keys()),
-            sa.select(
-                r.c.hour, r.c.day, r.c.user_id, r.c.model_name, sa.func.max(r.c.username),
-                sa.func.count(), sa.func.sum(r.c.quota),
-                sa.func.sum(r.c.prompt_tokens + r.c.completion_tokens),
-                sa.func.sum(r.c.prompt_tokens), sa.func.sum(r.c.completion_tokens),
-            ).group_by(r.c.hour, r.c.day, r.c.user_id, r.c.model_name),
-        )
-    )
+    conn.execute(sa.insert(delta).from_select(list(delta.c.keys()), _delta_select(rows)))
+
+
+class _CreateTempTableAs(sa.sql.expression.Executable, sa.sql.expression.ClauseElement):
+    """CREATE TEMPORARY TABLE name AS select: unlike INSERT ... SELECT, PostgreSQL may run
+    the select with parallel workers, which is what a re-aggregation of millions of logs
+    wants."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, select: sa.Select):
+        self.name, self.select = name, select
+
+
+@compiles(_CreateTempTableAs)
+def _compile_ctas(element, compiler, **kw):
+    return f"CREATE TEMPORARY TABLE {element.name} AS {compiler.process(element.select, **kw)}"
+
+
+def _temp_table_as(conn: Connection, name: str, select: sa.Select) -> sa.TableClause:
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(_CreateTempTableAs(name, select))
+    if conn.dialect.name == "postgresql":
+        # Temporary tables get no statistics otherwise: the planner would take a 500,000-row
+        # table for a small one and sort it on disk instead of hashing it. A small sample
+        # is enough for that (the default would read every row of a one-day chunk).
+        conn.exec_driver_sql("SET LOCAL default_statistics_target = 10")
+        conn.exec_driver_sql(f"ANALYZE {name}")
+        conn.exec_driver_sql("RESET default_statistics_target")
+    return sa.table(name, *(sa.column(c.name) for c in select.selected_columns))
 
 
 def _fold(conn: Connection, target: sa.Table, source: sa.Select) -> int:
@@ -197,7 +231,8 @@ def _fold(conn: Connection, target: sa.Table, source: sa.Select) -> int:
 
 
 def _sums(source):
-    return [sa.func.sum(source.c[name]) for name in m.MEASURES]
+    # As BIGINT: PostgreSQL's SUM(bigint) is numeric, slow to compare and to hash.
+    return [sa.cast(sa.func.sum(source.c[name]), sa.BigInteger).label(name) for name in m.MEASURES]
 
 
 def _fold_delta(conn: Connection, hours=None, days=None, *, site_wide: bool = True) -> int:
@@ -526,25 +561,85 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
     # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
     h_lo, h_hi = d_lo - d_lo % HOUR, -(-d_hi // HOUR) * HOUR
     lg = m.logs.c
+    pg = engine.dialect.name == "postgresql"
     with exclusive(engine, wait=True) as conn:
         state = _state(conn, settings)
+        if pg:
+            # Compiling these few statements costs more than it saves (a second or so).
+            conn.exec_driver_sql("SET LOCAL jit = off")
+            conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         counted = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi, lg.id <= state.last_log_id)
-        if engine.dialect.name == "postgresql":
+        if pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar():
             counted = sa.and_(counted, _not_in_gap())
         if user_id is not None:
             counted = sa.and_(counted, lg.user_id == user_id)
-        for table, lo, hi in ((m.hourly_usage, h_lo, h_hi), (m.daily_usage, d_lo, d_hi)):
-            gone = sa.delete(table).where(table.c.created_at >= lo, table.c.created_at < hi)
-            conn.execute(gone if user_id is None else gone.where(table.c.user_id == user_id))
-        _fill_delta(conn, _consume_rows(counted, settings.stats_timezone))
-        _fold_delta(conn, (h_lo, h_hi), (d_lo, d_hi), site_wide=False)
-        # Site-wide rows are sums over users: rebuild them from the per-user rows.
-        for per_user, per_model, lo, hi in (
-            (m.hourly_usage, m.hourly_model_usage, h_lo, h_hi),
-            (m.daily_usage, m.daily_model_usage, d_lo, d_hi),
+        fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_consume_rows(counted, settings.stats_timezone)))
+        f = fresh.c
+        # rollup_fresh is keyed by (hour, day, user, model). Where every local midnight
+        # falls on a UTC hour (all zones but a few half-hour ones), an hour lies in one
+        # day, so the key without `day` is already unique: its hourly rows need no
+        # second GROUP BY over hundreds of thousands of rows.
+        hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
+        for bucket, lo, hi, per_user, per_model in (
+            (f.hour, h_lo, h_hi, m.hourly_usage, m.hourly_model_usage),
+            (f.day, d_lo, d_hi, m.daily_usage, m.daily_model_usage),
         ):
-            conn.execute(sa.delete(per_model).where(per_model.c.created_at >= lo, per_model.c.created_at < hi))
-            u = per_user.c
-            _fold(conn, per_model, sa.select(u.created_at, u.model_name, *_sums(per_user))
-                  .where(u.created_at >= lo, u.created_at < hi).group_by(u.created_at, u.model_name))
-        return _delta_logs(conn, (d_lo, d_hi))
+            in_range = sa.and_(bucket >= lo, bucket < hi)
+            if bucket is f.hour and hours_in_one_day:
+                per_user_rows = sa.select(f.user_id, bucket.label("created_at"), f.model_name, f.username,
+                                          *(f[n] for n in m.MEASURES)).where(in_range)
+            else:
+                per_user_rows = sa.select(f.user_id, bucket.label("created_at"), f.model_name,
+                                          sa.func.max(f.username).label("username"), *_sums(fresh)
+                                          ).where(in_range).group_by(f.user_id, bucket, f.model_name)
+            changed = _sync(
+                conn, per_user, per_user_rows,
+                sa.and_(per_user.c.created_at >= lo, per_user.c.created_at < hi,
+                        sa.true() if user_id is None else per_user.c.user_id == user_id),
+            )
+            if user_id is None:
+                # Every log of these buckets is in rollup_fresh: recompute the site-wide rows too.
+                _sync(conn, per_model,
+                      sa.select(bucket.label("created_at"), f.model_name, *_sums(fresh)).where(in_range)
+                      .group_by(bucket, f.model_name),
+                      sa.and_(per_model.c.created_at >= lo, per_model.c.created_at < hi))
+            else:
+                # Only one user's logs were read: move the site-wide rows by that user's change.
+                c = changed.c
+                _fold(conn, per_model, sa.select(c.created_at, c.model_name, *(
+                    sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]) for n in m.MEASURES)).group_by(c.created_at, c.model_name))
+                conn.execute(sa.delete(per_model).where(per_model.c.count == 0,
+                                                        per_model.c.created_at >= lo, per_model.c.created_at < hi))
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(f.count), 0))
+                                .where(f.day >= d_lo, f.day < d_hi)).scalar())
+
+
+def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.TableClause:
+    """Make target's rows matching `where` equal `fresh` (rows in target's column order),
+    writing only what differs: a re-aggregation of unchanged logs reads, compares and
+    writes nothing, where deleting and re-inserting every row would cost several times
+    the aggregation itself. Returns rollup_change: one row per key that differed, with
+    old_* and new_* measures (0 where the row was absent)."""
+    key = [c.name for c in target.primary_key.columns]
+    values = [c.name for c in target.columns if c.name not in key]  # username (per user) and the measures
+    n = fresh.subquery("n")
+    o = sa.select(target).where(where).subquery("o")
+    on = sa.and_(*(n.c[k] == o.c[k] for k in key))
+    differs = sa.or_(n.c[key[0]].is_(None), o.c[key[0]].is_(None), *(n.c[v] != o.c[v] for v in values))
+    change = _temp_table_as(conn, "rollup_change", sa.select(
+        *(sa.func.coalesce(n.c[k], o.c[k]).label(k) for k in key),
+        (n.c[key[0]].is_not(None)).label("present"),
+        *([n.c.username] if "username" in values else []),
+        *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in m.MEASURES),
+        *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in m.MEASURES),
+    ).select_from(n.outerjoin(o, on, full=True)).where(differs))
+    c = change.c
+    gone = sa.select(*(c[k] for k in key)).where(sa.not_(c.present))
+    conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(gone)))
+    ins = _insert(conn)(target).from_select(
+        key + values,
+        sa.select(*(c[k] for k in key), *([c.username] if "username" in values else []),
+                  *(c[f"new_{v}"] for v in m.MEASURES)).where(c.present),
+    )
+    conn.execute(ins.on_conflict_do_update(index_elements=key, set_={v: ins.excluded[v] for v in values}))
+    return change

@@ -25,8 +25,10 @@ from tests.logdata import (
     assert_exact,
     at,
     day_bounds,
+    day_of,
     diff,
     expected_tables,
+    hour_of,
     insert,
     last_log_id,
     log,
@@ -515,6 +517,44 @@ def test_reaggregate_of_an_unchanged_range_changes_nothing_after_a_rename(sqlite
     assert before["hourly_usage"][(1, t, "gpt-4o")][5] == "bob"
     reaggregate(engine, s, t, t + 1)
     assert actual_tables(engine) == before
+
+
+@pytest.mark.integration
+def test_reaggregate_rewrites_only_the_rows_that_differ(pg_engine):
+    """An unchanged range is compared, not rewritten (no new row versions: same xmin),
+    and an edited log rewrites just its own buckets."""
+    engine, tz = pg_engine, "Asia/Shanghai"
+    s = cfg(engine, tz)
+    rnd = random.Random(5)
+    lo, hi = at(tz, 2024, 6, 1), at(tz, 2024, 6, 4)
+    insert(engine, random_logs(rnd, 200, lo, hi))
+    rollup(engine, s)
+
+    def versions():
+        # xmin: the transaction that wrote the row version; unchanged means not rewritten.
+        with engine.connect() as conn:
+            return {t.name: {tuple(r[:-1]): r[-1] for r in conn.execute(
+                        sa.select(*t.primary_key.columns, sa.literal_column("xmin::text")).select_from(t))}
+                    for t in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage)}
+
+    before = versions()
+    reaggregate(engine, s, lo, hi)
+    assert versions() == before
+    with engine.begin() as conn:
+        lg = m.logs.c
+        one = conn.execute(sa.select(lg.id, lg.user_id, lg.created_at, lg.model_name)
+                           .where(lg.type == m.LOG_CONSUME).order_by(lg.id).limit(1)).one()
+        conn.execute(sa.update(m.logs).where(lg.id == one.id).values(quota=lg.quota + 1))
+    reaggregate(engine, s, lo, hi)
+    assert_exact(engine, tz)
+    after = versions()
+    hour, day = hour_of(one.created_at), day_of(one.created_at, tz)
+    assert {k for k in after["hourly_usage"] if after["hourly_usage"][k] != before["hourly_usage"][k]} == {
+        (one.user_id, hour, one.model_name)}
+    assert {k for k in after["daily_usage"] if after["daily_usage"][k] != before["daily_usage"][k]} == {
+        (one.user_id, day, one.model_name)}
+    assert {k for k in after["hourly_model_usage"] if after["hourly_model_usage"][k] != before["hourly_model_usage"][k]} == {
+        (hour, one.model_name)}
 
 
 # --- time zone ----------------------------------------------------------------------------
