@@ -160,6 +160,18 @@ def document(limits: ApiLimits) -> dict:
                     "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}},
                 }
             },
+            "/": {
+                "get": {
+                    "operationId": "chartPage",
+                    "summary": "The chart page (HTML): quota by model over time and request share by model",
+                    "description": (
+                        "Reads /api/data/self or /api/data/ in the browser with the token entered in the page "
+                        "(or given in the URL fragment: #token=...&user=...); serves no data itself."
+                    ),
+                    "security": [],
+                    "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
