@@ -4,7 +4,11 @@ Never HTML (Werkzeug's default error pages are HTML), never a traceback, never a
 - ApiError: our own refusals (400, 401, 403), message as given;
 - HTTPException: 404, 405, ... from routing, message from the status name;
 - database unreachable (OperationalError, a dropped connection, an exhausted pool): 503;
-- anything else: 500 with a fixed message; the details go to the log only.
+- anything else: 500 with a fixed message; the details go to the log only;
+- Flask's automatic OPTIONS answer (an empty text/html body): the same in JSON;
+- under gunicorn, the refusals gunicorn makes itself before the app sees a request (a
+  header or request line too large, a malformed header: 400, 414, 431) are JSON too:
+  `register` replaces gunicorn's HTML error writer in the worker process.
 
 Log lines about errors carry exception types, the driver's first message line and code
 frames (no local values), with the request's access token cut out wherever it appears:
@@ -13,7 +17,9 @@ into the SQL it reports, so the token lookup's parameter could otherwise reach t
 """
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import traceback
 
 from flask import Flask, g, has_request_context, jsonify, request
@@ -109,7 +115,37 @@ def ensure_log_output() -> None:
     log.setLevel(logging.INFO)
 
 
+def _json_options(response):
+    # Flask answers OPTIONS itself with an empty text/html body and the Allow header.
+    if request.method == "OPTIONS" and response.status_code == 200 and response.mimetype == "text/html" \
+            and not response.get_data():
+        allowed = response.headers.get("Allow", "")
+        answer = jsonify(success=True, message=f"allowed: {allowed}")
+        answer.headers["Allow"] = allowed
+        return answer
+    return response
+
+
+def gunicorn_write_error(sock, status_int, reason, mesg):
+    """gunicorn.util.write_error, in the failure shape. The message is the status's
+    reason only: gunicorn's detail can quote the request line or a header's value."""
+    body = json.dumps({"success": False, "message": str(reason).lower()}).encode() + b"\n"
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    from gunicorn import util
+
+    util.write_nonblock(sock, head + body)
+
+
+def _json_gunicorn_errors() -> None:
+    gunicorn_util = sys.modules.get("gunicorn.util")
+    if gunicorn_util is not None and gunicorn_util.write_error is not gunicorn_write_error:
+        gunicorn_util.write_error = gunicorn_write_error
+
+
 def register(app: Flask) -> None:
+    _json_gunicorn_errors()  # only when running under gunicorn (it is imported then)
+    app.after_request(_json_options)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     # Exception covers the database errors too; _unexpected tells them apart, so that

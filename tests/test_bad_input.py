@@ -1,0 +1,207 @@
+"""Issue 6.5: a catalogue of bad requests against the running API (gunicorn, the real
+PostgreSQL): methods; headers missing, duplicated, oversized, non-ASCII; tokens empty,
+wrong, another user's, a disabled or deleted user's, SQL-looking; every invalid form of
+every parameter; odd paths; bad re-aggregation bodies. Each has its expected status, and
+each answer is the failure shape: JSON {"success": false, "message": "..."} -- never
+HTML, never a traceback, never the token sent.
+
+Requests go over a real socket (http.client, or raw bytes where http.client would refuse
+to send them), so gunicorn's own refusals (header fields too large, request line too
+long, malformed headers) are part of the catalogue too.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import sqlalchemy as sa
+
+from tests.faults.http import Answer, get, raw
+from tests.faults.live import PEOPLE, live_api
+
+pytestmark = pytest.mark.integration
+
+SELF, ALL = "/api/data/self", "/api/data/"
+
+
+@dataclass
+class Case:
+    name: str
+    status: int
+    path: str = SELF
+    who: str | None = "alice"  # whose valid headers to start from (None: none)
+    headers: list = field(default_factory=list)  # (name, value) added; value None drops the name
+    method: str = "GET"
+    body: bytes | None = None
+    fragment: str = ""  # expected in the message
+
+
+def q(path: str, **params) -> str:
+    from urllib.parse import urlencode
+
+    return path + "?" + urlencode(params)
+
+
+SQL = "' OR '1'='1"
+CATALOGUE = [
+    # --- methods
+    Case("POST on a GET route", 405, method="POST", fragment="method not allowed"),
+    Case("PUT on the admin route", 405, ALL, who="admin", method="PUT"),
+    Case("DELETE", 405, method="DELETE"),
+    Case("PATCH on /healthz", 405, "/healthz", method="PATCH"),
+    Case("TRACE", 405, method="TRACE"),
+    Case("an invented method", 405, method="BREW"),
+    Case("GET on the enqueue route", 405, "/api/data/reaggregate", who="admin"),
+    Case("POST with a body on /api/data/self", 405, method="POST", body=b'{"a": 1}'),
+    # --- headers
+    Case("no Authorization", 401, who=None, headers=[("New-Api-User", "1")], fragment="access token required"),
+    Case("empty Authorization", 401, headers=[("Authorization", None), ("Authorization", "")], fragment="access token required"),
+    Case("Bearer and nothing", 401, headers=[("Authorization", None), ("Authorization", "Bearer ")]),
+    Case("Basic credentials", 401, headers=[("Authorization", None), ("Authorization", "Basic YWxpY2U6c2VjcmV0")], fragment="invalid access token"),
+    Case("Authorization twice", 401, headers=[("Authorization", "Bearer " + "0" * 32)]),
+    Case("New-Api-User twice", 401, headers=[("New-Api-User", "2")], fragment="New-Api-User"),
+    Case("no New-Api-User", 401, headers=[("New-Api-User", None)], fragment="New-Api-User header required"),
+    Case("empty New-Api-User", 401, headers=[("New-Api-User", None), ("New-Api-User", "")], fragment="New-Api-User"),
+    Case("New-Api-User not a number", 401, headers=[("New-Api-User", None), ("New-Api-User", "alice")], fragment="user id"),
+    Case("New-Api-User negative", 401, headers=[("New-Api-User", None), ("New-Api-User", "-1")], fragment="user id"),
+    Case("New-Api-User beyond int64", 401, headers=[("New-Api-User", None), ("New-Api-User", "9" * 30)], fragment="user id"),
+    Case("New-Api-User SQL", 401, headers=[("New-Api-User", None), ("New-Api-User", "1 OR 1=1")], fragment="user id"),
+    Case("New-Api-User of another user", 401, headers=[("New-Api-User", None), ("New-Api-User", "2")], fragment="does not match"),
+    Case("Authorization of 4 KB", 401, headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 4096)], fragment="invalid access token"),
+    Case("Authorization of 10 KB (gunicorn's field limit)", 431, headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 10240)]),
+    Case("New-Api-User of 5,000 digits", 401, headers=[("New-Api-User", None), ("New-Api-User", "1" * 5000)], fragment="user id"),
+    Case("120 extra headers (gunicorn's count limit)", 431, headers=[(f"X-Extra-{i}", "1") for i in range(120)]),
+    # --- tokens
+    Case("a wrong token", 401, headers=[("Authorization", None), ("Authorization", "Bearer " + "f" * 32)], fragment="invalid access token"),
+    Case("another user's token", 401, headers=[("Authorization", None), ("Authorization", "@bob")], fragment="does not match"),
+    Case("another user's token and id, on the admin route", 403, ALL, who="bob", fragment="administrator"),
+    Case("a disabled user's token", 403, who="carol", fragment="disabled"),
+    Case("a disabled administrator's token", 403, ALL, who="fallen", fragment="disabled"),
+    Case("a deleted user's token", 401, who="ghost", fragment="invalid access token"),
+    Case("SQL-looking token with blanks", 401, headers=[("Authorization", None), ("Authorization", f"Bearer {SQL}")], fragment="invalid access token"),
+    Case("SQL-looking token without blanks", 401, headers=[("Authorization", None), ("Authorization", "Bearer '||(SELECT'x')||'--")], fragment="invalid access token"),
+    Case("SQL-looking token: a statement", 401, headers=[("Authorization", None), ("Authorization", "x';DROP/**/TABLE/**/users;--")], fragment="invalid access token"),
+    Case("a token with a tab in it", 401, headers=[("Authorization", None), ("Authorization", "Bearer abc\tdef")], fragment="invalid access token"),
+    Case("a user on the admin route", 403, ALL, fragment="administrator"),
+    Case("a user on the re-aggregation status route", 403, "/api/data/reaggregate/abc", fragment="administrator"),
+    Case("a user enqueueing a re-aggregation", 403, "/api/data/reaggregate", method="POST",
+         headers=[("Content-Type", "application/json")], body=b'{"start_timestamp": 1, "end_timestamp": 2}', fragment="administrator"),
+    # --- parameters
+    *[Case(f"{name}={value!r}", 400, q(SELF, **{name: value}), fragment=name)
+      for name in ("start_timestamp", "end_timestamp")
+      for value in ("abc", "1.5", "1e9", "0x10", "-1", "+5", " 5", "5 ", "١٢٣", "99999999999999999999", "9223372036854775808",
+                    "1_000", SQL, "\x00")],
+    Case("start after end", 400, q(SELF, start_timestamp=2000, end_timestamp=1000), fragment="after"),
+    Case("41 days of hours", 400, q(SELF, start_timestamp=0, end_timestamp=41 * 86400), fragment="at most"),
+    Case("400 days of days", 400, q(SELF, granularity="day", start_timestamp=0, end_timestamp=400 * 86400), fragment="at most"),
+    *[Case(f"granularity={value!r}", 400, q(SELF, granularity=value), fragment="granularity")
+      for value in ("decade", "second", SQL, "hour;day", "\x00")],
+    Case("start_timestamp twice", 400, SELF + "?start_timestamp=1&start_timestamp=2", fragment="only once"),
+    Case("end_timestamp twice", 400, SELF + "?end_timestamp=1&end_timestamp=2", fragment="only once"),
+    Case("granularity twice", 400, SELF + "?granularity=hour&granularity=day", fragment="only once"),
+    Case("username twice", 400, ALL + "?username=alice&username=bob", who="admin", fragment="only once"),
+    Case("username with NUL", 400, q(ALL, username="alice\x00"), who="admin", fragment="NUL"),
+    Case("a request line of 5,000 bytes (gunicorn's limit)", 414, q(SELF, username="x" * 5000)),
+    # --- odd paths
+    Case("unknown path", 404, "/api/data/others", fragment="not found"),
+    Case("trailing slash on /self", 404, "/api/data/self/"),
+    # gunicorn hands these to the app as /api/data/self: the route, still behind its token.
+    Case("double slash, no token", 401, "//api/data/self", who=None),
+    Case("dot segments", 404, "/api/data/../data/self"),
+    Case("upper case", 404, "/API/DATA/SELF"),
+    Case("encoded NUL", 404, "/api/data/self%00"),
+    Case("path parameter", 404, "/api/data/self;jsessionid=1"),
+    Case("encoded slash, no token", 401, "/api/data%2Fself", who=None),
+    Case("encoded slash to the admin route, as a user", 403, "/api/data%2F", fragment="administrator"),
+    Case("a task id that is not one", 400, "/api/data/reaggregate/%20%27OR%201=1", who="admin", fragment="task id"),
+    Case("a task id never enqueued", 404, "/api/data/reaggregate/00000000-0000-0000-0000-000000000000", who="admin"),
+    # --- re-aggregation bodies (administrator)
+    *[Case(f"enqueue body {body!r}", 400, "/api/data/reaggregate", who="admin", method="POST",
+           headers=[("Content-Type", "application/json")], body=body)
+      for body in (b"", b"not json", b"[1, 2]", b"null", b'"x"', b'{"start_timestamp": 1}',
+                   b'{"start_timestamp": "1", "end_timestamp": "2"}', b'{"start_timestamp": 2, "end_timestamp": 1}',
+                   b'{"start_timestamp": true, "end_timestamp": 2}', b'{"start_timestamp": 1.5, "end_timestamp": 2}',
+                   b'{"start_timestamp": -1, "end_timestamp": 2}', b'{"start_timestamp": 1, "end_timestamp": 99999999999999999999}',
+                   b'{"start_timestamp": 1, "end_timestamp": 2, "user_id": 0}', b'{"start_timestamp": 1, "end_timestamp": 2, "x": 1}')],
+]
+
+# Bytes http.client will not send: non-ASCII and malformed header lines.
+RAW = [
+    ("a UTF-8 token", 401, "Authorization: Bearer \xd1\x82\xd0\xbe\xd0\xba\xd0\xb5\xd0\xbd", "invalid access token"),
+    ("a Latin-1 byte in the token", 401, "Authorization: Bearer {token}\xe9", "invalid access token"),
+    ("an Arabic-Indic digit as New-Api-User", 401, "Authorization: Bearer {token}\r\nNew-Api-User: \xd9\xa1", "user id"),
+    ("a header line without a colon", 400, "Authorization: Bearer {token}\r\nAuthorization", ""),
+    ("a header name with a space", 400, "Authorization: Bearer {token}\r\nNew Api User: 1", ""),
+    ("an obsolete folded header", 400, "Authorization: Bearer {token}\r\n continued", ""),
+]
+
+
+@pytest.fixture(scope="module")
+def live():
+    with live_api("usage_stats_badinput") as api:
+        yield api
+
+
+def build_headers(live, case: Case) -> list:
+    headers = dict(live.headers(case.who)) if case.who else {}
+    out = [(k, v) for k, v in headers.items()]
+    for name, value in case.headers:
+        if value is None:
+            out = [(k, v) for k, v in out if k.lower() != name.lower()]
+        else:
+            if value.startswith("@"):  # another user's token
+                value = "Bearer " + live.tokens[value[1:]]
+            out.append((name, value))
+    return out
+
+
+def check_failure(answer: Answer, status: int, fragment: str, secrets=()) -> None:
+    assert not answer.error, answer.error
+    assert answer.status == status, (answer.status, answer.text[:300])
+    assert answer.content_type.startswith("application/json"), (answer.content_type, answer.text[:300])
+    assert answer.is_failure_shape(), answer.text[:300]
+    assert fragment in answer.json()["message"], (fragment, answer.json()["message"])
+    for secret in secrets:
+        assert secret not in answer.text
+    assert "Traceback" not in answer.text and "<html" not in answer.text.lower()
+
+
+def test_catalogue_has_forty_or_more_requests():
+    assert len(CATALOGUE) + len(RAW) >= 40
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
+def test_bad_request(live, case: Case):
+    headers = build_headers(live, case)
+    answer = get(live.port, case.path, headers, method=case.method, body=case.body)
+    check_failure(answer, case.status, case.fragment, secrets=list(live.tokens.values()))
+
+
+@pytest.mark.parametrize("name,status,header_lines,fragment", RAW, ids=[r[0] for r in RAW])
+def test_bad_bytes(live, name, status, header_lines, fragment):
+    lines = header_lines.replace("{token}", live.tokens["alice"])
+    if "New-Api-User" not in lines:
+        lines += "\r\nNew-Api-User: 1"
+    request = f"GET {SELF} HTTP/1.1\r\nHost: localhost\r\n{lines}\r\nConnection: close\r\n\r\n".encode("latin-1")
+    got_status, headers, body = raw(live.port, request)
+    answer = Answer(SELF, got_status, headers.get("content-type", ""), body)
+    check_failure(answer, status, fragment, secrets=list(live.tokens.values()))
+
+
+def test_head_and_options_answer_without_html(live):
+    head = get(live.port, SELF, live.headers("alice"), method="HEAD")
+    assert head.status == 200 and head.content_type.startswith("application/json") and head.body == b""
+    head = get(live.port, SELF, method="HEAD")
+    assert head.status == 401 and head.content_type.startswith("application/json")
+    options = get(live.port, SELF, method="OPTIONS")
+    assert options.status == 200 and options.content_type.startswith("application/json"), options.text
+    assert json.loads(options.body)["success"] is True
+
+
+def test_sql_looking_input_changed_nothing(live):
+    """After the whole catalogue (module order): every table is still there, every user too."""
+    with live.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM users")).scalar() == len(PEOPLE)
+        assert conn.execute(sa.text("SELECT count(*) FROM hourly_usage")).scalar() > 0
+    assert "Traceback" not in live.server.output()
