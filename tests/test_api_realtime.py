@@ -22,7 +22,7 @@ from shared import queries
 from shared.config import ConfigError, Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
-from shared.rollup import rollup, tick
+from shared.rollup import tick
 from tests.logdata import at, insert, log
 from tests.test_api_support import Api, add_user, assert_failure, committed_logs, expected, make_api, ok_data
 
