@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.db import get_engine
 
 from .config import ApiLimits
+from .jsonprovider import OrjsonProvider
 
 __all__ = ["create_app", "AppState"]
 
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     settings = settings if settings is not None else Settings.from_env()
     # No Flask static route: the chart page's few files are served by routes.page_file.
     app = Flask(__name__, static_folder=None)
-    app.json.sort_keys = False  # rows keep the contract's field order
+    app.json = OrjsonProvider(app)  # rows keep the contract's field order
     # Werkzeug redirects "//api/data" to "/api/data" with an HTML body; a 404 in JSON is better.
     app.url_map.merge_slashes = False
     app.extensions["usage_stats"] = AppState(

@@ -46,7 +46,7 @@ def raw_self():
         user = authenticate(conn, m.ROLE_USER)
         w = _window(state)
         query = queries.per_user_select(_raw_source(w.view, w.start, w.end, user.id), user.id, w.start, w.end)
-        rows = [dict(r) for r in conn.execute(query).mappings()]
+        rows = queries._rows(conn, query)
     return _success(rows)
 
 
@@ -57,7 +57,7 @@ def raw_all():
         authenticate(conn, m.ROLE_ADMIN)
         w = _window(state)
         query = queries.site_wide_select(_raw_source(w.view, w.start, w.end), w.start, w.end)
-        rows = [dict(r) for r in conn.execute(query).mappings()]
+        rows = queries._rows(conn, query)
     return _success(rows)
 
 

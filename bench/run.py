@@ -102,6 +102,7 @@ def prepared(rows: int, rebuild: bool) -> tuple[str, dict]:
                 meta = json.loads(conn.exec_driver_sql("SELECT info FROM bench_meta").scalar())
             if meta.get("rows") == rows and meta.get("complete"):
                 log(f"reusing {name} (built {meta['built']}; --rebuild to build it again)")
+                upgrade(make_engine(url))  # the schema of the code being measured
                 return url, meta
         except sa.exc.SQLAlchemyError:
             pass

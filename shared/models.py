@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -103,16 +104,25 @@ def _measures():
     return [Column(name, BigInteger, nullable=False, server_default="0") for name in MEASURES]
 
 
+# Stored in the per-user primary key's leaves beside the key (PostgreSQL's INCLUDE).
+PER_USER_VALUES = ("username", *MEASURES)
+
+
 def _per_user_usage(name: str) -> Table:
-    # Primary key led by user_id: /api/data/self reads one user's range of buckets.
+    # Primary key led by user_id: /api/data/self reads one user's range of buckets. The
+    # rows are written in time order, all users mixed, so one user's month of hours lies
+    # on as many heap pages as it has rows; with the values in the key's leaves the read
+    # is an index-only scan of a few adjacent pages instead (migration 0002).
     return Table(
         name,
         metadata,
-        Column("user_id", BigInteger, primary_key=True),
-        Column("created_at", BigInteger, primary_key=True),
-        Column("model_name", Text, primary_key=True),
+        Column("user_id", BigInteger, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("model_name", Text, nullable=False),
         Column("username", Text, nullable=False, server_default=""),
         *_measures(),
+        PrimaryKeyConstraint("user_id", "created_at", "model_name", name=f"{name}_pkey",
+                             postgresql_include=list(PER_USER_VALUES)),
         Index(f"ix_{name}_created_at", "created_at"),
     )
 
