@@ -134,7 +134,9 @@ def document(limits: ApiLimits) -> dict:
                         "expired (after a day), is a 404."
                     ),
                     "security": [{"accessToken": [], "newApiUser": []}],
-                    "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [{"name": "task_id", "in": "path", "required": True,
+                                    # api.ops._TASK_ID: anything else is a 400 before any lookup.
+                                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,155}$"}}],
                     "responses": {
                         "200": _ok("ReaggregateStatusResponse", "The task's state."),
                         **{k: v for k, v in _errors(admin=True).items() if k not in ("400", "503")},

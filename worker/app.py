@@ -27,6 +27,9 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         timezone="UTC",
         broker_connection_retry_on_startup=True,
+        # Keep reconnecting for as long as the broker is down (Celery's default gives up
+        # after 100 attempts and the worker exits); ticks resume when it is back.
+        broker_connection_max_retries=None,
         # One task at a time per process: a tick should not sit prefetched behind a
         # long re-aggregation.
         worker_prefetch_multiplier=1,
