@@ -411,6 +411,9 @@ def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
     cases = {
         "self_hourly": (f"/data/self?granularity=hour&start_timestamp={start}&end_timestamp={end}", heavy),
         "site_daily": (f"/data/?granularity=day&start_timestamp={start}&end_timestamp={end}", admin),
+        # Not a target: the same user's 30 days by day, to show the cost per request
+        # when the answer is small (90 rows instead of 2,000).
+        "self_daily": (f"/data/self?granularity=day&start_timestamp={start}&end_timestamp={end}", heavy),
     }
     out = {"workers": workers, "seconds": seconds, "connections": 32}
     with gunicorn(url, workdir, workers) as base:
