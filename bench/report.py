@@ -63,8 +63,7 @@ def render(size: str) -> str:
         if s:
             out.append(f"| 3e | (no target) `/api/data/self`, heavy user, 30 days daily ({s['rows']} rows) | "
                        f"{s['api']['requests_per_second']:.0f} req/s, p50 {s['api']['p50_ms']} ms, "
-                       f"p99 {s['api']['p99_ms']} ms; raw {s['raw']['requests_per_second']:.1f} req/s, "
-                       f"ratio {s['ratio']}x | | |")
+                       f"p99 {s['api']['p99_ms']} ms | | |")
     if "fig4" in r:
         f = r["fig4"]
         lag, rt = f.get("realtime=false"), f.get("realtime")
