@@ -249,7 +249,9 @@ def _fold_delta(conn: Connection, hours=None, days=None, *, site_wide: bool = Tr
         rows = _fold(
             conn, per_user,
             sa.select(d.user_id, bucket, d.model_name, sa.func.max(d.username), *_sums(delta))
-            .where(where).group_by(d.user_id, bucket, d.model_name),
+            .where(where).group_by(d.user_id, bucket, d.model_name)
+            # In key order: the upsert walks the primary key left to right, not at random.
+            .order_by(d.user_id, bucket, d.model_name),
         )
         touched = touched or rows
         if site_wide:

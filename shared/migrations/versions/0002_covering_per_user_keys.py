@@ -1,11 +1,13 @@
-"""The per-user tables' primary keys carry the row's values (PostgreSQL INCLUDE).
+"""hourly_usage's primary key carries the row's values (PostgreSQL INCLUDE).
 
 /api/data/self reads one user's buckets by (user_id, created_at, model_name). The
 rollup writes rows in time order for all users at once, so a user's 720 hours of a
 month lie on ~720 different heap pages: 50 ms of page reads for a 2,000-row answer in
 the benchmark. With the values in the key's leaf pages the same read is an
-index-only scan of a few adjacent pages (3.5 ms there). SQLite has no INCLUDE and
-needs none at its scale: nothing changes there.
+index-only scan of a few adjacent pages (3.5 ms there). daily_usage keeps its plain
+key: ticks update today's rows all day, and values in the key would make every such
+update leave its heap page (no HOT), for reads of a few hundred rows. SQLite has no
+INCLUDE and needs none at its scale: nothing changes there.
 
 Rebuilding a primary key locks its table while the index is built: on a big
 installation, run `usage-stats db upgrade` with the worker stopped, in a quiet hour.
@@ -22,7 +24,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-TABLES = ("hourly_usage", "daily_usage")
+TABLES = ("hourly_usage",)
 KEY = "user_id, created_at, model_name"
 
 
