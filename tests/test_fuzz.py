@@ -10,7 +10,7 @@ say (tests/test_bad_input.py checks refusals one by one instead):
 - positive_data_acceptance (every schema-valid request accepted): some limits span two
   fields (start <= end, the span limits, end > start for a re-aggregation), so
   valid-looking requests are rightly refused with a 400 the document lists. (It also
-  found that the document gives `task_id` no pattern; see docs/reliability.md.)
+  found that the document gave `task_id` no pattern; it now states the one the code enforces.)
 - negative_data_rejection (every schema-violating request refused): as new-api does,
   unknown query parameters are ignored and an empty value counts as absent.
 """
