@@ -19,8 +19,10 @@ def _ok(good: bool) -> str:
 def render(size: str) -> str:
     r = json.loads((RESULTS / f"{size}.json").read_text())
     v = r["versions"]
-    out = [f"### {r['rows']:,} logs (`python -m bench.run --rows {size.upper()}`, run {r['started']} UTC, "
-           f"{r['seconds']:.0f} s in all)", ""]
+    runs = r.get("figure_runs")
+    when = (f"run {r['started']} UTC, {r['seconds']:.0f} s in all" if not runs else
+            "figures re-run separately: " + ", ".join(f"{k} at {v}" for k, v in sorted(runs.items())))
+    out = [f"### {r['rows']:,} logs (`python -m bench.run --rows {size.upper()}`, {when})", ""]
     init = r["data"].get("initial_rollup")
     if init:
         out += [f"Data set: {r['data']['logs']:,} logs tiled from {r['data']['trace_requests']:,} real trace requests, "
@@ -57,8 +59,17 @@ def render(size: str) -> str:
         s = f["site_daily"]
         out.append(f"| 3c | `/api/data/` site-wide, 30 days daily ({s['rows']:,} rows, {s['bytes'] // 1024} KB) | "
                    f"{s['api']['requests_per_second']:.0f} req/s, p50 {s['api']['p50_ms']} ms, p99 {s['api']['p99_ms']} ms | | |")
-        out.append(f"| 3d | the same answer from raw logs, same load | {s['raw']['requests_per_second']:.2f} req/s, "
-                   f"p50 {s['raw']['p50_ms']} ms; summary / raw = **{s['ratio']}x** | >= 100x | {_ok(s['ratio'] >= 100)} |")
+        if s["raw"]["requests"] == 0:
+            alone = s["alone_ms"]["raw"] / 1000
+            bound = s["api"]["requests_per_second"] * alone / v["cores"]
+            raw = (f"not one request finished in {f['seconds']} s; one alone, before the load, took {alone:.1f} s, "
+                   f"so at most {v['cores']} / {alone:.1f} = {v['cores'] / alone:.2f} req/s: summary / raw "
+                   f">= **{bound:.0f}x**")
+        else:
+            raw = (f"{s['raw']['requests_per_second']:.2f} req/s, p50 {s['raw']['p50_ms']} ms; "
+                   f"summary / raw = **{s['ratio']}x**")
+        ratio = bound if s["raw"]["requests"] == 0 else s["ratio"]
+        out.append(f"| 3d | the same answer from raw logs, same load | {raw} | >= 100x | {_ok(ratio >= 100)} |")
         s = f.get("self_daily")
         if s:
             out.append(f"| 3e | (no target) `/api/data/self`, heavy user, 30 days daily ({s['rows']} rows) | "
