@@ -288,14 +288,18 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
     engine = make_engine(url)
     app = make_celery(Settings.from_env(service_env(url)))
     bare, verify, rebuild, rss = [], [], [], []
+
+    def one_round(worker, times: list, what: str) -> None:
+        bare.append(bare_group_by(engine))
+        out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END)
+        times.append(out["seconds"])
+        rss.append(out["peak_rss_mb"])
+        log(f"  fig 1 {what}: bare {bare[-1]:.2f} s, re-aggregation {times[-1]:.2f} s "
+            f"({out['logs']:,} logs, {out['chunks']} chunks), worker RSS {out['peak_rss_mb']}")
+
     with celery_worker(url, workdir) as worker:
         for i in range(repeats):
-            bare.append(bare_group_by(engine))
-            out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END)
-            verify.append(out["seconds"])
-            rss.append(out["peak_rss_mb"])
-            log(f"  fig 1 round {i + 1}: bare {bare[-1]:.2f} s, re-aggregation of unchanged history "
-                f"{verify[-1]:.2f} s ({out['logs']:,} logs, {out['chunks']} chunks), worker RSS {out['peak_rss_mb']}")
+            one_round(worker, verify, f"round {i + 1}, history unchanged")
         # The other case: the summary rows are gone (a new STATS_TIMEZONE, a first
         # install beside an old gateway) and every row must be written.
         with engine.begin() as conn:
@@ -303,12 +307,7 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
                 conn.execute(sa.delete(table))
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE hourly_usage, daily_usage, hourly_model_usage, daily_model_usage")
-        bare.append(bare_group_by(engine))
-        out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END)
-        rebuild.append(out["seconds"])
-        rss.append(out["peak_rss_mb"])
-        log(f"  fig 1 rebuild: bare {bare[-1]:.2f} s, re-aggregation into empty tables {rebuild[-1]:.2f} s, "
-            f"worker RSS {out['peak_rss_mb']}")
+        one_round(worker, rebuild, "into empty tables")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE hourly_usage, daily_usage, hourly_model_usage, daily_model_usage")
     engine.dispose()

@@ -3,6 +3,7 @@ rolled-up logs, served by gunicorn (the production server and configuration) on 
 port. For the bad-input catalogue, the fuzzer and the security tests."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,3 +73,4 @@ def live_api(prefix: str = "usage_stats_live", workers: int = 1, **env):
                               {"start_timestamp": T0 - 86400, "end_timestamp": T0 + 2 * 86400})
         finally:
             engine.dispose()
+            shutil.rmtree(folder, ignore_errors=True)
