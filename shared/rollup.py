@@ -277,6 +277,16 @@ def _state(conn: Connection, settings: Settings):
     if state.timezone is None:
         conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
     elif state.timezone != settings.stats_timezone:
+        if settings.retain_logs_days:
+            # `reaggregate --all` keeps the daily rows older than the log horizon (their
+            # logs may be gone), so with retention on it cannot switch zones: say what can.
+            raise RollupError(
+                f"daily rows were built in {state.timezone} but STATS_TIMEZONE is {settings.stats_timezone}, "
+                f"and with RETAIN_LOGS_DAYS={settings.retain_logs_days} they cannot all be rebuilt: raw logs "
+                f"older than that may be deleted already. Either set STATS_TIMEZONE back to {state.timezone}, "
+                f"or stop the worker and run `usage-stats reaggregate --all` once with RETAIN_LOGS_DAYS unset, "
+                f"accepting that days whose raw logs are gone lose their daily rows"
+            )
         raise RollupError(
             f"daily rows were built in {state.timezone} but STATS_TIMEZONE is {settings.stats_timezone}: "
             f"run `usage-stats reaggregate --all` to rebuild them in {settings.stats_timezone}"
