@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
 
@@ -205,6 +206,13 @@ def reaggregate_enqueue():
 def _timestamp(value) -> float | None:
     if value is None:
         return None
+    if isinstance(value, str):  # date_done as the backend stores it (ISO 8601, UTC)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
     if hasattr(value, "timestamp"):
         return value.timestamp()
     return float(value) if isinstance(value, (int, float)) else None
@@ -223,13 +231,15 @@ def reaggregate_status(task_id: str):
         authenticate(conn, m.ROLE_ADMIN)
     if not _TASK_ID.fullmatch(task_id):
         raise ApiError(400, "not a task id")
-    result = _celery().AsyncResult(task_id)
     try:
-        state = result.state
-        info = result.info
-        finished = _timestamp(result.date_done) if state in ("SUCCESS", "FAILURE", "REVOKED") else None
+        # One read of the task's record: AsyncResult.state and .info would be two, and a
+        # worker moving the task from the enqueued marker to PROGRESS in between made a
+        # live re-aggregation look unknown (a 404).
+        meta = _celery().backend.get_task_meta(task_id)
     except _broker_errors() as e:
         return _unavailable("result backend", e)
+    state, info = meta.get("status", "PENDING"), meta.get("result")
+    finished = _timestamp(meta.get("date_done")) if state in ("SUCCESS", "FAILURE", "REVOKED") else None
     if state == "PENDING" and not (isinstance(info, dict) and "enqueued" in info):
         raise ApiError(404, "no such re-aggregation (never enqueued, or its result expired)")
     data = {"id": task_id, "state": state, "done": 0, "total": None, "started": None, "finished": finished,

@@ -154,6 +154,34 @@ def test_get_is_not_allowed_on_the_collection(sq):
 
 
 @pytest.mark.integration
+def test_status_is_one_read_of_the_task_record(pg_engine, pg_url, redis_url, monkeypatch):  # noqa: F811
+    """A worker moving a task from the enqueued marker to PROGRESS between two reads of
+    its record made a live re-aggregation answer 404 (state read as PENDING, info read
+    as PROGRESS without the marker). Here the move happens right after the first read."""
+    settings = Settings.from_env({"DATABASE_URL": pg_url, "CELERY_BROKER_URL": redis_url})
+    token = add_user(pg_engine, 1, "admin", role=m.ROLE_ADMIN)
+    client = create_app(settings, engine=pg_engine).test_client()
+    assert client.get(f"{POST}/warm-up", headers=_headers(token, 1)).status_code == 404  # builds the client
+    backend = client.application.extensions["usage_stats_celery"].backend
+    task_id, now = "reaggregate-race", time.time()
+    backend.store_result(task_id, {"done": 0, "total": None, "enqueued": now}, "PENDING")
+    read = backend.get_task_meta
+
+    def read_then_the_worker_moves(tid, *args, **kwargs):
+        meta = read(tid, *args, **kwargs)
+        backend.store_result(tid, {"done": 0, "total": 3, "started": now}, "PROGRESS")
+        return meta
+
+    monkeypatch.setattr(backend, "get_task_meta", read_then_the_worker_moves)
+    first = client.get(f"{POST}/{task_id}", headers=_headers(token, 1))
+    assert first.status_code == 200, first.get_data(as_text=True)
+    assert first.get_json()["data"]["state"] == "PENDING"
+    second = client.get(f"{POST}/{task_id}", headers=_headers(token, 1))
+    assert second.status_code == 200 and second.get_json()["data"]["state"] == "PROGRESS"
+    assert second.get_json()["data"]["total"] == 3
+
+
+@pytest.mark.integration
 def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tmp_path):  # noqa: F811
     settings = Settings.from_env({"DATABASE_URL": pg_url, "CELERY_BROKER_URL": redis_url, "REAGGREGATE_CHUNK_DAYS": "1"})
     token = add_user(pg_engine, 1, "admin", role=m.ROLE_ADMIN)
