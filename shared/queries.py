@@ -40,8 +40,8 @@ up (about a tick's worth when the rollup keeps up; all of the backlog when it do
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Literal
 
 import sqlalchemy as sa
@@ -51,6 +51,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from . import models as m
 from .buckets import LONGEST, bucket_start
+from .rollup import consume_log_values
 
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
@@ -237,17 +238,12 @@ def _tail_rows(kind: str, view: View, w, gaps: list[tuple], start, bound) -> lis
     as the rollup buckets them: ids above the watermark `w`, and ids inside the `gaps`
     ([lo, hi] ranges, all below `w`)."""
     lg = m.logs.c
-    values = {
-        "user_id": sa.func.coalesce(lg.user_id, 0),
-        "created_at": bucket_start(lg.created_at, view.granularity, view.bucket_tz),
-        "model_name": sa.func.coalesce(lg.model_name, ""),
-        "username": sa.func.coalesce(lg.username, ""),
-        "count": sa.literal_column("1"),
-        "quota": sa.func.coalesce(lg.quota, 0),
-        "token_used": sa.func.coalesce(lg.prompt_tokens, 0) + sa.func.coalesce(lg.completion_tokens, 0),
-        "prompt_tokens": sa.func.coalesce(lg.prompt_tokens, 0),
-        "completion_tokens": sa.func.coalesce(lg.completion_tokens, 0),
-    }
+    values = consume_log_values()
+    values.update(
+        created_at=bucket_start(lg.created_at, view.granularity, view.bucket_tz),
+        count=sa.literal_column("1"),
+        token_used=values["prompt_tokens"] + values["completion_tokens"],
+    )
     # The same types as the summary columns, so that PostgreSQL pushes the outer filters
     # into both halves of the UNION ALL.
     cols = [sa.cast(values[n], sa.Text if n in _TEXT else sa.BigInteger).label(n) for n in _KEYS[kind] + m.MEASURES]

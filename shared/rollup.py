@@ -146,18 +146,28 @@ def _insert(conn: Connection):
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
 
 
+def consume_log_values() -> dict:
+    """A consume log's key and measure values as the rollup counts them: a missing value
+    counts as 0 or ''. The real-time tail (shared.queries) reads logs through these too,
+    so that a log counts the same before and after a tick."""
+    lg = m.logs.c
+    return {
+        "user_id": sa.func.coalesce(lg.user_id, 0),
+        "model_name": sa.func.coalesce(lg.model_name, ""),
+        "username": sa.func.coalesce(lg.username, ""),
+        "quota": sa.func.coalesce(lg.quota, 0),
+        "prompt_tokens": sa.func.coalesce(lg.prompt_tokens, 0),
+        "completion_tokens": sa.func.coalesce(lg.completion_tokens, 0),
+    }
+
+
 def _consume_rows(where, tz: str, from_=m.logs):
     """Per-log bucket columns of the consume logs matching `where`."""
     lg = m.logs.c
     return sa.select(
         hour_start(lg.created_at).label("hour"),
         day_start(lg.created_at, tz).label("day"),
-        sa.func.coalesce(lg.user_id, 0).label("user_id"),
-        sa.func.coalesce(lg.model_name, "").label("model_name"),
-        sa.func.coalesce(lg.username, "").label("username"),
-        sa.func.coalesce(lg.quota, 0).label("quota"),
-        sa.func.coalesce(lg.prompt_tokens, 0).label("prompt_tokens"),
-        sa.func.coalesce(lg.completion_tokens, 0).label("completion_tokens"),
+        *(value.label(name) for name, value in consume_log_values().items()),
     ).select_from(from_).where(
         lg.type == m.LOG_CONSUME,
         # A log without a time has no bucket (new-api always sets it); skipping it here
