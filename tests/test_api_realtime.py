@@ -54,12 +54,17 @@ def window(granularity: str) -> dict:
     return {"granularity": granularity, "start_timestamp": at(TZ, 2024, 10, 1), "end_timestamp": HI}
 
 
-@pytest.fixture
-def setup(engine):
+def people(engine):
+    """Alice, Bob and root with their tokens, the settings and an API over `engine`."""
     tokens = {uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
               for uid in (ALICE, BOB, ROOT)}
     settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
-    return engine, settings, make_api(engine, tz=TZ), tokens
+    return settings, make_api(engine, tz=TZ), tokens
+
+
+@pytest.fixture
+def setup(engine):
+    return engine, *people(engine)
 
 
 def check_exact(engine, api: Api, tokens, *, logs=None, realtime=None, granularities=GRANULARITIES) -> int:
@@ -209,10 +214,7 @@ def add_gaps(engine, ranges):
 @pytest.mark.integration
 def test_a_late_commit_inside_a_gap_counts_once(pg_engine):
     engine = pg_engine
-    tokens = {uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
-              for uid in (ALICE, BOB, ROOT)}
-    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
-    api = make_api(engine, tz=TZ)
+    settings, api, tokens = people(engine)
     rnd = random.Random(3)
     with engine.connect() as late:
         late_tx = late.begin()
@@ -242,10 +244,7 @@ def test_a_late_commit_inside_a_gap_counts_once(pg_engine):
 @pytest.mark.integration
 def test_a_reader_sees_a_committing_tick_entirely_or_not_at_all(pg_engine):
     engine = pg_engine
-    tokens = {uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
-              for uid in (ALICE, BOB, ROOT)}
-    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
-    api = make_api(engine, tz=TZ)
+    settings, api, tokens = people(engine)
     insert(engine, random_logs(random.Random(5), 150))
     # A separate engine for the tick, so that only its commits are held back.
     tick_engine = make_engine(settings.database_url)
@@ -329,19 +328,13 @@ def concurrent_ticks_and_reads(engine, settings, api, tokens, n_logs: int) -> in
 
 @pytest.mark.integration
 def test_concurrent_ticks_never_make_a_log_count_twice_or_not_at_all(pg_engine):
-    tokens = {uid: add_user(pg_engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
-              for uid in (ALICE, BOB, ROOT)}
-    settings = Settings(database_url=pg_engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
-    assert concurrent_ticks_and_reads(pg_engine, settings, make_api(pg_engine, tz=TZ), tokens, 400) > 0
+    assert concurrent_ticks_and_reads(pg_engine, *people(pg_engine), 400) > 0
 
 
 def test_concurrent_ticks_on_a_sqlite_file(sqlite_file_url):
     engine = make_engine(sqlite_file_url)
     upgrade(engine)
-    tokens = {uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
-              for uid in (ALICE, BOB, ROOT)}
-    settings = Settings(database_url=sqlite_file_url, stats_timezone=TZ)
     try:
-        assert concurrent_ticks_and_reads(engine, settings, make_api(engine, tz=TZ), tokens, 200) > 0
+        assert concurrent_ticks_and_reads(engine, *people(engine), 200) > 0
     finally:
         engine.dispose()
