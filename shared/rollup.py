@@ -245,36 +245,27 @@ def _sums(source):
     return [sa.cast(sa.func.sum(source.c[name]), sa.BigInteger).label(name) for name in m.MEASURES]
 
 
-def _fold_delta(conn: Connection, hours=None, days=None, *, site_wide: bool = True) -> int:
-    """Fold rollup_delta into the per-user summaries (and the site-wide ones unless
-    `site_wide` is false); `hours`/`days` ([lo, hi)) keep only buckets in those ranges.
-    Returns the hourly per-user rows touched."""
+def _fold_delta(conn: Connection) -> int:
+    """Fold rollup_delta into the four summaries. Returns the hourly per-user rows touched."""
     d = delta.c
     touched = 0
-    for bucket, span, per_user, per_model in (
-        (d.hour, hours, m.hourly_usage, m.hourly_model_usage),
-        (d.day, days, m.daily_usage, m.daily_model_usage),
-    ):
-        where = sa.true() if span is None else sa.and_(bucket >= span[0], bucket < span[1])
+    for bucket, per_user, per_model in ((d.hour, m.hourly_usage, m.hourly_model_usage),
+                                        (d.day, m.daily_usage, m.daily_model_usage)):
         rows = _fold(
             conn, per_user,
             sa.select(d.user_id, bucket, d.model_name, sa.func.max(d.username), *_sums(delta))
-            .where(where).group_by(d.user_id, bucket, d.model_name)
+            .group_by(d.user_id, bucket, d.model_name)
             # In key order: the upsert walks the primary key left to right, not at random.
             .order_by(d.user_id, bucket, d.model_name),
         )
         touched = touched or rows
-        if site_wide:
-            _fold(conn, per_model, sa.select(bucket, d.model_name, *_sums(delta)).where(where).group_by(bucket, d.model_name))
+        _fold(conn, per_model, sa.select(bucket, d.model_name, *_sums(delta)).group_by(bucket, d.model_name))
     return touched
 
 
-def _delta_logs(conn: Connection, days=None) -> int:
-    """Consume logs in rollup_delta (those whose local day lies in `days`, when given)."""
-    q = sa.select(sa.func.coalesce(sa.func.sum(delta.c.count), 0))
-    if days is not None:
-        q = q.where(delta.c.day >= days[0], delta.c.day < days[1])
-    return int(conn.execute(q).scalar())
+def _delta_logs(conn: Connection) -> int:
+    """Consume logs in rollup_delta."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(delta.c.count), 0))).scalar())
 
 
 # --- state ---------------------------------------------------------------------------
