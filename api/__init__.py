@@ -7,6 +7,7 @@ metrics and access log lines), auth (headers -> user), params (query string), er
 JSON failure shape), openapi (the document), config (the span limits, from Settings).
 The SQL lives in shared.queries, the token lookup in shared.auth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from shared.db import get_engine
 from .config import ApiLimits
 from .jsonprovider import OrjsonProvider
 
-__all__ = ["create_app", "AppState"]
+__all__ = ["AppState", "create_app"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class AppState:
     limits: ApiLimits
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None, limits: ApiLimits | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, limits: ApiLimits | None = None
+) -> Flask:
     """The Flask app. `settings` default to the environment; `engine` (for tests with an
     in-memory database) defaults to the process's engine for settings.database_url.
     No connection is opened here, so gunicorn --preload forks an empty pool."""

@@ -7,6 +7,7 @@
 
 The token is kept in flask.g only so that error logging can cut it out of messages.
 """
+
 from __future__ import annotations
 
 import re

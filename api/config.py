@@ -1,4 +1,5 @@
 """The API's limits, taken from Settings (shared.config reads the environment)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ class ApiLimits:
     max_span_daily_days: int = Settings.api_max_span_daily_days
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ApiLimits":
+    def from_settings(cls, settings: Settings) -> ApiLimits:
         return cls(settings.api_max_span_hourly_days, settings.api_max_span_daily_days)
 
     def max_span_days(self, granularity: str, from_hourly: bool = False) -> int:

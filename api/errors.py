@@ -15,6 +15,7 @@ frames (no local values), with the request's access token cut out wherever it ap
 SQLAlchemy's own error text lists statement parameters, and psycopg2 interpolates them
 into the SQL it reports, so the token lookup's parameter could otherwise reach the log.
 """
+
 from __future__ import annotations
 
 import json
@@ -117,8 +118,12 @@ def ensure_log_output() -> None:
 
 def _json_options(response):
     # Flask answers OPTIONS itself with an empty text/html body and the Allow header.
-    if request.method == "OPTIONS" and response.status_code == 200 and response.mimetype == "text/html" \
-            and not response.get_data():
+    if (
+        request.method == "OPTIONS"
+        and response.status_code == 200
+        and response.mimetype == "text/html"
+        and not response.get_data()
+    ):
         allowed = response.headers.get("Allow", "")
         answer = jsonify(success=True, message=f"allowed: {allowed}")
         answer.headers["Allow"] = allowed
@@ -130,8 +135,10 @@ def gunicorn_write_error(sock, status_int, reason, mesg):
     """gunicorn.util.write_error, in the failure shape. The message is the status's
     reason only: gunicorn's detail can quote the request line or a header's value."""
     body = json.dumps({"success": False, "message": str(reason).lower()}).encode() + b"\n"
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
     from gunicorn import util
 
     util.write_nonblock(sock, head + body)

@@ -5,6 +5,7 @@ PROMETHEUS_MULTIPROC_DIR set, the directory is emptied when gunicorn starts (val
 previous run must not be served) and a worker's live gauges are dropped when it exits.
 Everything else comes from the command line.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,11 +1,11 @@
 """JSON responses by orjson: a 2,000-row answer serializes in under a millisecond where
 the standard library takes several. Keys keep their order (the contract's field order);
 anything orjson does not know (Decimal) falls back to Flask's own conversions."""
+
 from __future__ import annotations
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
-
 
 # NON_STR_KEYS: SQLAlchemy's column names are a str subclass, which orjson refuses as a
 # key without it.
@@ -20,4 +20,6 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def response(self, *args, **kwargs):
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj, default=self.default, option=_OPTIONS), mimetype=self.mimetype)
+        return self._app.response_class(
+            orjson.dumps(obj, default=self.default, option=_OPTIONS), mimetype=self.mimetype
+        )

@@ -4,6 +4,7 @@ Written out by hand, since it is the contract; tests/test_api_openapi.py keeps i
 by validating real responses against it and by checking that its parameters are the
 ones api.params reads.
 """
+
 from __future__ import annotations
 
 from .config import ApiLimits
@@ -22,10 +23,13 @@ def _row(extra: dict | None = None) -> dict:
         "count": {**_INT, "description": "Requests (consume logs)"},
         "quota": {**_INT, "description": "Quota spent (500,000 = 1 USD)"},
         "token_used": {**_INT, "description": "prompt_tokens + completion_tokens"},
-        "created_at": {**_INT, "description": (
-            "Bucket start, unix seconds: the hour, or the local midnight starting the day, the week (Monday) "
-            "or the month (the 1st) in the zone tz"
-        )},
+        "created_at": {
+            **_INT,
+            "description": (
+                "Bucket start, unix seconds: the hour, or the local midnight starting the day, the week (Monday) "
+                "or the month (the 1st) in the zone tz"
+            ),
+        },
         **(extra or {}),
         "prompt_tokens": {**_INT, "description": "Prompt tokens"},
         "completion_tokens": {**_INT, "description": "Completion tokens"},
@@ -70,7 +74,7 @@ def document(limits: ApiLimits) -> dict:
             "version": "1.0.0",
             "description": (
                 "new-api's data statistics endpoints, answered from hourly and daily rollups of the "
-                "gateway's consume logs. Every failure is {\"success\": false, \"message\": ...}."
+                'gateway\'s consume logs. Every failure is {"success": false, "message": ...}.'
             ),
         },
         "paths": {
@@ -81,7 +85,10 @@ def document(limits: ApiLimits) -> dict:
                     "description": "The caller's own rows, one per (bucket, model). " + range_note,
                     "security": [{"accessToken": [], "newApiUser": []}],
                     "parameters": [_ref("parameters", n) for n in SELF_PARAMETERS],
-                    "responses": {"200": _ok("SelfResponse", "The caller's rows (possibly none)."), **_errors(admin=False)},
+                    "responses": {
+                        "200": _ok("SelfResponse", "The caller's rows (possibly none)."),
+                        **_errors(admin=False),
+                    },
                 }
             },
             "/api/data/": {
@@ -134,9 +141,15 @@ def document(limits: ApiLimits) -> dict:
                         "expired (after a day), is a 404."
                     ),
                     "security": [{"accessToken": [], "newApiUser": []}],
-                    "parameters": [{"name": "task_id", "in": "path", "required": True,
-                                    # api.ops._TASK_ID: anything else is a 400 before any lookup.
-                                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,155}$"}}],
+                    "parameters": [
+                        {
+                            "name": "task_id",
+                            "in": "path",
+                            "required": True,
+                            # api.ops._TASK_ID: anything else is a 400 before any lookup.
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,155}$"},
+                        }
+                    ],
                     "responses": {
                         "200": _ok("ReaggregateStatusResponse", "The task's state."),
                         **{k: v for k, v in _errors(admin=True).items() if k not in ("400", "503")},
@@ -151,7 +164,9 @@ def document(limits: ApiLimits) -> dict:
                     "operationId": "metrics",
                     "summary": "Prometheus metrics (text exposition format)",
                     "security": [],
-                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "responses": {
+                        "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
                 }
             },
             "/api/openapi.json": {
@@ -159,7 +174,12 @@ def document(limits: ApiLimits) -> dict:
                     "operationId": "getOpenApi",
                     "summary": "This document",
                     "security": [],
-                    "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
                 }
             },
             "/": {
@@ -171,7 +191,9 @@ def document(limits: ApiLimits) -> dict:
                         "(or given in the URL fragment: #token=...&user=...); serves no data itself."
                     ),
                     "security": [],
-                    "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                    "responses": {
+                        "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
                 }
             },
             "/healthz": {
@@ -187,7 +209,10 @@ def document(limits: ApiLimits) -> dict:
                     "operationId": "readyz",
                     "summary": "The database is reachable and migrated",
                     "security": [],
-                    "responses": {"200": _ok("Status", "Ready."), "503": _failure("The database is not reachable or not migrated.")},
+                    "responses": {
+                        "200": _ok("Status", "Ready."),
+                        "503": _failure("The database is not reachable or not migrated."),
+                    },
                 }
             },
         },
@@ -275,56 +300,86 @@ def document(limits: ApiLimits) -> dict:
             },
             "schemas": {
                 "SiteRow": _row(),
-                "UserRow": _row({
-                    "user_id": {**_INT, "description": "User id"},
-                    "username": {"type": "string", "description": "Username at the time of the requests"},
-                }),
+                "UserRow": _row(
+                    {
+                        "user_id": {**_INT, "description": "User id"},
+                        "username": {"type": "string", "description": "Username at the time of the requests"},
+                    }
+                ),
                 "SelfResponse": _success_schema({"type": "array", "items": _ref("schemas", "UserRow")}),
-                "AllResponse": _success_schema({
-                    "type": "array",
-                    # Site-wide rows, or a user's rows when username is given; the two
-                    # differ in user_id/username, so exactly one of them matches a row.
-                    "items": {"oneOf": [_ref("schemas", "SiteRow"), _ref("schemas", "UserRow")]},
-                }),
+                "AllResponse": _success_schema(
+                    {
+                        "type": "array",
+                        # Site-wide rows, or a user's rows when username is given; the two
+                        # differ in user_id/username, so exactly one of them matches a row.
+                        "items": {"oneOf": [_ref("schemas", "SiteRow"), _ref("schemas", "UserRow")]},
+                    }
+                ),
                 "ReaggregateRequest": {
                     "type": "object",
                     "properties": {
-                        "start_timestamp": {**_INT, "description": "Range start, unix seconds (widened to local midnight)"},
-                        "end_timestamp": {**_INT, "description": "Range end, unix seconds, exclusive; after start_timestamp"},
-                        "user_id": {"type": ["integer", "null"], "minimum": 1, "maximum": INT64_MAX,
-                                    "description": "Only this user's rows (site-wide rows are rebuilt from per-user rows)"},
+                        "start_timestamp": {
+                            **_INT,
+                            "description": "Range start, unix seconds (widened to local midnight)",
+                        },
+                        "end_timestamp": {
+                            **_INT,
+                            "description": "Range end, unix seconds, exclusive; after start_timestamp",
+                        },
+                        "user_id": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "maximum": INT64_MAX,
+                            "description": "Only this user's rows (site-wide rows are rebuilt from per-user rows)",
+                        },
                     },
                     "required": ["start_timestamp", "end_timestamp"],
                     "additionalProperties": False,
                 },
-                "ReaggregateAccepted": _success_schema({
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "description": "The task id"},
-                        "state": {"const": "PENDING"},
-                        "status_url": {"type": "string"},
-                    },
-                    "required": ["id", "state", "status_url"],
-                    "additionalProperties": False,
-                }),
-                "ReaggregateStatusResponse": _success_schema({
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "state": {"type": "string", "description": "PENDING, PROGRESS, SUCCESS, FAILURE (or another Celery state)"},
-                        "done": {"type": "integer", "description": "Chunks of days done"},
-                        "total": {"type": ["integer", "null"], "description": "Chunks in all (null until known)"},
-                        "started": {"type": ["number", "null"], "description": "Unix seconds the worker started it"},
-                        "finished": {"type": ["number", "null"], "description": "Unix seconds it finished (success or failure)"},
-                        "error": {"type": ["string", "null"], "description": "On FAILURE: the error's type and first line"},
-                        "result": {
-                            "type": ["object", "null"],
-                            "description": "On SUCCESS: the local-day range done [start, end), chunks, consume logs counted, seconds",
+                "ReaggregateAccepted": _success_schema(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string", "description": "The task id"},
+                            "state": {"const": "PENDING"},
+                            "status_url": {"type": "string"},
                         },
-                    },
-                    "required": ["id", "state", "done", "total", "started", "finished", "error", "result"],
-                    "additionalProperties": False,
-                }),
+                        "required": ["id", "state", "status_url"],
+                        "additionalProperties": False,
+                    }
+                ),
+                "ReaggregateStatusResponse": _success_schema(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "state": {
+                                "type": "string",
+                                "description": "PENDING, PROGRESS, SUCCESS, FAILURE (or another Celery state)",
+                            },
+                            "done": {"type": "integer", "description": "Chunks of days done"},
+                            "total": {"type": ["integer", "null"], "description": "Chunks in all (null until known)"},
+                            "started": {
+                                "type": ["number", "null"],
+                                "description": "Unix seconds the worker started it",
+                            },
+                            "finished": {
+                                "type": ["number", "null"],
+                                "description": "Unix seconds it finished (success or failure)",
+                            },
+                            "error": {
+                                "type": ["string", "null"],
+                                "description": "On FAILURE: the error's type and first line",
+                            },
+                            "result": {
+                                "type": ["object", "null"],
+                                "description": "On SUCCESS: the local-day range done [start, end), chunks, consume logs counted, seconds",
+                            },
+                        },
+                        "required": ["id", "state", "done", "total", "started", "finished", "error", "result"],
+                        "additionalProperties": False,
+                    }
+                ),
                 "Status": {
                     "type": "object",
                     "properties": {"success": {"const": True}, "message": {"type": "string"}},

@@ -9,6 +9,7 @@
 The Celery client is built from Settings (worker.make_celery) on first use, so that each
 gunicorn worker makes its own after the fork.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, current_app, g, has_request_context, jsonify, request, url_for
 
@@ -26,7 +27,8 @@ from shared.logging_setup import add_secret_source
 from shared.retention import check_reaggregate_range
 
 from .auth import authenticate
-from .errors import ApiError, failure, log as error_log
+from .errors import ApiError, failure
+from .errors import log as error_log
 from .params import INT64_MAX
 
 bp = Blueprint("usage_stats_ops", __name__)
@@ -56,10 +58,20 @@ def _finish(response):
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     metrics.observe_request(route, request.method, response.status_code, seconds)
     access_log.info(
-        "%s %s %d %.1fms", request.method, request.path, response.status_code, seconds * 1000,
-        extra={"event": "request", "method": request.method, "path": request.path, "route": route,
-               "status": response.status_code, "duration_ms": round(seconds * 1000, 3),
-               "remote_addr": request.remote_addr or ""},
+        "%s %s %d %.1fms",
+        request.method,
+        request.path,
+        response.status_code,
+        seconds * 1000,
+        extra={
+            "event": "request",
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 3),
+            "remote_addr": request.remote_addr or "",
+        },
     )
     return response
 
@@ -76,8 +88,11 @@ def register(app: Flask) -> None:
 
 @bp.get("/metrics")
 def metrics_endpoint():
-    return Response(metrics.render(), mimetype=metrics.CONTENT_TYPE_LATEST.split(";")[0],
-                    headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
+    return Response(
+        metrics.render(),
+        mimetype=metrics.CONTENT_TYPE_LATEST.split(";")[0],
+        headers={"Content-Type": metrics.CONTENT_TYPE_LATEST},
+    )
 
 
 # --- re-aggregation over HTTP ----------------------------------------------------------
@@ -93,14 +108,27 @@ def _celery():
                 client = make_celery(current_app.extensions["usage_stats"].settings)
                 # An API request must not hang on a dead broker: fail fast, answer 503.
                 client.conf.update(
-                    broker_connection_timeout=3, broker_connection_retry=False,
+                    broker_connection_timeout=3,
+                    broker_connection_retry=False,
                     # kombu's own reconnect loop (seconds on a refused connection): one retry.
-                    broker_transport_options={**(client.conf.broker_transport_options or {}), "max_retries": 1,
-                                              "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-                    redis_socket_connect_timeout=3, redis_socket_timeout=10, redis_retry_on_timeout=False,
+                    broker_transport_options={
+                        **(client.conf.broker_transport_options or {}),
+                        "max_retries": 1,
+                        "interval_start": 0,
+                        "interval_step": 0.2,
+                        "interval_max": 0.5,
+                    },
+                    redis_socket_connect_timeout=3,
+                    redis_socket_timeout=10,
+                    redis_retry_on_timeout=False,
                     result_backend_transport_options={
                         **(client.conf.result_backend_transport_options or {}),
-                        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+                        "retry_policy": {
+                            "max_retries": 1,
+                            "interval_start": 0,
+                            "interval_step": 0.2,
+                            "interval_max": 0.5,
+                        },
                     },
                 )
                 # The API polls task state (GET .../<id>) and never waits on a result, so it
@@ -155,7 +183,9 @@ def parse_reaggregate_body() -> tuple[int, int, int | None]:
     """The JSON body {start_timestamp, end_timestamp, user_id?}; raises ApiError(400)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object: {\"start_timestamp\": ..., \"end_timestamp\": ..., \"user_id\": ...}")
+        raise ApiError(
+            400, 'the body must be a JSON object: {"start_timestamp": ..., "end_timestamp": ..., "user_id": ...}'
+        )
     unknown = sorted(set(body) - set(REAGGREGATE_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(REAGGREGATE_FIELDS)}")
@@ -212,7 +242,7 @@ def _timestamp(value) -> float | None:
         except ValueError:
             return None
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
     if hasattr(value, "timestamp"):
         return value.timestamp()
     return float(value) if isinstance(value, (int, float)) else None
@@ -242,8 +272,16 @@ def reaggregate_status(task_id: str):
     finished = _timestamp(meta.get("date_done")) if state in ("SUCCESS", "FAILURE", "REVOKED") else None
     if state == "PENDING" and not (isinstance(info, dict) and "enqueued" in info):
         raise ApiError(404, "no such re-aggregation (never enqueued, or its result expired)")
-    data = {"id": task_id, "state": state, "done": 0, "total": None, "started": None, "finished": finished,
-            "error": None, "result": None}
+    data = {
+        "id": task_id,
+        "state": state,
+        "done": 0,
+        "total": None,
+        "started": None,
+        "finished": finished,
+        "error": None,
+        "result": None,
+    }
     if isinstance(info, dict):
         data["done"] = info.get("done", 0)
         data["total"] = info.get("total")

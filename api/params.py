@@ -4,12 +4,13 @@ new-api ignores a timestamp it cannot parse (it becomes 0); we refuse it with a 
 instead, so that a client bug is seen rather than answered with the wrong range.
 An empty value ("?start_timestamp=") counts as absent, as form-built URLs send them.
 """
+
 from __future__ import annotations
 
 import re
 import zoneinfo
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from werkzeug.datastructures import MultiDict
@@ -64,8 +65,15 @@ def _timestamp(name: str, raw: str) -> int:
     raise ApiError(400, f"{name} must be a whole number of unix seconds")
 
 
-def parse_window(args: MultiDict, limits: ApiLimits, now: int, names=SELF_PARAMETERS, *,
-                 stats_tz: str = "UTC", realtime_enabled: bool = True) -> Window:
+def parse_window(
+    args: MultiDict,
+    limits: ApiLimits,
+    now: int,
+    names=SELF_PARAMETERS,
+    *,
+    stats_tz: str = "UTC",
+    realtime_enabled: bool = True,
+) -> Window:
     """granularity, tz, realtime, start and end from the query string; raises
     ApiError(400). `stats_tz` is the server's STATS_TIMEZONE, the zone of the daily rows;
     `realtime_enabled` is API_REALTIME."""
@@ -93,7 +101,8 @@ def parse_window(args: MultiDict, limits: ApiLimits, now: int, names=SELF_PARAME
     if end - start > limit_days * DAY:
         why = (
             f" in tz={tz} (a zone other than the server's STATS_TIMEZONE {stats_tz}: summed from hourly rows)"
-            if from_hourly else ""
+            if from_hourly
+            else ""
         )
         raise ApiError(
             400,
@@ -137,7 +146,7 @@ def parse_realtime(raw: str | None, enabled: bool) -> bool:
 
 
 def _offset(zone: zoneinfo.ZoneInfo, ts: int) -> int:
-    return int(datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).utcoffset().total_seconds())
+    return int(datetime.fromtimestamp(ts, tz=UTC).astimezone(zone).utcoffset().total_seconds())
 
 
 @lru_cache(maxsize=4096)

@@ -1,4 +1,5 @@
 """The endpoints. Thin: authenticate, parse, call one query in shared.queries, wrap."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,12 @@ def _success(data):
 
 def _window(state, names=params.SELF_PARAMETERS) -> params.Window:
     return params.parse_window(
-        request.args, state.limits, int(time.time()), names,
-        stats_tz=state.settings.stats_timezone, realtime_enabled=state.settings.api_realtime,
+        request.args,
+        state.limits,
+        int(time.time()),
+        names,
+        stats_tz=state.settings.stats_timezone,
+        realtime_enabled=state.settings.api_realtime,
     )
 
 
@@ -98,10 +103,16 @@ def openapi_json():
 
 STATIC = Path(__file__).parent / "static"
 # Only these files are served; package.json and the lock file are build inputs.
-PAGE_FILES = frozenset({
-    "app.js", "style.css",
-    "vendor/chart.umd.min.js", "vendor/chart.js.LICENSE.md", "vendor/kurkle-color.LICENSE.md", "vendor/VERSION",
-})
+PAGE_FILES = frozenset(
+    {
+        "app.js",
+        "style.css",
+        "vendor/chart.umd.min.js",
+        "vendor/chart.js.LICENSE.md",
+        "vendor/kurkle-color.LICENSE.md",
+        "vendor/VERSION",
+    }
+)
 # The page loads its own scripts and styles only, and talks only to this API.
 PAGE_HEADERS = {
     "Content-Security-Policy": (

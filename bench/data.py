@@ -10,6 +10,7 @@ with several percent of all requests), each user keeps to three neighbouring mod
 of 40, mostly the first, and about 3% of rows are other log types (errors, top-ups) that
 the rollup must skip. Everything is seeded: the same rows on every run.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,10 +41,28 @@ def trace_dir() -> Path:
 
 
 def _model_names() -> list[str]:
-    families = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini", "claude-3-5-sonnet", "claude-3-5-haiku",
-                "claude-3-7-sonnet", "gemini-1.5-pro", "gemini-2.0-flash", "deepseek-chat", "deepseek-reasoner",
-                "qwen-max", "qwen-plus", "glm-4", "moonshot-v1-8k", "mistral-large", "llama-3.1-70b",
-                "command-r-plus", "yi-large", "text-embedding-3-small"]
+    families = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4.1",
+        "o3-mini",
+        "claude-3-5-sonnet",
+        "claude-3-5-haiku",
+        "claude-3-7-sonnet",
+        "gemini-1.5-pro",
+        "gemini-2.0-flash",
+        "deepseek-chat",
+        "deepseek-reasoner",
+        "qwen-max",
+        "qwen-plus",
+        "glm-4",
+        "moonshot-v1-8k",
+        "mistral-large",
+        "llama-3.1-70b",
+        "command-r-plus",
+        "yi-large",
+        "text-embedding-3-small",
+    ]
     return [f"{f}-{v}" for v in ("2024", "2025") for f in families][:MODELS]
 
 
@@ -120,20 +139,48 @@ def generate_logs(conn, first: int, n: int, t0: int, span: int, trace_len: int) 
     [t0, t0 + span). Needs bench_trace (load_traces) in the same database."""
     trace_span = conn.exec_driver_sql("SELECT max(off) + 1 FROM bench_trace").scalar()
     cycles = -(-n // trace_len)
-    conn.execute(sa.text(_GENERATE), {
-        "first": first, "n": n, "t0": t0, "trace_span": float(trace_span),
-        "cycle_span": span / cycles, "trace_len": trace_len, "users": USERS, "models": MODELS,
-        "names": _model_names(),
-    })
+    conn.execute(
+        sa.text(_GENERATE),
+        {
+            "first": first,
+            "n": n,
+            "t0": t0,
+            "trace_span": float(trace_span),
+            "cycle_span": span / cycles,
+            "trace_len": trace_len,
+            "users": USERS,
+            "models": MODELS,
+            "names": _model_names(),
+        },
+    )
 
 
 def create_users(conn) -> None:
-    rows = [{"id": i, "username": f"user{i}", "display_name": f"Bench User {i}", "role": m.ROLE_USER,
-             "status": m.STATUS_ENABLED, "access_token": user_token(i), "password": "", "created_at": PERIOD_START}
-            for i in range(1, USERS + 1)]
-    rows.append({"id": ADMIN_ID, "username": "admin", "display_name": "Bench Admin", "role": m.ROLE_ROOT,
-                 "status": m.STATUS_ENABLED, "access_token": user_token(ADMIN_ID), "password": "",
-                 "created_at": PERIOD_START})
+    rows = [
+        {
+            "id": i,
+            "username": f"user{i}",
+            "display_name": f"Bench User {i}",
+            "role": m.ROLE_USER,
+            "status": m.STATUS_ENABLED,
+            "access_token": user_token(i),
+            "password": "",
+            "created_at": PERIOD_START,
+        }
+        for i in range(1, USERS + 1)
+    ]
+    rows.append(
+        {
+            "id": ADMIN_ID,
+            "username": "admin",
+            "display_name": "Bench Admin",
+            "role": m.ROLE_ROOT,
+            "status": m.STATUS_ENABLED,
+            "access_token": user_token(ADMIN_ID),
+            "password": "",
+            "created_at": PERIOD_START,
+        }
+    )
     conn.execute(sa.insert(m.users), rows)
     conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))")
 
@@ -156,5 +203,9 @@ def build(engine: Engine, n_logs: int) -> dict:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE logs")
         conn.exec_driver_sql("VACUUM ANALYZE users")
-    return {"logs": n_logs, "trace_requests": trace_len, "load_seconds": round(loaded, 1),
-            "total_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "logs": n_logs,
+        "trace_requests": trace_len,
+        "load_seconds": round(loaded, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }

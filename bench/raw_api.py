@@ -10,10 +10,11 @@ the rollup's own bucket expressions, instead of the summary rows. The range filt
 the raw created_at (and user_id), so the gateway's indexes serve it, as they would serve
 one-api. Not part of the product: it exists to be measured against.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, request
+from flask import Blueprint
 
 from api import create_app as create_api
 from api.auth import authenticate
@@ -28,10 +29,15 @@ raw = Blueprint("raw_logs", __name__)
 def _raw_source(view: queries.View, start: int, end: int, user_id=None):
     lg = m.logs.c
     cols = [
-        lg.model_name, sa.literal_column("1").label("count"), lg.quota,
+        lg.model_name,
+        sa.literal_column("1").label("count"),
+        lg.quota,
         (lg.prompt_tokens + lg.completion_tokens).label("token_used"),
         bucket_start(lg.created_at, view.granularity, view.tz).label("created_at"),
-        lg.user_id, lg.username, lg.prompt_tokens, lg.completion_tokens,
+        lg.user_id,
+        lg.username,
+        lg.prompt_tokens,
+        lg.completion_tokens,
     ]
     where = [lg.type == m.LOG_CONSUME, lg.created_at >= start, lg.created_at < end + LONGEST[view.granularity]]
     if user_id is not None:

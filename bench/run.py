@@ -19,6 +19,7 @@ Figures (targets from issue 5):
    default interval; and with the real-time tail)
 5. worker peak RSS during the full re-aggregation                    (<= 300 MB)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,8 +117,12 @@ def prepared(rows: int, rebuild: bool) -> tuple[str, dict]:
     started = time.perf_counter()
     result = rollup.rollup(engine, settings, wait=True)
     seconds = time.perf_counter() - started
-    meta["initial_rollup"] = {"logs": result.logs, "seconds": round(seconds, 2),
-                              "logs_per_second": round(result.logs / seconds), "batches": result.batches}
+    meta["initial_rollup"] = {
+        "logs": result.logs,
+        "seconds": round(seconds, 2),
+        "logs_per_second": round(result.logs / seconds),
+        "batches": result.batches,
+    }
     log(f"  first rollup: {result.logs:,} logs in {seconds:.1f} s ({result.logs / seconds:,.0f} logs/s)")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
@@ -139,8 +144,14 @@ def free_port() -> int:
 
 
 def service_env(url: str, **extra) -> dict:
-    env = dict(os.environ, DATABASE_URL=url, CELERY_BROKER_URL=REDIS, CELERY_RESULT_BACKEND=REDIS,
-               PYTHONPATH=str(ROOT), LOG_FORMAT="plain")
+    env = dict(
+        os.environ,
+        DATABASE_URL=url,
+        CELERY_BROKER_URL=REDIS,
+        CELERY_RESULT_BACKEND=REDIS,
+        PYTHONPATH=str(ROOT),
+        LOG_FORMAT="plain",
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -180,8 +191,18 @@ def wait_for(check, timeout: float, what: str, proc=None, logfile: Path | None =
 def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
     port = free_port()
     logfile = workdir / "gunicorn.log"
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
-           "--workers", str(workers), "bench.raw_api:create_app()"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:api.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "bench.raw_api:create_app()",
+    ]
     with process(cmd, service_env(url), logfile, on_stop) as proc:
         base = f"http://127.0.0.1:{port}"
 
@@ -205,16 +226,42 @@ def celery_worker(url: str, workdir: Path, *, beat: bool = False):
     env = service_env(url)
     env.pop("ROLLUP_INTERVAL_SECONDS", None)  # the default interval
     wlog = workdir / "worker.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool=prefork", "--concurrency=1",
-           "-l", "INFO", "-n", f"bench-{os.getpid()}@%h"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "-l",
+        "INFO",
+        "-n",
+        f"bench-{os.getpid()}@%h",
+    ]
     with process(cmd, env, wlog) as proc:
         wait_for(lambda: "ready." in wlog.read_text(errors="replace"), 60, "the celery worker", proc, wlog)
         if not beat:
             yield proc
             return
         blog = workdir / "beat.log"
-        with process([sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO",
-                      "-s", str(workdir / "beat-schedule")], env, blog):
+        with process(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "beat",
+                "-l",
+                "INFO",
+                "-s",
+                str(workdir / "beat-schedule"),
+            ],
+            env,
+            blog,
+        ):
             yield proc
 
 
@@ -294,8 +341,10 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
         out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END)
         times.append(out["seconds"])
         rss.append(out["peak_rss_mb"])
-        log(f"  fig 1 {what}: bare {bare[-1]:.2f} s, re-aggregation {times[-1]:.2f} s "
-            f"({out['logs']:,} logs, {out['chunks']} chunks), worker RSS {out['peak_rss_mb']}")
+        log(
+            f"  fig 1 {what}: bare {bare[-1]:.2f} s, re-aggregation {times[-1]:.2f} s "
+            f"({out['logs']:,} logs, {out['chunks']} chunks), worker RSS {out['peak_rss_mb']}"
+        )
 
     with celery_worker(url, workdir) as worker:
         for i in range(repeats):
@@ -313,11 +362,20 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
     engine.dispose()
     floor = statistics.median(bare)
     return {
-        "fig1": {"bare_seconds": bare, "reaggregate_unchanged_seconds": verify, "reaggregate_rebuild_seconds": rebuild,
-                 "ratio_unchanged": round(statistics.median(verify) / floor, 2),
-                 "ratio_rebuild": round(rebuild[0] / floor, 2), "target": 1.5},
-        "fig5": {"peak_rss_mb": rss, "worst_child_mb": max(r["child"] for r in rss),
-                 "worst_main_mb": max(r["main"] for r in rss), "target_mb": 300},
+        "fig1": {
+            "bare_seconds": bare,
+            "reaggregate_unchanged_seconds": verify,
+            "reaggregate_rebuild_seconds": rebuild,
+            "ratio_unchanged": round(statistics.median(verify) / floor, 2),
+            "ratio_rebuild": round(rebuild[0] / floor, 2),
+            "target": 1.5,
+        },
+        "fig5": {
+            "peak_rss_mb": rss,
+            "worst_child_mb": max(r["child"] for r in rss),
+            "worst_main_mb": max(r["main"] for r in rss),
+            "target_mb": 300,
+        },
     }
 
 
@@ -341,7 +399,7 @@ def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
         for i in range(rounds):
             # Alternate which goes first, so that neither always runs on a warmer machine.
             order = [("history", big, url), ("empty", empty, empty_url)]
-            for name, engine, u in (order if i % 2 == 0 else order[::-1]):
+            for name, engine, u in order if i % 2 == 0 else order[::-1]:
                 with engine.begin() as conn:
                     if name == "empty":
                         # An empty history every round: the previous round's rows go
@@ -353,8 +411,10 @@ def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
                 result = rollup.tick(engine, Settings(database_url=u), wait=True)
                 times[name].append(result.seconds)
                 counted[name].append(result.logs)
-            log(f"  fig 2 round {i + 1}: tick on history {times['history'][-1] * 1000:.1f} ms, "
-                f"on empty {times['empty'][-1] * 1000:.1f} ms ({counted['history'][-1]:,} consume logs)")
+            log(
+                f"  fig 2 round {i + 1}: tick on history {times['history'][-1] * 1000:.1f} ms, "
+                f"on empty {times['empty'][-1] * 1000:.1f} ms ({counted['history'][-1]:,} consume logs)"
+            )
     finally:
         # Put the big database back as it was: drop the added logs, re-aggregate their day.
         with big.begin() as conn:
@@ -366,9 +426,14 @@ def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
         with admin_engine().connect() as conn:
             conn.exec_driver_sql('DROP DATABASE IF EXISTS "usage_stats_bench_empty" WITH (FORCE)')
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"tick_seconds": times, "consume_logs_per_tick": counted["history"][0],
-            "median_ms": {k: round(v * 1000, 1) for k, v in med.items()},
-            "ratio": round(med["history"] / med["empty"], 2), "target_ratio": 2, "target_tick_ms": 100}
+    return {
+        "tick_seconds": times,
+        "consume_logs_per_tick": counted["history"][0],
+        "median_ms": {k: round(v * 1000, 1) for k, v in med.items()},
+        "ratio": round(med["history"] / med["empty"], 2),
+        "target_ratio": 2,
+        "target_tick_ms": 100,
+    }
 
 
 # --- figure 3: the API under wrk ----------------------------------------------------------
@@ -383,12 +448,27 @@ def _units(value: str) -> float:
 def wrk(url: str, token: str, user: int, seconds: int, connections: int = 32, timeout: int = 60) -> dict:
     env = dict(os.environ, BENCH_TOKEN=token, BENCH_USER=str(user))
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}s", "--latency",
-         "-s", str(ROOT / "bench" / "wrk_auth.lua"), url],
-        env=env, capture_output=True, text=True, timeout=seconds + timeout + 30, check=True,
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            f"--timeout={timeout}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "wrk_auth.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + timeout + 30,
+        check=True,
     ).stdout
-    result = {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
-              "requests": int(re.search(r"(\d+) requests in", out)[1])}
+    result = {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "requests": int(re.search(r"(\d+) requests in", out)[1]),
+    }
     for pct in ("50", "99"):
         found = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         result[f"p{pct}_ms"] = round(_units(found[1]), 2) if found else None
@@ -409,8 +489,13 @@ def abandon_queries(url: str) -> None:
     """End the statements the stopped server left running on the benchmark database."""
     name = make_engine(url).url.database
     with admin_engine().connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
 
 
 def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
@@ -446,8 +531,10 @@ def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
             row["alone_ms"] = {k: round(v * 1000, 1) for k, v in alone.items()}
             for kind in ("api", "raw") if name != "self_daily" else ("api",):
                 row[kind] = wrk(f"{base}/{kind}{path}", token, user, seconds)
-                log(f"  fig 3 {name} {kind}: {row[kind]['requests_per_second']:.1f} req/s, "
-                    f"p50 {row[kind]['p50_ms']} ms, p99 {row[kind]['p99_ms']} ms, {row[kind]['requests']} requests")
+                log(
+                    f"  fig 3 {name} {kind}: {row[kind]['requests_per_second']:.1f} req/s, "
+                    f"p50 {row[kind]['p50_ms']} ms, p99 {row[kind]['p99_ms']} ms, {row[kind]['requests']} requests"
+                )
             if "raw" in row:
                 raw_rps = row["raw"]["requests_per_second"]
                 if row["raw"]["requests"] == 0:
@@ -471,8 +558,16 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
     probe_id = data.ADMIN_ID + 1
     with engine.begin() as conn:
         conn.execute(sa.delete(m.users).where(m.users.c.id == probe_id))
-        conn.execute(sa.insert(m.users).values(id=probe_id, username="probe", role=m.ROLE_USER, status=1,
-                                               access_token=data.user_token(probe_id), password=""))
+        conn.execute(
+            sa.insert(m.users).values(
+                id=probe_id,
+                username="probe",
+                role=m.ROLE_USER,
+                status=1,
+                access_token=data.user_token(probe_id),
+                password="",
+            )
+        )
     token = data.user_token(probe_id)
     committed: dict[str, float] = {}
     seen = {"realtime=false": {}, "realtime": {}}
@@ -502,9 +597,18 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
             time.sleep(max(0.0, t0 + offset - time.time()))
             name = f"probe-{k}"
             with engine.begin() as conn:
-                conn.execute(sa.insert(m.logs).values(user_id=probe_id, username="probe", created_at=int(time.time()),
-                                                      type=m.LOG_CONSUME, model_name=name, quota=1, prompt_tokens=1,
-                                                      completion_tokens=1))
+                conn.execute(
+                    sa.insert(m.logs).values(
+                        user_id=probe_id,
+                        username="probe",
+                        created_at=int(time.time()),
+                        type=m.LOG_CONSUME,
+                        model_name=name,
+                        quota=1,
+                        prompt_tokens=1,
+                        completion_tokens=1,
+                    )
+                )
             committed[name] = time.time()
         interval = Settings().rollup_interval_seconds
         wait_for(lambda: len(seen["realtime=false"]) == probes, interval * 2 + 60, "every probe to be rolled up")
@@ -523,8 +627,11 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
     for mode, got in seen.items():
         delays = [got[n] - committed[n] for n in committed if n in got]
         if delays:
-            out[mode] = {"median_seconds": round(statistics.median(delays), 2), "max_seconds": round(max(delays), 2),
-                         "seen": len(delays)}
+            out[mode] = {
+                "median_seconds": round(statistics.median(delays), 2),
+                "max_seconds": round(max(delays), 2),
+                "seen": len(delays),
+            }
     return out
 
 
@@ -537,11 +644,26 @@ def versions(url: str) -> dict:
     with make_engine(url).connect() as conn:
         pg = conn.exec_driver_sql("SHOW server_version").scalar()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"python": platform.python_version(), "postgresql": pg, "sqlalchemy": sa.__version__,
-            "celery": version("celery"), "flask": version("flask"), "gunicorn": version("gunicorn"), "wrk": wrk_version.strip(),
-            "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "sqlalchemy": sa.__version__,
+        "celery": version("celery"),
+        "flask": version("flask"),
+        "gunicorn": version("gunicorn"),
+        "wrk": wrk_version.strip(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+    }
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ constant-time comparison of the exact bytes.
 
 Soft-deleted users (deleted_at set) are treated as absent, as new-api does.
 """
+
 from __future__ import annotations
 
 import hmac

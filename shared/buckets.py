@@ -8,9 +8,10 @@ AT TIME ZONE; SQLite has no time zone data, so the engine registers
 give the same answer, also where midnight is skipped or happens twice (the day then
 starts at its first instant).
 """
+
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, literal_column
@@ -95,7 +96,8 @@ class period_start(FunctionElement):
     inherit_cache = True
     name = "usage_period_start"
     _traverse_internals = FunctionElement._traverse_internals + [
-        ("tz", InternalTraversal.dp_string), ("unit", InternalTraversal.dp_string),
+        ("tz", InternalTraversal.dp_string),
+        ("unit", InternalTraversal.dp_string),
     ]
 
     def __init__(self, created_at, tz: str, unit: str):
@@ -143,7 +145,7 @@ def local_midnight(ts: int, tz: str) -> int:
     """Python twin of day_start, registered as SQLite's usage_day_start and used to
     align ranges to whole days."""
     zone = ZoneInfo(tz)
-    local = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone)
+    local = datetime.fromtimestamp(ts, tz=UTC).astimezone(zone)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     return int(midnight.timestamp())
 
@@ -164,7 +166,7 @@ def local_period_start(ts: int, tz: str, unit: str) -> int:
     """Python twin of period_start (registered as SQLite's usage_period_start): the start
     of the local week (Monday) or month holding ts."""
     zone = ZoneInfo(tz)
-    d = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).date()
+    d = datetime.fromtimestamp(ts, tz=UTC).astimezone(zone).date()
     if unit == "week":
         d -= timedelta(days=d.weekday())
     elif unit == "month":

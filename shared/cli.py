@@ -1,4 +1,5 @@
 """`usage-stats`: the command line. Each command is a thin call into shared/, worker/ or api/."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,13 @@ def cmd_db_upgrade(settings: Settings, args) -> int:
 
 
 def cmd_rollup(settings: Settings, args) -> int:
-    from .ops import run_tick
+    from .ops import run_rollup
 
-    r = run_tick(_engine(settings), settings, wait=True)
-    print(f"rolled up {r.logs} consume logs into {r.buckets} hourly buckets in {r.batches} batch(es), "
-          f"{r.seconds:.3f}s; last log id {r.last_log_id}; {r.logs_behind} logs behind")
+    r = run_rollup(_engine(settings), settings, wait=True)
+    print(
+        f"rolled up {r.logs} consume logs into {r.buckets} hourly buckets in {r.batches} batch(es), "
+        f"{r.seconds:.3f}s; last log id {r.last_log_id}; {r.logs_behind} logs behind"
+    )
     return 0
 
 
@@ -99,7 +102,9 @@ def cmd_retention(settings: Settings, args) -> int:
 def cmd_demo_data(settings: Settings, args) -> int:
     from .demo import generate
 
-    creds, n = generate(_engine(settings), days=args.days, users=args.users, logs_per_day=args.logs_per_day, seed=args.seed)
+    creds, n = generate(
+        _engine(settings), days=args.days, users=args.users, logs_per_day=args.logs_per_day, seed=args.seed
+    )
     print(f"wrote {n} logs over {args.days} days")
     _print_credentials(creds)
     return 0
@@ -150,13 +155,23 @@ def _running_reaggregations(settings: Settings) -> str:
 
 def _gunicorn_cmd(host: str, port: int, workers: int) -> list[str]:
     # No gunicorn access log: the API writes one line per request itself (LOG_FORMAT).
-    return [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"{host}:{port}",
-            "--workers", str(workers), "api:create_app()"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:api.gunicorn_conf",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "api:create_app()",
+    ]
 
 
 def _api_available() -> bool:
     try:
-        import api  # noqa: F401
+        import api
 
         return hasattr(api, "create_app")
     except ImportError:
@@ -189,8 +204,21 @@ def cmd_up(settings: Settings, args) -> int:
         _print_credentials(creds)
 
     children: list[tuple[str, subprocess.Popen]] = []
-    celery_cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", "solo",
-                  "--loglevel", "INFO", "--schedule", os.path.abspath("celerybeat-schedule")]
+    celery_cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--beat",
+        "--pool",
+        "solo",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        os.path.abspath("celerybeat-schedule"),
+    ]
     children.append(("worker+beat", subprocess.Popen(celery_cmd, start_new_session=True)))
     if _api_available():
         children.append(("api", subprocess.Popen(_gunicorn_cmd(args.host, args.port, 1), start_new_session=True)))
@@ -297,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage-stats: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one clear line, not a traceback, for operational errors
-        from .rollup import RollupError
         import sqlalchemy as sa
+
+        from .rollup import RollupError
 
         if isinstance(exc, RollupError):
             print(f"usage-stats: {exc}", file=sys.stderr)

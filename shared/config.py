@@ -4,19 +4,31 @@ Every setting has a default that works on a fresh machine with nothing running:
 a SQLite file for the data, a SQLite file as the Celery broker. Production points
 DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-
 # Legacy zone names PostgreSQL's AT TIME ZONE reads as abbreviations or POSIX rules
 # (fixed offsets, or inverted signs) while zoneinfo reads them as real zones: days would
 # start at different instants on the two databases.
-AMBIGUOUS_ZONE_NAMES = frozenset({
-    "CET", "EET", "MET", "WET", "EST", "MST", "HST", "EST5EDT", "CST6CDT", "MST7MDT", "PST8PDT",
-})
+AMBIGUOUS_ZONE_NAMES = frozenset(
+    {
+        "CET",
+        "EET",
+        "MET",
+        "WET",
+        "EST",
+        "MST",
+        "HST",
+        "EST5EDT",
+        "CST6CDT",
+        "MST7MDT",
+        "PST8PDT",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -27,7 +39,9 @@ def _check_timezone(tz: str) -> None:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}") from None
+        raise ConfigError(
+            f"STATS_TIMEZONE must be an IANA time zone name such as UTC or Asia/Shanghai, got {tz!r}"
+        ) from None
     if tz.upper() in AMBIGUOUS_ZONE_NAMES:
         raise ConfigError(
             f"STATS_TIMEZONE {tz!r} is read by PostgreSQL as a fixed-offset abbreviation but by the "
@@ -82,7 +96,7 @@ class Settings:
         _check_timezone(self.stats_timezone)
 
     @classmethod
-    def from_env(cls, environ=None) -> "Settings":
+    def from_env(cls, environ=None) -> Settings:
         environ = os.environ if environ is None else environ
         broker = environ.get("CELERY_BROKER_URL") or cls.celery_broker_url
         # A Redis broker keeps task results beside it; the embedded broker keeps

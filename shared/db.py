@@ -5,6 +5,7 @@ SQLite: WAL so that API reads never wait for the rollup, a busy timeout instead 
 (take the write lock up front; see `write_connection`), and the usage_day_start and
 usage_period_start functions that shared.buckets compiles to.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,7 +26,7 @@ def normalize_url(url: str) -> str:
     2.1 would otherwise look for psycopg 3)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 

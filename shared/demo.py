@@ -5,6 +5,7 @@ volume by orders of magnitude (a few heavy users, many light ones), prompt and
 completion tokens are log-normal, and each model has its own price. A few percent of
 rows are other log types (errors, top-ups) that the rollup must ignore.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,20 +44,44 @@ def _ensure_users(conn, n_users: int, rnd: random.Random) -> tuple[DemoUsers, li
     u = m.users.c
     existing = conn.execute(sa.select(u.id, u.username, u.access_token, u.role).order_by(u.id)).all()
     if not existing:
-        rows = [{"username": "admin", "display_name": "Demo Admin", "role": m.ROLE_ROOT,
-                 "access_token": secrets.token_hex(16), "password": "", "created_at": int(time.time())}]
+        rows = [
+            {
+                "username": "admin",
+                "display_name": "Demo Admin",
+                "role": m.ROLE_ROOT,
+                "access_token": secrets.token_hex(16),
+                "password": "",
+                "created_at": int(time.time()),
+            }
+        ]
         for i in range(1, n_users + 1):
-            rows.append({"username": f"user{i:03d}", "display_name": f"Demo User {i}", "role": m.ROLE_USER,
-                         "access_token": secrets.token_hex(16), "password": "", "created_at": int(time.time())})
+            rows.append(
+                {
+                    "username": f"user{i:03d}",
+                    "display_name": f"Demo User {i}",
+                    "role": m.ROLE_USER,
+                    "access_token": secrets.token_hex(16),
+                    "password": "",
+                    "created_at": int(time.time()),
+                }
+            )
         conn.execute(sa.insert(m.users), rows)
         existing = conn.execute(sa.select(u.id, u.username, u.access_token, u.role).order_by(u.id)).all()
     admin = next((r for r in existing if r.role >= m.ROLE_ADMIN), existing[0])
     common = [r for r in existing if r.role < m.ROLE_ADMIN] or [admin]
-    return DemoUsers(admin.id, admin.access_token, common[0].id, common[0].access_token), [(r.id, r.username) for r in common]
+    return DemoUsers(admin.id, admin.access_token, common[0].id, common[0].access_token), [
+        (r.id, r.username) for r in common
+    ]
 
 
-def generate(engine: Engine, days: int = 7, users: int = 20, logs_per_day: int = 2000, seed: int | None = None,
-             end: int | None = None) -> tuple[DemoUsers, int]:
+def generate(
+    engine: Engine,
+    days: int = 7,
+    users: int = 20,
+    logs_per_day: int = 2000,
+    seed: int | None = None,
+    end: int | None = None,
+) -> tuple[DemoUsers, int]:
     """Add users (if there are none) and `days` days of logs ending at `end` (now).
     Returns the demo credentials and the number of logs written."""
     rnd = random.Random(seed)
@@ -88,13 +113,27 @@ def generate(engine: Engine, days: int = 7, users: int = 20, logs_per_day: int =
                 completion = 0 if c_price == 0 else int(rnd.lognormvariate(5.0, 1.0))
                 kind = rnd.choices([m.LOG_CONSUME, m.LOG_ERROR, m.LOG_TOPUP], [0.95, 0.04, 0.01])[0]
                 quota = (prompt * p_price + completion * c_price) // 1000 if kind == m.LOG_CONSUME else 0
-                batch.append({
-                    "user_id": uid, "username": uname, "created_at": ts, "type": kind, "model_name": model,
-                    "quota": quota, "prompt_tokens": prompt if kind == m.LOG_CONSUME else 0,
-                    "completion_tokens": completion if kind == m.LOG_CONSUME else 0,
-                    "use_time": max(1, completion // 50), "is_stream": rnd.random() < 0.7, "channel_id": 1,
-                    "token_id": uid, "token_name": "default", "group": "default", "content": "", "ip": "", "other": "",
-                })
+                batch.append(
+                    {
+                        "user_id": uid,
+                        "username": uname,
+                        "created_at": ts,
+                        "type": kind,
+                        "model_name": model,
+                        "quota": quota,
+                        "prompt_tokens": prompt if kind == m.LOG_CONSUME else 0,
+                        "completion_tokens": completion if kind == m.LOG_CONSUME else 0,
+                        "use_time": max(1, completion // 50),
+                        "is_stream": rnd.random() < 0.7,
+                        "channel_id": 1,
+                        "token_id": uid,
+                        "token_name": "default",
+                        "group": "default",
+                        "content": "",
+                        "ip": "",
+                        "other": "",
+                    }
+                )
                 if len(batch) >= 5000:
                     conn.execute(sa.insert(m.logs), batch)
                     total += len(batch)

@@ -8,6 +8,7 @@ Every line goes through `Redactor`, which cuts out anything that looks like a se
 - passwords in URLs (`scheme://user:password@host`).
 So no token reaches a log line, whichever logger wrote it.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import logging
 import re
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 FORMATS = ("plain", "json")
 PLAIN_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"

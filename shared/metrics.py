@@ -11,6 +11,7 @@ then collects all processes' files (prometheus_client's multiprocess mode). With
 each process serves its own values, which is right for one process (`--pool solo`,
 `gunicorn --workers 1`, tests).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["CONTENT_TYPE_LATEST", "registry", "render", "observe_tick", "tick_failed", "reaggregation_running",
-           "observe_request", "observe_retention", "multiprocess_enabled"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "multiprocess_enabled",
+    "observe_request",
+    "observe_retention",
+    "observe_tick",
+    "reaggregation_running",
+    "registry",
+    "render",
+    "tick_failed",
+]
 
 ROLLUP_LAG_SECONDS = Gauge(
     "usage_stats_rollup_lag_seconds",
@@ -121,4 +131,3 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 def observe_retention(deleted: dict[str, int]) -> None:
     for table, n in deleted.items():
         RETENTION_DELETED.labels(table).inc(n)
-

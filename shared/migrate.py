@@ -1,4 +1,5 @@
 """`usage-stats db upgrade`: Alembic migrations, run from the installed package."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,12 +9,13 @@ Ours hold the usage rollup:
 - rollup_gap: log id ranges the rollup passed while they were not visible, because their
   transaction had not committed yet (or never will); see shared.rollup.
 """
+
 from __future__ import annotations
 
 from sqlalchemy import (
+    CHAR,
     BigInteger,
     Boolean,
-    CHAR,
     Column,
     DateTime,
     Float,
@@ -124,8 +125,13 @@ def _per_user_usage(name: str, *, covering: bool) -> Table:
         Column("model_name", Text, nullable=False),
         Column("username", Text, nullable=False, server_default=""),
         *_measures(),
-        PrimaryKeyConstraint("user_id", "created_at", "model_name", name=f"{name}_pkey",
-                             **({"postgresql_include": list(PER_USER_VALUES)} if covering else {})),
+        PrimaryKeyConstraint(
+            "user_id",
+            "created_at",
+            "model_name",
+            name=f"{name}_pkey",
+            **({"postgresql_include": list(PER_USER_VALUES)} if covering else {}),
+        ),
         Index(f"ix_{name}_created_at", "created_at"),
     )
 

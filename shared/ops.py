@@ -1,5 +1,6 @@
 """The operations the worker, the CLI and the API run, with their metrics: a rollup run,
 a re-aggregation, retention. Thin wrappers over shared.rollup and shared.retention."""
+
 from __future__ import annotations
 
 import time
@@ -12,7 +13,7 @@ from .config import Settings
 from .retention import RetentionResult, run_retention
 
 
-def run_tick(engine: Engine, settings: Settings, *, max_seconds: float | None = None, wait: bool = False):
+def run_rollup(engine: Engine, settings: Settings, *, max_seconds: float | None = None, wait: bool = False):
     """shared.rollup.rollup, counted in the tick metrics (failures too)."""
     try:
         result = _rollup.rollup(engine, settings, max_seconds=max_seconds, wait=wait)
@@ -23,7 +24,9 @@ def run_tick(engine: Engine, settings: Settings, *, max_seconds: float | None = 
     return result
 
 
-def run_reaggregate(engine: Engine, settings: Settings, start: int, end: int, user_id: int | None = None, progress=None):
+def run_reaggregate(
+    engine: Engine, settings: Settings, start: int, end: int, user_id: int | None = None, progress=None
+):
     with metrics.reaggregation_running():
         return _rollup.reaggregate(engine, settings, start, end, user_id, progress=progress)
 

@@ -37,12 +37,14 @@ A request costs a range scan over the summary rows of its range (at most a few
 thousand for days, weeks and months, 366 days of them) plus the logs not yet rolled
 up (about a tick's worth when the rollup keeps up; all of the backlog when it does not).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine

@@ -14,6 +14,7 @@ ROLLUP_BATCH_SIZE ids, one transaction each, so that ticks run in between.
 Re-aggregation rebuilds days from raw logs, so with RETAIN_LOGS_DAYS set it must not
 touch days whose logs are gone: `check_reaggregate_range` refuses such a range.
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,7 +85,8 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
     result.seconds = time.perf_counter() - started
     log.info(
         "retention: %s in %.3fs",
-        ", ".join(f"{k}={v}" for k, v in result.deleted.items()), result.seconds,
+        ", ".join(f"{k}={v}" for k, v in result.deleted.items()),
+        result.seconds,
         extra={"event": "retention", "deleted": result.deleted, "duration_s": round(result.seconds, 3)},
     )
     return result

@@ -38,13 +38,14 @@ Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule
 the default CACHE 1 (new-api's bigserial), and a tick refuses to run otherwise
 (`check_log_sequence`).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -143,7 +144,7 @@ def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
 
 
 def _insert(conn: Connection):
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
 def consume_log_values() -> dict:
@@ -164,16 +165,20 @@ def consume_log_values() -> dict:
 def _consume_rows(where, tz: str, from_=m.logs):
     """Per-log bucket columns of the consume logs matching `where`."""
     lg = m.logs.c
-    return sa.select(
-        hour_start(lg.created_at).label("hour"),
-        day_start(lg.created_at, tz).label("day"),
-        *(value.label(name) for name, value in consume_log_values().items()),
-    ).select_from(from_).where(
-        lg.type == m.LOG_CONSUME,
-        # A log without a time has no bucket (new-api always sets it); skipping it here
-        # keeps one corrupt row from stopping every tick, and re-aggregation agrees.
-        lg.created_at.is_not(None),
-        where,
+    return (
+        sa.select(
+            hour_start(lg.created_at).label("hour"),
+            day_start(lg.created_at, tz).label("day"),
+            *(value.label(name) for name, value in consume_log_values().items()),
+        )
+        .select_from(from_)
+        .where(
+            lg.type == m.LOG_CONSUME,
+            # A log without a time has no bucket (new-api always sets it); skipping it here
+            # keeps one corrupt row from stopping every tick, and re-aggregation agrees.
+            lg.created_at.is_not(None),
+            where,
+        )
     )
 
 
@@ -182,11 +187,21 @@ def _delta_select(rows) -> sa.Select:
     in rollup_delta's column order."""
     r = rows.subquery("r")
     return sa.select(
-        r.c.hour, r.c.day, r.c.user_id, r.c.model_name, sa.func.max(r.c.username).label("username"),
+        r.c.hour,
+        r.c.day,
+        r.c.user_id,
+        r.c.model_name,
+        sa.func.max(r.c.username).label("username"),
         sa.func.count().label("count"),
-        *(sa.cast(sa.func.sum(expr), sa.BigInteger).label(name) for name, expr in (
-            ("quota", r.c.quota), ("token_used", r.c.prompt_tokens + r.c.completion_tokens),
-            ("prompt_tokens", r.c.prompt_tokens), ("completion_tokens", r.c.completion_tokens))),
+        *(
+            sa.cast(sa.func.sum(expr), sa.BigInteger).label(name)
+            for name, expr in (
+                ("quota", r.c.quota),
+                ("token_used", r.c.prompt_tokens + r.c.completion_tokens),
+                ("prompt_tokens", r.c.prompt_tokens),
+                ("completion_tokens", r.c.completion_tokens),
+            )
+        ),
     ).group_by(r.c.hour, r.c.day, r.c.user_id, r.c.model_name)
 
 
@@ -249,10 +264,13 @@ def _fold_delta(conn: Connection) -> int:
     """Fold rollup_delta into the four summaries. Returns the hourly per-user rows touched."""
     d = delta.c
     touched = 0
-    for bucket, per_user, per_model in ((d.hour, m.hourly_usage, m.hourly_model_usage),
-                                        (d.day, m.daily_usage, m.daily_model_usage)):
+    for bucket, per_user, per_model in (
+        (d.hour, m.hourly_usage, m.hourly_model_usage),
+        (d.day, m.daily_usage, m.daily_model_usage),
+    ):
         rows = _fold(
-            conn, per_user,
+            conn,
+            per_user,
             sa.select(d.user_id, bucket, d.model_name, sa.func.max(d.username), *_sums(delta))
             .group_by(d.user_id, bucket, d.model_name)
             # In key order: the upsert walks the primary key left to right, not at random.
@@ -342,9 +360,9 @@ def check_log_sequence(conn: Connection) -> None:
 _LOG_SEQUENCE_LAST = {
     # NULL when the sequence was reset and has not handed out an id since.
     "postgresql": "SELECT pg_sequence_last_value(CAST(pg_get_serial_sequence('logs', 'id') AS regclass)), "
-                  "pg_get_serial_sequence('logs', 'id') IS NOT NULL",
+    "pg_get_serial_sequence('logs', 'id') IS NOT NULL",
     "sqlite": "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'logs'), "
-              "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'logs')",
+    "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'logs')",
 }
 
 
@@ -384,7 +402,9 @@ def _split_gaps_around_found(conn: Connection) -> None:
     """Ids that committed inside a gap were just counted: cut them out of their gap."""
     g = m.rollup_gap.c
     found = conn.execute(
-        sa.select(g.lo, g.hi, g.discovered_at, g.settled_at, m.logs.c.id).select_from(_gap_join()).order_by(g.lo, m.logs.c.id)
+        sa.select(g.lo, g.hi, g.discovered_at, g.settled_at, m.logs.c.id)
+        .select_from(_gap_join())
+        .order_by(g.lo, m.logs.c.id)
     ).all()
     by_gap: dict = {}
     for lo, hi, discovered, settled, log_id in found:
@@ -425,7 +445,13 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
         if pg:
             check_log_sequence(conn)
         w = state.last_log_id
-        batch = sa.select(m.logs.c.id).where(m.logs.c.id > w).order_by(m.logs.c.id).limit(settings.rollup_batch_size).subquery()
+        batch = (
+            sa.select(m.logs.c.id)
+            .where(m.logs.c.id > w)
+            .order_by(m.logs.c.id)
+            .limit(settings.rollup_batch_size)
+            .subquery()
+        )
         h, n_ids = conn.execute(sa.select(sa.func.max(batch.c.id), sa.func.count(batch.c.id))).one()
         if h is None and w > 0:
             _check_ids_not_restarted(conn, w)
@@ -452,9 +478,13 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
             conn.execute(_SETTLE_GAPS)
         result.seconds = time.perf_counter() - started
         conn.execute(
-            sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(
-                last_log_id=result.last_log_id, last_tick_at=time.time(),
-                last_tick_seconds=result.seconds, last_tick_logs=result.logs,
+            sa.update(m.rollup_state)
+            .where(m.rollup_state.c.id == 1)
+            .values(
+                last_log_id=result.last_log_id,
+                last_tick_at=time.time(),
+                last_tick_seconds=result.seconds,
+                last_tick_logs=result.logs,
             )
         )
     return result
@@ -483,7 +513,13 @@ def rollup(engine: Engine, settings: Settings, *, max_seconds: float | None = No
     else:
         log.info(
             "rollup tick: logs=%d buckets=%d batches=%d duration=%.3fs lag=%ds behind=%d last_log_id=%d",
-            total.logs, total.buckets, total.batches, total.seconds, total.lag_seconds, total.logs_behind, total.last_log_id,
+            total.logs,
+            total.buckets,
+            total.batches,
+            total.seconds,
+            total.lag_seconds,
+            total.logs_behind,
+            total.last_log_id,
         )
     return total
 
@@ -563,7 +599,12 @@ def reaggregate(
     result.seconds = time.perf_counter() - started
     log.info(
         "reaggregate [%d, %d) user=%s: chunks=%d logs=%d duration=%.3fs",
-        result.start, result.end, user_id, result.chunks, result.logs, result.seconds,
+        result.start,
+        result.end,
+        user_id,
+        result.chunks,
+        result.logs,
+        result.seconds,
     )
     return result
 
@@ -599,32 +640,61 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
         ):
             in_range = sa.and_(bucket >= lo, bucket < hi)
             if bucket is f.hour and hours_in_one_day:
-                per_user_rows = sa.select(f.user_id, bucket.label("created_at"), f.model_name, f.username,
-                                          *(f[n] for n in m.MEASURES)).where(in_range)
+                per_user_rows = sa.select(
+                    f.user_id, bucket.label("created_at"), f.model_name, f.username, *(f[n] for n in m.MEASURES)
+                ).where(in_range)
             else:
-                per_user_rows = sa.select(f.user_id, bucket.label("created_at"), f.model_name,
-                                          sa.func.max(f.username).label("username"), *_sums(fresh)
-                                          ).where(in_range).group_by(f.user_id, bucket, f.model_name)
+                per_user_rows = (
+                    sa.select(
+                        f.user_id,
+                        bucket.label("created_at"),
+                        f.model_name,
+                        sa.func.max(f.username).label("username"),
+                        *_sums(fresh),
+                    )
+                    .where(in_range)
+                    .group_by(f.user_id, bucket, f.model_name)
+                )
             changed = _sync(
-                conn, per_user, per_user_rows,
-                sa.and_(per_user.c.created_at >= lo, per_user.c.created_at < hi,
-                        sa.true() if user_id is None else per_user.c.user_id == user_id),
+                conn,
+                per_user,
+                per_user_rows,
+                sa.and_(
+                    per_user.c.created_at >= lo,
+                    per_user.c.created_at < hi,
+                    sa.true() if user_id is None else per_user.c.user_id == user_id,
+                ),
             )
             if user_id is None:
                 # Every log of these buckets is in rollup_fresh: recompute the site-wide rows too.
-                _sync(conn, per_model,
-                      sa.select(bucket.label("created_at"), f.model_name, *_sums(fresh)).where(in_range)
-                      .group_by(bucket, f.model_name),
-                      sa.and_(per_model.c.created_at >= lo, per_model.c.created_at < hi))
+                _sync(
+                    conn,
+                    per_model,
+                    sa.select(bucket.label("created_at"), f.model_name, *_sums(fresh))
+                    .where(in_range)
+                    .group_by(bucket, f.model_name),
+                    sa.and_(per_model.c.created_at >= lo, per_model.c.created_at < hi),
+                )
             else:
                 # Only one user's logs were read: move the site-wide rows by that user's change.
                 c = changed.c
-                _fold(conn, per_model, sa.select(c.created_at, c.model_name, *(
-                    sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]) for n in m.MEASURES)).group_by(c.created_at, c.model_name))
-                conn.execute(sa.delete(per_model).where(per_model.c.count == 0,
-                                                        per_model.c.created_at >= lo, per_model.c.created_at < hi))
-        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(f.count), 0))
-                                .where(f.day >= d_lo, f.day < d_hi)).scalar())
+                _fold(
+                    conn,
+                    per_model,
+                    sa.select(
+                        c.created_at, c.model_name, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]) for n in m.MEASURES)
+                    ).group_by(c.created_at, c.model_name),
+                )
+                conn.execute(
+                    sa.delete(per_model).where(
+                        per_model.c.count == 0, per_model.c.created_at >= lo, per_model.c.created_at < hi
+                    )
+                )
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(f.count), 0)).where(f.day >= d_lo, f.day < d_hi)
+            ).scalar()
+        )
 
 
 def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.TableClause:
@@ -639,20 +709,27 @@ def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.Tab
     o = sa.select(target).where(where).subquery("o")
     on = sa.and_(*(n.c[k] == o.c[k] for k in key))
     differs = sa.or_(n.c[key[0]].is_(None), o.c[key[0]].is_(None), *(n.c[v] != o.c[v] for v in values))
-    change = _temp_table_as(conn, "rollup_change", sa.select(
-        *(sa.func.coalesce(n.c[k], o.c[k]).label(k) for k in key),
-        (n.c[key[0]].is_not(None)).label("present"),
-        *([n.c.username] if "username" in values else []),
-        *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in m.MEASURES),
-        *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in m.MEASURES),
-    ).select_from(n.outerjoin(o, on, full=True)).where(differs))
+    change = _temp_table_as(
+        conn,
+        "rollup_change",
+        sa.select(
+            *(sa.func.coalesce(n.c[k], o.c[k]).label(k) for k in key),
+            (n.c[key[0]].is_not(None)).label("present"),
+            *([n.c.username] if "username" in values else []),
+            *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in m.MEASURES),
+            *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in m.MEASURES),
+        )
+        .select_from(n.outerjoin(o, on, full=True))
+        .where(differs),
+    )
     c = change.c
     gone = sa.select(*(c[k] for k in key)).where(sa.not_(c.present))
     conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(gone)))
     ins = _insert(conn)(target).from_select(
         key + values,
-        sa.select(*(c[k] for k in key), *([c.username] if "username" in values else []),
-                  *(c[f"new_{v}"] for v in m.MEASURES)).where(c.present),
+        sa.select(
+            *(c[k] for k in key), *([c.username] if "username" in values else []), *(c[f"new_{v}"] for v in m.MEASURES)
+        ).where(c.present),
     )
     conn.execute(ins.on_conflict_do_update(index_elements=key, set_={v: ins.excluded[v] for v in values}))
     return change

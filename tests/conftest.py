@@ -6,6 +6,7 @@ Without it, integration tests skip locally; with USAGE_STATS_REQUIRE_SERVICES=1 
 .ci/run) every skipped integration test is turned into a failure, so CI can never pass
 while silently not testing the real database.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,12 @@ OUR_TABLES = ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("integration"):
+    if (
+        REQUIRE_SERVICES
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("integration")
+    ):
         report.outcome = "failed"
         report.longrepr = f"integration test skipped while USAGE_STATS_REQUIRE_SERVICES=1: {report.longrepr}"
 

@@ -7,12 +7,13 @@ fresh connection), independently of shared.rollup and shared.buckets: consume lo
 date (in the stats time zone) is the log's local date, token_used = prompt + completion,
 NULLs as 0 / ''.
 """
+
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from datetime import date, datetime, timezone
-from functools import lru_cache
+from datetime import UTC, date, datetime
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -26,8 +27,16 @@ MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens"
 _seq = itertools.count(1)
 
 
-def log(user_id=1, created_at=1_700_000_000, model="gpt-4o", quota=None, prompt=None, completion=None,
-        kind=m.LOG_CONSUME, username=None):
+def log(
+    user_id=1,
+    created_at=1_700_000_000,
+    model="gpt-4o",
+    quota=None,
+    prompt=None,
+    completion=None,
+    kind=m.LOG_CONSUME,
+    username=None,
+):
     """One `logs` row as new-api writes it. Measures default to distinct-ish values so that
     a sum over the wrong rows is unlikely to match by accident."""
     n = next(_seq)
@@ -66,7 +75,7 @@ def insert(target, rows) -> list[int]:
 
 def utc(*args) -> int:
     """Unix seconds of a UTC wall-clock time: utc(2024, 3, 10, 5, 30)."""
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp())
+    return int(datetime(*args, tzinfo=UTC).timestamp())
 
 
 def at(tz: str, *args, fold=0) -> int:
@@ -75,10 +84,10 @@ def at(tz: str, *args, fold=0) -> int:
 
 
 def _local_date(ts: int, zone: ZoneInfo) -> date:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(zone).date()
+    return datetime.fromtimestamp(ts, tz=UTC).astimezone(zone).date()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _first_instant(d: date, tz: str) -> int:
     # Every zone of the last decades changes offset on a quarter hour, so the first instant
     # of a local date is a multiple of 900 s: the earliest quarter hour whose local date is
@@ -87,7 +96,7 @@ def _first_instant(d: date, tz: str) -> int:
     # where clocks went back across midnight, as in Newfoundland's 00:01 changes until
     # 2011, a date can start, give way to the previous one for an hour, and resume.
     zone = ZoneInfo(tz)
-    utc_midnight = int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+    utc_midnight = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
     return min(t for t in range(utc_midnight - 15 * HOUR, utc_midnight + 13 * HOUR, 900) if _local_date(t, zone) == d)
 
 
@@ -116,8 +125,18 @@ def raw_consume_logs(engine) -> list:
     lg = m.logs.c
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(lg.id, lg.user_id, lg.username, lg.created_at, lg.model_name, lg.quota,
-                      lg.prompt_tokens, lg.completion_tokens).where(lg.type == m.LOG_CONSUME).order_by(lg.id)
+            sa.select(
+                lg.id,
+                lg.user_id,
+                lg.username,
+                lg.created_at,
+                lg.model_name,
+                lg.quota,
+                lg.prompt_tokens,
+                lg.completion_tokens,
+            )
+            .where(lg.type == m.LOG_CONSUME)
+            .order_by(lg.id)
         ).all()
 
 
@@ -125,8 +144,10 @@ def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dic
     """The four summary tables as a GROUP BY over the raw committed consume logs:
     {table: {key: measures}}; per-user keys are (user_id, bucket, model), site-wide keys
     (bucket, model). With `usernames`, per-user values end with max(username)."""
-    out = {name: defaultdict(lambda: [0] * 5) for name in
-           ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")}
+    out = {
+        name: defaultdict(lambda: [0] * 5)
+        for name in ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
+    }
     names: dict = defaultdict(str)
     for r in raw_consume_logs(engine):
         if r.created_at is None:
@@ -135,8 +156,12 @@ def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dic
         q, p, c = r.quota or 0, r.prompt_tokens or 0, r.completion_tokens or 0
         vals = (1, q, p + c, p, c)
         hour, day = hour_of(r.created_at), day_of(r.created_at, tz)
-        for table, key in (("hourly_usage", (user, hour, model)), ("daily_usage", (user, day, model)),
-                           ("hourly_model_usage", (hour, model)), ("daily_model_usage", (day, model))):
+        for table, key in (
+            ("hourly_usage", (user, hour, model)),
+            ("daily_usage", (user, day, model)),
+            ("hourly_model_usage", (hour, model)),
+            ("daily_model_usage", (day, model)),
+        ):
             acc = out[table][key]
             for i, v in enumerate(vals):
                 acc[i] += v
@@ -204,8 +229,12 @@ def totals(engine, table: str = "hourly_usage") -> tuple:
 
 def gaps(engine) -> list[tuple]:
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(
-            sa.select(m.rollup_gap.c.lo, m.rollup_gap.c.hi, m.rollup_gap.c.settled_at).order_by(m.rollup_gap.c.lo))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(m.rollup_gap.c.lo, m.rollup_gap.c.hi, m.rollup_gap.c.settled_at).order_by(m.rollup_gap.c.lo)
+            )
+        ]
 
 
 def last_log_id(engine) -> int:

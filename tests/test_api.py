@@ -4,6 +4,7 @@ through logs and the rollup instead.
 
 Tests taking `engine` (or `api`) run on SQLite and, marked integration, on PostgreSQL.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,7 @@ from api.config import ApiLimits
 from shared import models as m
 from shared.config import ConfigError, Settings
 from shared.db import make_engine
-from tests.test_api_support import (
+from tests.api_support import (
     add_rows,
     add_user,
     api,  # noqa: F401  (fixture)
@@ -189,8 +190,11 @@ def usage(engine, people):
         user_row(2, T0, "claude", "bob", count=8, quota=800),
         user_row(2, T0, "gpt-4o", "bob", count=7, quota=700),
     ]
-    hourly_site = [model_row(T0 + H, "gpt-4o", count=1000), model_row(T0, "gpt-4o", count=1001),
-                   model_row(T0 + H, "claude", count=1002)]
+    hourly_site = [
+        model_row(T0 + H, "gpt-4o", count=1000),
+        model_row(T0, "gpt-4o", count=1001),
+        model_row(T0 + H, "claude", count=1002),
+    ]
     daily_site = [model_row(T0, "gpt-4o", count=2000), model_row(T0 + D, "claude", count=2001)]
     add_rows(engine, m.hourly_usage, hourly)
     add_rows(engine, m.daily_usage, daily)
@@ -203,8 +207,17 @@ def ordered(rows):
     return sorted(rows, key=lambda r: (r["created_at"], r["model_name"]))
 
 
-USER_FIELDS = ["model_name", "count", "quota", "token_used", "created_at", "user_id", "username",
-               "prompt_tokens", "completion_tokens"]
+USER_FIELDS = [
+    "model_name",
+    "count",
+    "quota",
+    "token_used",
+    "created_at",
+    "user_id",
+    "username",
+    "prompt_tokens",
+    "completion_tokens",
+]
 SITE_FIELDS = ["model_name", "count", "quota", "token_used", "created_at", "prompt_tokens", "completion_tokens"]
 
 
@@ -269,11 +282,15 @@ def test_admin_username_follows_the_user_not_the_recorded_name(engine, people):
     # alice was called "al" when some rows were written; a later user took the name "al2"
     # and has rows recorded under "alice" by a gateway glitch: username=alice means
     # user 1, all of user 1's rows, and nobody else's.
-    add_rows(engine, m.hourly_usage, [
-        user_row(1, T0, "gpt-4o", "al"),
-        user_row(1, T0 + H, "gpt-4o", "alice"),
-        user_row(2, T0 + H, "claude", "alice"),
-    ])
+    add_rows(
+        engine,
+        m.hourly_usage,
+        [
+            user_row(1, T0, "gpt-4o", "al"),
+            user_row(1, T0 + H, "gpt-4o", "alice"),
+            user_row(2, T0 + H, "claude", "alice"),
+        ],
+    )
     data = ok_data(make_api(engine).get(ALL, **as_(people, "root"), username="alice", **WINDOW))
     assert [(r["user_id"], r["created_at"], r["username"]) for r in data] == [(1, T0, "al"), (1, T0 + H, "alice")]
 
@@ -345,7 +362,9 @@ def test_span_limits(sq_api, root, granularity, days):
     ok_data(sq_api.get(SELF, **root, granularity=granularity, start_timestamp=end - days * D, end_timestamp=end))
     assert_failure(
         sq_api.get(SELF, **root, granularity=granularity, start_timestamp=end - days * D - 1, end_timestamp=end),
-        400, f"{days} days", f"granularity={granularity}",
+        400,
+        f"{days} days",
+        f"granularity={granularity}",
     )
     # A start alone, far back, with end = now: the same limit.
     assert_failure(sq_api.get(ALL, **root, granularity=granularity, start_timestamp=0), 400, f"{days} days")
@@ -356,7 +375,9 @@ def test_span_limits_come_from_the_environment(sqlite_engine, root):
     api = make_api(sqlite_engine, limits=ApiLimits.from_settings(settings))
     ok_data(api.get(SELF, **root, start_timestamp=T0, end_timestamp=T0 + 2 * D))
     assert_failure(api.get(SELF, **root, start_timestamp=T0, end_timestamp=T0 + 2 * D + 1), 400, "2 days")
-    assert_failure(api.get(SELF, **root, granularity="day", start_timestamp=T0, end_timestamp=T0 + 4 * D), 400, "3 days")
+    assert_failure(
+        api.get(SELF, **root, granularity="day", start_timestamp=T0, end_timestamp=T0 + 4 * D), 400, "3 days"
+    )
     # The default week of days is cut to the configured 3 days rather than refused.
     ok_data(api.get(SELF, **root, granularity="day"))
     assert ApiLimits.from_settings(Settings.from_env({})) == ApiLimits(31, 366)
@@ -371,12 +392,15 @@ def test_unknown_granularity_is_400(sq_api, root, raw):
     assert_failure(sq_api.get(ALL, **root, granularity=raw), 400, "granularity")
 
 
-@pytest.mark.parametrize("name,values", [
-    ("start_timestamp", [T0, T0]),
-    ("end_timestamp", [T0, T0 + 1]),
-    ("granularity", ["hour", "day"]),
-    ("granularity", ["hour", "hour"]),
-])
+@pytest.mark.parametrize(
+    "name,values",
+    [
+        ("start_timestamp", [T0, T0]),
+        ("end_timestamp", [T0, T0 + 1]),
+        ("granularity", ["hour", "day"]),
+        ("granularity", ["hour", "hour"]),
+    ],
+)
 def test_repeated_parameters_are_400(sq_api, root, name, values):
     for path in (SELF, ALL):
         assert_failure(sq_api.get(path, **root, query=[(name, str(v)) for v in values]), 400, name, "once")
@@ -409,25 +433,51 @@ def test_defaults_are_the_last_day_of_hours_and_the_last_week_of_days(sqlite_eng
     now = int(time.time())
     hour = now - now % H
     day = now - now % D
-    add_rows(sqlite_engine, m.hourly_model_usage, [
-        model_row(hour - 2 * H, "2h-ago"), model_row(hour - 30 * H, "30h-ago"), model_row(hour + 5 * H, "future"),
-    ])
-    add_rows(sqlite_engine, m.daily_model_usage, [
-        model_row(day - 3 * D, "3d-ago"), model_row(day - 10 * D, "10d-ago"), model_row(day + 2 * D, "future"),
-    ])
+    add_rows(
+        sqlite_engine,
+        m.hourly_model_usage,
+        [
+            model_row(hour - 2 * H, "2h-ago"),
+            model_row(hour - 30 * H, "30h-ago"),
+            model_row(hour + 5 * H, "future"),
+        ],
+    )
+    add_rows(
+        sqlite_engine,
+        m.daily_model_usage,
+        [
+            model_row(day - 3 * D, "3d-ago"),
+            model_row(day - 10 * D, "10d-ago"),
+            model_row(day + 2 * D, "future"),
+        ],
+    )
     api = make_api(sqlite_engine)
     assert [r["model_name"] for r in ok_data(api.get(ALL, **root))] == ["2h-ago"]
     assert [r["model_name"] for r in ok_data(api.get(ALL, **root, granularity="day"))] == ["3d-ago"]
     # An end alone: the day (or week) before it.
     assert [r["model_name"] for r in ok_data(api.get(ALL, **root, end_timestamp=hour - 7 * H))] == ["30h-ago"]
-    assert [r["model_name"] for r in ok_data(api.get(ALL, **root, granularity="day", end_timestamp=day - 5 * D))] == ["10d-ago"]
+    assert [r["model_name"] for r in ok_data(api.get(ALL, **root, granularity="day", end_timestamp=day - 5 * D))] == [
+        "10d-ago"
+    ]
 
 
 def test_rows_are_ordered_by_created_at_then_model(sq_api, root, sqlite_engine):
-    rows = [model_row(T0 + H, "b"), model_row(T0, "z"), model_row(T0 + H, "a"), model_row(T0, "a"), model_row(T0 + 2 * H, "")]
+    rows = [
+        model_row(T0 + H, "b"),
+        model_row(T0, "z"),
+        model_row(T0 + H, "a"),
+        model_row(T0, "a"),
+        model_row(T0 + 2 * H, ""),
+    ]
     add_rows(sqlite_engine, m.hourly_model_usage, rows)
     data = ok_data(sq_api.get(ALL, **root, **WINDOW))
-    assert [(r["created_at"] - T0, r["model_name"]) for r in data] == [(0, "a"), (0, "z"), (H, "a"), (H, "b"), (2 * H, "")]
+    assert [(r["created_at"] - T0, r["model_name"]) for r in data] == [
+        (0, "a"),
+        (0, "z"),
+        (H, "a"),
+        (H, "b"),
+        (2 * H, ""),
+    ]
 
 
 @pytest.mark.integration
@@ -450,7 +500,11 @@ def test_model_order_does_not_follow_the_database_locale(pg_engine):
                 for table in tables:
                     conn.exec_driver_sql(f'ALTER TABLE {table} ALTER COLUMN model_name TYPE text COLLATE "{collation}"')
                 # The premise: under this column collation, plain ORDER BY is not code point order.
-                plain = conn.exec_driver_sql("SELECT model_name FROM hourly_model_usage ORDER BY model_name").scalars().all()
+                plain = (
+                    conn.exec_driver_sql("SELECT model_name FROM hourly_model_usage ORDER BY model_name")
+                    .scalars()
+                    .all()
+                )
                 assert plain != sorted(names)
         api = make_api(pg_engine)
         for path in (ALL, SELF):
@@ -480,14 +534,28 @@ def test_large_measures_are_exact_json_integers(engine):
     raw = api.get(ALL, token, 3, **WINDOW).get_data(as_text=True)
     assert f'"quota":{big}' in raw and f'"count":{big}' in raw
     row = ok_data(api.get(SELF, token, 3, **WINDOW))[0]
-    assert row["quota"] == big and all(type(row[k]) is int for k in ("count", "quota", "token_used", "created_at", "user_id"))
+    assert row["quota"] == big and all(
+        type(row[k]) is int for k in ("count", "quota", "token_used", "created_at", "user_id")
+    )
 
 
 # --- errors ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/nothing", "/api/data/self/x", "/api/data/self/", "/index.html", "/static/nope.js",
-                                  "/static/package.json", "/static/../routes.py", "/static/vendor/", "//api/data"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/nothing",
+        "/api/data/self/x",
+        "/api/data/self/",
+        "/index.html",
+        "/static/nope.js",
+        "/static/package.json",
+        "/static/../routes.py",
+        "/static/vendor/",
+        "//api/data",
+    ],
+)
 def test_unknown_paths_are_json_404(sq_api, path):
     response = sq_api.client.get(path)
     assert_failure(response, 404, "not found")
@@ -507,10 +575,13 @@ def unreachable_app(url: str):
     return create_app(Settings(database_url=url), engine=make_engine(url), limits=ApiLimits())
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://postgres@127.0.0.1:1/none",  # nothing listens on port 1
-    "sqlite:////nonexistent-directory/usage.db",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:1/none",  # nothing listens on port 1
+        "sqlite:////nonexistent-directory/usage.db",
+    ],
+)
 def test_database_unreachable_is_503(url, caplog):
     client = unreachable_app(url).test_client()
     token = "f" * 32

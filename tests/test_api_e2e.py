@@ -9,18 +9,18 @@ day ranges computed with Python's zoneinfo (tests/logdata.day_bounds), joined to
 The stats time zone is America/New_York and the logs straddle the end of daylight
 saving time (2024-11-03 is a 25-hour day), so day buckets are not 86,400 s apart.
 """
+
 from __future__ import annotations
 
 import random
 
-import pytest
 import sqlalchemy as sa
 
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import rollup
+from tests.api_support import add_user, make_api, ok_data
 from tests.logdata import at, day_bounds, insert, log
-from tests.test_api_support import add_user, make_api, ok_data
 
 TZ = "America/New_York"
 H = 3600
@@ -39,13 +39,28 @@ def gateway_logs(rnd: random.Random, n: int, lo: int, hi: int) -> list[dict]:
     for _ in range(n):
         uid = rnd.choice((ALICE, ALICE, BOB, ROOT, CAROL, STRANGER))
         kind = m.LOG_CONSUME if rnd.random() < 0.8 else rnd.choice(OTHER_TYPES)
-        rows.append(log(user_id=uid, username=NAMES[uid], created_at=rnd.randrange(lo, hi), model=rnd.choice(MODELS),
-                        kind=kind, quota=rnd.randrange(0, 100_000), prompt=rnd.randrange(0, 5000),
-                        completion=rnd.randrange(0, 2000)))
+        rows.append(
+            log(
+                user_id=uid,
+                username=NAMES[uid],
+                created_at=rnd.randrange(lo, hi),
+                model=rnd.choice(MODELS),
+                kind=kind,
+                quota=rnd.randrange(0, 100_000),
+                prompt=rnd.randrange(0, 5000),
+                completion=rnd.randrange(0, 2000),
+            )
+        )
     # On the edges: the first and last second of a local day and of an hour, and the
     # repeated 01:00-02:00 of the 25-hour day.
-    for ts in (LO, LO + H - 1, at(TZ, 2024, 11, 3, 23, 59, 59), at(TZ, 2024, 11, 3, 1, 30, fold=0),
-               at(TZ, 2024, 11, 3, 1, 30, fold=1), HI - 1):
+    for ts in (
+        LO,
+        LO + H - 1,
+        at(TZ, 2024, 11, 3, 23, 59, 59),
+        at(TZ, 2024, 11, 3, 1, 30, fold=0),
+        at(TZ, 2024, 11, 3, 1, 30, fold=1),
+        HI - 1,
+    ):
         rows.append(log(user_id=ALICE, username="alice", created_at=ts, model="gpt-4o"))
     return rows
 
@@ -56,7 +71,9 @@ def day_ranges(lo: int, hi: int) -> sa.Subquery:
     start, _ = day_bounds(lo, TZ)
     while start <= hi:
         _, end = day_bounds(start, TZ)
-        selects.append(sa.select(sa.literal(start, sa.BigInteger).label("lo"), sa.literal(end, sa.BigInteger).label("hi")))
+        selects.append(
+            sa.select(sa.literal(start, sa.BigInteger).label("lo"), sa.literal(end, sa.BigInteger).label("hi"))
+        )
         start = end
     return sa.union_all(*selects).subquery("days")
 
@@ -76,8 +93,13 @@ def truth(engine, granularity: str, start: int, end: int, *, user_id=None, site_
     def total(expr, name):
         return sa.cast(sa.func.sum(expr), sa.BigInteger).label(name)
 
-    cols = [lg.model_name, sa.func.count().label("count"), total(lg.quota, "quota"),
-            total(lg.prompt_tokens + lg.completion_tokens, "token_used"), bucket]
+    cols = [
+        lg.model_name,
+        sa.func.count().label("count"),
+        total(lg.quota, "quota"),
+        total(lg.prompt_tokens + lg.completion_tokens, "token_used"),
+        bucket,
+    ]
     keys = [bucket, lg.model_name]
     if not site_wide:
         cols += [lg.user_id, sa.func.max(lg.username).label("username")]
@@ -168,19 +190,29 @@ def test_sums_are_the_logs_not_a_copy_of_one(engine):
     settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
     token = add_user(engine, ROOT, "root", role=m.ROLE_ROOT)
     t = at(TZ, 2024, 11, 3, 1, 10, fold=1)  # the second 01:10 of the 25-hour day
-    insert(engine, [
-        log(user_id=ROOT, username="root", created_at=t, model="m", quota=7, prompt=100, completion=20),
-        log(user_id=ROOT, username="root", created_at=t + 100, model="m", quota=5, prompt=1, completion=2),
-        log(user_id=ROOT, username="root", created_at=t + 200, model="m", quota=1000, kind=m.LOG_REFUND),
-    ])
+    insert(
+        engine,
+        [
+            log(user_id=ROOT, username="root", created_at=t, model="m", quota=7, prompt=100, completion=20),
+            log(user_id=ROOT, username="root", created_at=t + 100, model="m", quota=5, prompt=1, completion=2),
+            log(user_id=ROOT, username="root", created_at=t + 200, model="m", quota=1000, kind=m.LOG_REFUND),
+        ],
+    )
     rollup(engine, settings)
     api = make_api(engine, tz=TZ)
     hour = t - t % H
     day = at(TZ, 2024, 11, 3)
-    expected = {"model_name": "m", "count": 2, "quota": 12, "token_used": 123, "prompt_tokens": 101,
-                "completion_tokens": 22}
+    expected = {
+        "model_name": "m",
+        "count": 2,
+        "quota": 12,
+        "token_used": 123,
+        "prompt_tokens": 101,
+        "completion_tokens": 22,
+    }
     for granularity, bucket in (("hour", hour), ("day", day)):
         q = {"granularity": granularity, "start_timestamp": day, "end_timestamp": day + 86400}
         assert ok_data(api.get("/api/data/", token, ROOT, **q)) == [{**expected, "created_at": bucket}]
         assert ok_data(api.get("/api/data/self", token, ROOT, **q)) == [
-            {**expected, "created_at": bucket, "user_id": ROOT, "username": "root"}]
+            {**expected, "created_at": bucket, "user_id": ROOT, "username": "root"}
+        ]

@@ -4,6 +4,7 @@ the schema it gives for their path, method and status.
 
 Needs `jsonschema` (and, for the document check, `openapi-spec-validator`).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,7 @@ from shared import models as m
 from shared.config import Settings
 from shared.db import make_engine
 from shared.queries import GRANULARITIES
-from tests.test_api_support import add_rows, add_user, make_api, model_row, user_row
+from tests.api_support import add_rows, add_user, make_api, model_row, user_row
 
 DOC_URI = "urn:usage-stats:openapi"
 T0 = 1_699_920_000  # a UTC midnight
@@ -32,7 +33,9 @@ class Contract:
     def __init__(self, doc: dict):
         self.doc = doc
         # The whole document is one resource, so the schemas' "#/components/..." refs resolve.
-        self.registry = Registry().with_resource(DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012))
+        self.registry = Registry().with_resource(
+            DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012)
+        )
 
     def schema_ref(self, path: str, status: int) -> str:
         responses = self.doc["paths"][path]["get"]["responses"]
@@ -44,7 +47,10 @@ class Contract:
         """`response` (to GET `path`) is valid for its status; with `explicit`, that
         status is listed for the operation, not only covered by `default`."""
         if explicit:
-            assert str(response.status_code) in self.doc["paths"][path]["get"]["responses"], (path, response.status_code)
+            assert str(response.status_code) in self.doc["paths"][path]["get"]["responses"], (
+                path,
+                response.status_code,
+            )
         assert response.mimetype == "application/json"
         validator = Draft202012Validator({"$ref": self.schema_ref(path, response.status_code)}, registry=self.registry)
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(response.get_json())]

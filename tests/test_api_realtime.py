@@ -3,15 +3,16 @@ not counted yet, so a log counts as soon as it commits, and exactly once however
 rollup has got -- before any tick, between ticks, across late commits inside id gaps, and
 while a tick commits.
 
-The truth is computed in Python from the raw committed logs (tests/test_api_support.
+The truth is computed in Python from the raw committed logs (tests/api_support.
 expected), independently of shared.buckets, shared.queries and shared.rollup.
 Tests taking `engine` run on SQLite and, marked integration, on PostgreSQL.
 """
+
 from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -23,8 +24,8 @@ from shared.config import ConfigError, Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.rollup import tick
+from tests.api_support import Api, add_user, assert_failure, committed_logs, expected, make_api, ok_data
 from tests.logdata import at, insert, log
-from tests.test_api_support import Api, add_user, assert_failure, committed_logs, expected, make_api, ok_data
 
 TZ = "America/New_York"
 LO = at(TZ, 2024, 10, 28)  # a Monday, local midnight
@@ -40,9 +41,18 @@ def random_logs(rnd: random.Random, n: int) -> list[dict]:
     for _ in range(n):
         uid = rnd.choice((ALICE, ALICE, BOB, ROOT, 9))
         kind = m.LOG_CONSUME if rnd.random() < 0.85 else rnd.choice((m.LOG_TOPUP, m.LOG_ERROR, m.LOG_REFUND))
-        rows.append(log(user_id=uid, username=NAMES[uid], created_at=rnd.randrange(LO, HI), model=rnd.choice(MODELS),
-                        kind=kind, quota=rnd.randrange(0, 10_000), prompt=rnd.randrange(0, 3000),
-                        completion=rnd.randrange(0, 900)))
+        rows.append(
+            log(
+                user_id=uid,
+                username=NAMES[uid],
+                created_at=rnd.randrange(LO, HI),
+                model=rnd.choice(MODELS),
+                kind=kind,
+                quota=rnd.randrange(0, 10_000),
+                prompt=rnd.randrange(0, 3000),
+                completion=rnd.randrange(0, 900),
+            )
+        )
     return rows
 
 
@@ -56,8 +66,10 @@ def window(granularity: str) -> dict:
 
 def people(engine):
     """Alice, Bob and root with their tokens, the settings and an API over `engine`."""
-    tokens = {uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
-              for uid in (ALICE, BOB, ROOT)}
+    tokens = {
+        uid: add_user(engine, uid, NAMES[uid], role=m.ROLE_ROOT if uid == ROOT else m.ROLE_USER)
+        for uid in (ALICE, BOB, ROOT)
+    }
     settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=TZ)
     return settings, make_api(engine, tz=TZ), tokens
 
@@ -103,8 +115,15 @@ def test_a_log_counts_before_any_tick(setup):
         assert ok_data(api.get("/api/data/", tokens[ROOT], ROOT, realtime="false", **window(granularity))) == []
     # One more log is there at once, in every view.
     insert(engine, log(user_id=ALICE, username="alice", created_at=LO + 5, model="new-model", quota=77))
-    data = ok_data(api.get("/api/data/self", tokens[ALICE], ALICE, granularity="month", **{
-        k: v for k, v in window("month").items() if k != "granularity"}))
+    data = ok_data(
+        api.get(
+            "/api/data/self",
+            tokens[ALICE],
+            ALICE,
+            granularity="month",
+            **{k: v for k, v in window("month").items() if k != "granularity"},
+        )
+    )
     assert [(r["model_name"], r["quota"]) for r in data if r["model_name"] == "new-model"] == [("new-model", 77)]
 
 
@@ -120,8 +139,14 @@ def test_exact_at_every_step_of_the_rollup(setup):
         w = watermark(engine)
         # With the tail: all of it. Without: exactly what the ticks have counted.
         check_exact(engine, api, tokens)
-        check_exact(engine, api, tokens, logs=committed_logs(engine, max_id=w), realtime="false",
-                    granularities=("hour", "month"))
+        check_exact(
+            engine,
+            api,
+            tokens,
+            logs=committed_logs(engine, max_id=w),
+            realtime="false",
+            granularities=("hour", "month"),
+        )
         if steps == 2:
             # New traffic, much of it in buckets already rolled up.
             insert(engine, random_logs(rnd, 120))
@@ -161,8 +186,9 @@ def test_realtime_parameter_is_checked(sqlite_engine):
     api = make_api(sqlite_engine)
     for bad in ("yes", "TRUE", "2", "true "):
         assert_failure(api.get("/api/data/self", token, ROOT, realtime=bad), 400, "realtime")
-    assert_failure(api.get("/api/data/", token, ROOT, query=[("realtime", "true"), ("realtime", "false")]),
-                   400, "realtime", "once")
+    assert_failure(
+        api.get("/api/data/", token, ROOT, query=[("realtime", "true"), ("realtime", "false")]), 400, "realtime", "once"
+    )
 
 
 def test_tail_reads_logs_by_primary_key_only(sqlite_engine):
@@ -174,8 +200,11 @@ def test_tail_reads_logs_by_primary_key_only(sqlite_engine):
     with queries.snapshot(sqlite_engine) as conn:
         for kind in ("user", "site"):
             src = queries.source(conn, kind, view, LO, LO + 366 * 86400)
-            stmt = (queries.per_user_select(src, 1, LO, LO + 366 * 86400) if kind == "user"
-                    else queries.site_wide_select(src, LO, LO + 366 * 86400))
+            stmt = (
+                queries.per_user_select(src, 1, LO, LO + 366 * 86400)
+                if kind == "user"
+                else queries.site_wide_select(src, LO, LO + 366 * 86400)
+            )
             sql = str(stmt.compile(sqlite_engine, compile_kwargs={"literal_binds": True}))
             plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
             logs_steps = [p for p in plan if " logs " in f" {p} "]
@@ -188,15 +217,19 @@ def test_tail_reads_logs_by_primary_key_only_on_postgresql(pg_engine):
     with pg_engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO logs (user_id, created_at, type, model_name, quota, prompt_tokens, completion_tokens) "
-            f"SELECT g %% 20, {LO} + g * 60, 2, 'm', 1, 1, 1 FROM generate_series(1, 30000) g")
+            f"SELECT g %% 20, {LO} + g * 60, 2, 'm', 1, 1, 1 FROM generate_series(1, 30000) g"
+        )
         conn.exec_driver_sql("UPDATE rollup_state SET last_log_id = 29990")
         conn.exec_driver_sql("ANALYZE logs")
     add_gaps(pg_engine, [(100, 120), (2000, 2000)])
     view = queries.View("month", tz="UTC", stats_tz="UTC")
     with queries.snapshot(pg_engine) as conn:
         src = queries.source(conn, "site", view, LO, LO + 366 * 86400)
-        sql = str(queries.site_wide_select(src, LO, LO + 366 * 86400).compile(
-            pg_engine, compile_kwargs={"literal_binds": True}))
+        sql = str(
+            queries.site_wide_select(src, LO, LO + 366 * 86400).compile(
+                pg_engine, compile_kwargs={"literal_binds": True}
+            )
+        )
         plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
     assert "Seq Scan on logs" not in plan and "logs_pkey" in plan, plan
     assert plan.count("logs_pkey") >= 3, plan  # above the watermark, and each gap
@@ -204,8 +237,9 @@ def test_tail_reads_logs_by_primary_key_only_on_postgresql(pg_engine):
 
 def add_gaps(engine, ranges):
     with engine.begin() as conn:
-        conn.execute(sa.insert(m.rollup_gap), [{"lo": lo, "hi": hi, "discovered_at": datetime.now(timezone.utc)}
-                                               for lo, hi in ranges])
+        conn.execute(
+            sa.insert(m.rollup_gap), [{"lo": lo, "hi": hi, "discovered_at": datetime.now(UTC)} for lo, hi in ranges]
+        )
 
 
 # --- PostgreSQL: late commits and concurrent ticks -------------------------------------

@@ -4,8 +4,9 @@ In STATS_TIMEZONE they come from the daily rows; in another zone with whole-hour
 from the hourly rows; zones whose offset is not a whole number of hours over the range
 (Asia/Kolkata, Australia/Lord_Howe, Shanghai's 1900 local mean time) are served only when
 they are STATS_TIMEZONE. The truth is a Python bucketing of the raw logs with zoneinfo
-(tests/test_api_support.expected).
+(tests/api_support.expected).
 """
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,8 @@ from api.config import ApiLimits
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import rollup
+from tests.api_support import add_rows, add_user, assert_failure, committed_logs, expected, make_api, ok_data, user_row
 from tests.logdata import at, insert, log, utc
-from tests.test_api_support import add_rows, add_user, assert_failure, committed_logs, expected, make_api, ok_data, user_row
 
 ROOT, ALICE = 3, 1
 H, D = 3600, 86400
@@ -27,8 +28,16 @@ GRANULARITIES = ("day", "week", "month")
 
 def logs_around(rnd: random.Random, lo: int, hi: int, n: int) -> list[dict]:
     uids = [rnd.choice((ALICE, ROOT)) for _ in range(n)]
-    return [log(user_id=uid, username=f"u{uid}", created_at=rnd.randrange(lo, hi), model=rnd.choice(("a", "b")),
-                quota=rnd.randrange(1, 1000)) for uid in uids]
+    return [
+        log(
+            user_id=uid,
+            username=f"u{uid}",
+            created_at=rnd.randrange(lo, hi),
+            model=rnd.choice(("a", "b")),
+            quota=rnd.randrange(1, 1000),
+        )
+        for uid in uids
+    ]
 
 
 def seeded(engine, stats_tz: str, spans, n=300, seed=1, roll=True):
@@ -91,14 +100,24 @@ def test_stats_timezone_days_come_from_the_daily_rows(engine):
     api = make_api(engine, tz=NY)
     q = {"granularity": "day", "start_timestamp": day1, "end_timestamp": day2}
     for extra in ({}, {"tz": NY}):
-        assert [(r["created_at"], r["count"]) for r in ok_data(api.get("/api/data/self", tokens[ROOT], ROOT, **q, **extra))] == [
-            (day1, 2), (day2, 3)]
+        assert [
+            (r["created_at"], r["count"]) for r in ok_data(api.get("/api/data/self", tokens[ROOT], ROOT, **q, **extra))
+        ] == [(day1, 2), (day2, 3)]
     # Another zone does not read them (its days differ), but the hourly rows.
     assert ok_data(api.get("/api/data/self", tokens[ROOT], ROOT, tz="Asia/Shanghai", **q)) == []
     add_rows(engine, m.hourly_usage, [user_row(ROOT, day1 + 5 * H, "a", count=7)])  # 05:00 NY = 18:00 Shanghai
     shanghai_day = at("Asia/Shanghai", 2024, 11, 3)
-    data = ok_data(api.get("/api/data/self", tokens[ROOT], ROOT, tz="Asia/Shanghai", granularity="day",
-                           start_timestamp=shanghai_day, end_timestamp=day2))
+    data = ok_data(
+        api.get(
+            "/api/data/self",
+            tokens[ROOT],
+            ROOT,
+            tz="Asia/Shanghai",
+            granularity="day",
+            start_timestamp=shanghai_day,
+            end_timestamp=day2,
+        )
+    )
     assert [(r["created_at"], r["count"]) for r in data] == [(shanghai_day, 7)]
 
 
@@ -107,8 +126,11 @@ def test_stats_timezone_days_weeks_and_months(engine, stats_tz):
     api, tokens = seeded(engine, stats_tz, [SPRING, FALL], roll=False)
     # Half rolled up, so both the summary rows and the tail take part.
     logs = committed_logs(engine)
-    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=stats_tz,
-                        rollup_batch_size=len(logs) // 2)
+    settings = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        stats_timezone=stats_tz,
+        rollup_batch_size=len(logs) // 2,
+    )
     from shared.rollup import tick
 
     tick(engine, settings)
@@ -124,8 +146,13 @@ def test_half_hour_zones_other_than_stats_timezone_are_400(sqlite_engine, tz):
     api = make_api(sqlite_engine)
     q = {"start_timestamp": utc(2024, 5, 1), "end_timestamp": utc(2024, 5, 20)}
     for granularity in GRANULARITIES:
-        assert_failure(api.get("/api/data/", token, ROOT, tz=tz, granularity=granularity, **q), 400,
-                       f"tz {tz}", "not a whole number of hours", "STATS_TIMEZONE")
+        assert_failure(
+            api.get("/api/data/", token, ROOT, tz=tz, granularity=granularity, **q),
+            400,
+            f"tz {tz}",
+            "not a whole number of hours",
+            "STATS_TIMEZONE",
+        )
     # Hours start on the UTC hour whatever the zone: tz changes nothing there.
     ok_data(api.get("/api/data/", token, ROOT, tz=tz, granularity="hour", **{**q, "end_timestamp": utc(2024, 5, 2)}))
 
@@ -134,15 +161,47 @@ def test_whole_hours_are_checked_over_the_range_only(sqlite_engine):
     # Liberia kept UTC-00:44:30 until 1972: whole hours now, not then.
     token = add_user(sqlite_engine, ROOT, "root", role=m.ROLE_ROOT)
     api = make_api(sqlite_engine)
-    ok_data(api.get("/api/data/", token, ROOT, tz="Africa/Monrovia", granularity="day",
-                    start_timestamp=utc(2024, 1, 1), end_timestamp=utc(2024, 1, 20)))
-    assert_failure(api.get("/api/data/", token, ROOT, tz="Africa/Monrovia", granularity="day",
-                           start_timestamp=utc(1971, 6, 1), end_timestamp=utc(1971, 6, 10)),
-                   400, "UTC-00:44")
+    ok_data(
+        api.get(
+            "/api/data/",
+            token,
+            ROOT,
+            tz="Africa/Monrovia",
+            granularity="day",
+            start_timestamp=utc(2024, 1, 1),
+            end_timestamp=utc(2024, 1, 20),
+        )
+    )
+    assert_failure(
+        api.get(
+            "/api/data/",
+            token,
+            ROOT,
+            tz="Africa/Monrovia",
+            granularity="day",
+            start_timestamp=utc(1971, 6, 1),
+            end_timestamp=utc(1971, 6, 10),
+        ),
+        400,
+        "UTC-00:44",
+    )
 
 
-@pytest.mark.parametrize("raw", ["Mars/Olympus", "america/new_york", "UTC+5", "+08:00", "../../etc/passwd",
-                                 "Asia/Shanghai ", "localtime", "Factory", "a\x00b", "x" * 300])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "Mars/Olympus",
+        "america/new_york",
+        "UTC+5",
+        "+08:00",
+        "../../etc/passwd",
+        "Asia/Shanghai ",
+        "localtime",
+        "Factory",
+        "a\x00b",
+        "x" * 300,
+    ],
+)
 def test_unknown_zones_are_400(sqlite_engine, raw):
     token = add_user(sqlite_engine, ROOT, "root", role=m.ROLE_ROOT)
     api = make_api(sqlite_engine)
@@ -158,8 +217,9 @@ def test_zone_names_postgresql_reads_as_fixed_offsets_are_400(sqlite_engine, raw
 
 def test_tz_given_twice_is_400(sqlite_engine):
     token = add_user(sqlite_engine, ROOT, "root", role=m.ROLE_ROOT)
-    assert_failure(make_api(sqlite_engine).get("/api/data/", token, ROOT, query=[("tz", "UTC"), ("tz", NY)]),
-                   400, "tz", "once")
+    assert_failure(
+        make_api(sqlite_engine).get("/api/data/", token, ROOT, query=[("tz", "UTC"), ("tz", NY)]), 400, "tz", "once"
+    )
 
 
 def test_spans_from_hourly_rows_keep_the_hourly_limit(sqlite_engine):
@@ -167,13 +227,43 @@ def test_spans_from_hourly_rows_keep_the_hourly_limit(sqlite_engine):
     api = make_api(sqlite_engine, tz="UTC", limits=ApiLimits(31, 366))
     end = utc(2024, 12, 31)
     for granularity in GRANULARITIES:
-        ok_data(api.get("/api/data/", token, ROOT, tz=NY, granularity=granularity, start_timestamp=end - 31 * D,
-                        end_timestamp=end))
-        assert_failure(api.get("/api/data/", token, ROOT, tz=NY, granularity=granularity,
-                               start_timestamp=end - 31 * D - 1, end_timestamp=end), 400, "31 days", "hourly rows")
+        ok_data(
+            api.get(
+                "/api/data/",
+                token,
+                ROOT,
+                tz=NY,
+                granularity=granularity,
+                start_timestamp=end - 31 * D,
+                end_timestamp=end,
+            )
+        )
+        assert_failure(
+            api.get(
+                "/api/data/",
+                token,
+                ROOT,
+                tz=NY,
+                granularity=granularity,
+                start_timestamp=end - 31 * D - 1,
+                end_timestamp=end,
+            ),
+            400,
+            "31 days",
+            "hourly rows",
+        )
         # In STATS_TIMEZONE (and its UTC aliases) the daily rows serve a year.
         for tz in ("UTC", "Etc/UTC"):
-            ok_data(api.get("/api/data/", token, ROOT, tz=tz, granularity=granularity, start_timestamp=end - 366 * D,
-                            end_timestamp=end))
+            ok_data(
+                api.get(
+                    "/api/data/",
+                    token,
+                    ROOT,
+                    tz=tz,
+                    granularity=granularity,
+                    start_timestamp=end - 366 * D,
+                    end_timestamp=end,
+                )
+            )
     # Without a start the default range is cut to the limit rather than refused.
     ok_data(api.get("/api/data/", token, ROOT, tz=NY, granularity="month"))

@@ -9,6 +9,7 @@ Requests go over a real socket (http.client, or raw bytes where http.client woul
 to send them), so gunicorn's own refusals (header fields too large, request line too
 long, malformed headers) are part of the catalogue too.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,47 +57,146 @@ CATALOGUE = [
     Case("POST with a body on /api/data/self", 405, method="POST", body=b'{"a": 1}'),
     # --- headers
     Case("no Authorization", 401, who=None, headers=[("New-Api-User", "1")], fragment="access token required"),
-    Case("empty Authorization", 401, headers=[("Authorization", None), ("Authorization", "")], fragment="access token required"),
+    Case(
+        "empty Authorization",
+        401,
+        headers=[("Authorization", None), ("Authorization", "")],
+        fragment="access token required",
+    ),
     Case("Bearer and nothing", 401, headers=[("Authorization", None), ("Authorization", "Bearer ")]),
-    Case("Basic credentials", 401, headers=[("Authorization", None), ("Authorization", "Basic YWxpY2U6c2VjcmV0")], fragment="invalid access token"),
+    Case(
+        "Basic credentials",
+        401,
+        headers=[("Authorization", None), ("Authorization", "Basic YWxpY2U6c2VjcmV0")],
+        fragment="invalid access token",
+    ),
     Case("Authorization twice", 401, headers=[("Authorization", "Bearer " + "0" * 32)]),
     Case("New-Api-User twice", 401, headers=[("New-Api-User", "2")], fragment="New-Api-User"),
     Case("no New-Api-User", 401, headers=[("New-Api-User", None)], fragment="New-Api-User header required"),
     Case("empty New-Api-User", 401, headers=[("New-Api-User", None), ("New-Api-User", "")], fragment="New-Api-User"),
-    Case("New-Api-User not a number", 401, headers=[("New-Api-User", None), ("New-Api-User", "alice")], fragment="user id"),
+    Case(
+        "New-Api-User not a number",
+        401,
+        headers=[("New-Api-User", None), ("New-Api-User", "alice")],
+        fragment="user id",
+    ),
     Case("New-Api-User negative", 401, headers=[("New-Api-User", None), ("New-Api-User", "-1")], fragment="user id"),
-    Case("New-Api-User beyond int64", 401, headers=[("New-Api-User", None), ("New-Api-User", "9" * 30)], fragment="user id"),
+    Case(
+        "New-Api-User beyond int64",
+        401,
+        headers=[("New-Api-User", None), ("New-Api-User", "9" * 30)],
+        fragment="user id",
+    ),
     Case("New-Api-User SQL", 401, headers=[("New-Api-User", None), ("New-Api-User", "1 OR 1=1")], fragment="user id"),
-    Case("New-Api-User of another user", 401, headers=[("New-Api-User", None), ("New-Api-User", "2")], fragment="does not match"),
-    Case("Authorization of 4 KB", 401, headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 4096)], fragment="invalid access token"),
-    Case("Authorization of 10 KB (gunicorn's field limit)", 431, headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 10240)]),
-    Case("New-Api-User of 5,000 digits", 401, headers=[("New-Api-User", None), ("New-Api-User", "1" * 5000)], fragment="user id"),
+    Case(
+        "New-Api-User of another user",
+        401,
+        headers=[("New-Api-User", None), ("New-Api-User", "2")],
+        fragment="does not match",
+    ),
+    Case(
+        "Authorization of 4 KB",
+        401,
+        headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 4096)],
+        fragment="invalid access token",
+    ),
+    Case(
+        "Authorization of 10 KB (gunicorn's field limit)",
+        431,
+        headers=[("Authorization", None), ("Authorization", "Bearer " + "a" * 10240)],
+    ),
+    Case(
+        "New-Api-User of 5,000 digits",
+        401,
+        headers=[("New-Api-User", None), ("New-Api-User", "1" * 5000)],
+        fragment="user id",
+    ),
     Case("120 extra headers (gunicorn's count limit)", 431, headers=[(f"X-Extra-{i}", "1") for i in range(120)]),
     # --- tokens
-    Case("a wrong token", 401, headers=[("Authorization", None), ("Authorization", "Bearer " + "f" * 32)], fragment="invalid access token"),
-    Case("another user's token", 401, headers=[("Authorization", None), ("Authorization", "@bob")], fragment="does not match"),
+    Case(
+        "a wrong token",
+        401,
+        headers=[("Authorization", None), ("Authorization", "Bearer " + "f" * 32)],
+        fragment="invalid access token",
+    ),
+    Case(
+        "another user's token",
+        401,
+        headers=[("Authorization", None), ("Authorization", "@bob")],
+        fragment="does not match",
+    ),
     Case("another user's token and id, on the admin route", 403, ALL, who="bob", fragment="administrator"),
     Case("a disabled user's token", 403, who="carol", fragment="disabled"),
     Case("a disabled administrator's token", 403, ALL, who="fallen", fragment="disabled"),
     Case("a deleted user's token", 401, who="ghost", fragment="invalid access token"),
-    Case("SQL-looking token with blanks", 401, headers=[("Authorization", None), ("Authorization", f"Bearer {SQL}")], fragment="invalid access token"),
-    Case("SQL-looking token without blanks", 401, headers=[("Authorization", None), ("Authorization", "Bearer '||(SELECT'x')||'--")], fragment="invalid access token"),
-    Case("SQL-looking token: a statement", 401, headers=[("Authorization", None), ("Authorization", "x';DROP/**/TABLE/**/users;--")], fragment="invalid access token"),
-    Case("a token with a tab in it", 401, headers=[("Authorization", None), ("Authorization", "Bearer abc\tdef")], fragment="invalid access token"),
+    Case(
+        "SQL-looking token with blanks",
+        401,
+        headers=[("Authorization", None), ("Authorization", f"Bearer {SQL}")],
+        fragment="invalid access token",
+    ),
+    Case(
+        "SQL-looking token without blanks",
+        401,
+        headers=[("Authorization", None), ("Authorization", "Bearer '||(SELECT'x')||'--")],
+        fragment="invalid access token",
+    ),
+    Case(
+        "SQL-looking token: a statement",
+        401,
+        headers=[("Authorization", None), ("Authorization", "x';DROP/**/TABLE/**/users;--")],
+        fragment="invalid access token",
+    ),
+    Case(
+        "a token with a tab in it",
+        401,
+        headers=[("Authorization", None), ("Authorization", "Bearer abc\tdef")],
+        fragment="invalid access token",
+    ),
     Case("a user on the admin route", 403, ALL, fragment="administrator"),
     Case("a user on the re-aggregation status route", 403, "/api/data/reaggregate/abc", fragment="administrator"),
-    Case("a user enqueueing a re-aggregation", 403, "/api/data/reaggregate", method="POST",
-         headers=[("Content-Type", "application/json")], body=b'{"start_timestamp": 1, "end_timestamp": 2}', fragment="administrator"),
+    Case(
+        "a user enqueueing a re-aggregation",
+        403,
+        "/api/data/reaggregate",
+        method="POST",
+        headers=[("Content-Type", "application/json")],
+        body=b'{"start_timestamp": 1, "end_timestamp": 2}',
+        fragment="administrator",
+    ),
     # --- parameters
-    *[Case(f"{name}={value!r}", 400, q(SELF, **{name: value}), fragment=name)
-      for name in ("start_timestamp", "end_timestamp")
-      for value in ("abc", "1.5", "1e9", "0x10", "-1", "+5", " 5", "5 ", "١٢٣", "99999999999999999999", "9223372036854775808",
-                    "1_000", SQL, "\x00")],
+    *[
+        Case(f"{name}={value!r}", 400, q(SELF, **{name: value}), fragment=name)
+        for name in ("start_timestamp", "end_timestamp")
+        for value in (
+            "abc",
+            "1.5",
+            "1e9",
+            "0x10",
+            "-1",
+            "+5",
+            " 5",
+            "5 ",
+            "١٢٣",
+            "99999999999999999999",
+            "9223372036854775808",
+            "1_000",
+            SQL,
+            "\x00",
+        )
+    ],
     Case("start after end", 400, q(SELF, start_timestamp=2000, end_timestamp=1000), fragment="after"),
     Case("41 days of hours", 400, q(SELF, start_timestamp=0, end_timestamp=41 * 86400), fragment="at most"),
-    Case("400 days of days", 400, q(SELF, granularity="day", start_timestamp=0, end_timestamp=400 * 86400), fragment="at most"),
-    *[Case(f"granularity={value!r}", 400, q(SELF, granularity=value), fragment="granularity")
-      for value in ("decade", "second", SQL, "hour;day", "\x00")],
+    Case(
+        "400 days of days",
+        400,
+        q(SELF, granularity="day", start_timestamp=0, end_timestamp=400 * 86400),
+        fragment="at most",
+    ),
+    *[
+        Case(f"granularity={value!r}", 400, q(SELF, granularity=value), fragment="granularity")
+        for value in ("decade", "second", SQL, "hour;day", "\x00")
+    ],
     Case("start_timestamp twice", 400, SELF + "?start_timestamp=1&start_timestamp=2", fragment="only once"),
     Case("end_timestamp twice", 400, SELF + "?end_timestamp=1&end_timestamp=2", fragment="only once"),
     Case("granularity twice", 400, SELF + "?granularity=hour&granularity=day", fragment="only once"),
@@ -117,20 +217,45 @@ CATALOGUE = [
     Case("a task id that is not one", 400, "/api/data/reaggregate/%20%27OR%201=1", who="admin", fragment="task id"),
     Case("a task id never enqueued", 404, "/api/data/reaggregate/00000000-0000-0000-0000-000000000000", who="admin"),
     # --- re-aggregation bodies (administrator)
-    *[Case(f"enqueue body {body!r}", 400, "/api/data/reaggregate", who="admin", method="POST",
-           headers=[("Content-Type", "application/json")], body=body)
-      for body in (b"", b"not json", b"[1, 2]", b"null", b'"x"', b'{"start_timestamp": 1}',
-                   b'{"start_timestamp": "1", "end_timestamp": "2"}', b'{"start_timestamp": 2, "end_timestamp": 1}',
-                   b'{"start_timestamp": true, "end_timestamp": 2}', b'{"start_timestamp": 1.5, "end_timestamp": 2}',
-                   b'{"start_timestamp": -1, "end_timestamp": 2}', b'{"start_timestamp": 1, "end_timestamp": 99999999999999999999}',
-                   b'{"start_timestamp": 1, "end_timestamp": 2, "user_id": 0}', b'{"start_timestamp": 1, "end_timestamp": 2, "x": 1}')],
+    *[
+        Case(
+            f"enqueue body {body!r}",
+            400,
+            "/api/data/reaggregate",
+            who="admin",
+            method="POST",
+            headers=[("Content-Type", "application/json")],
+            body=body,
+        )
+        for body in (
+            b"",
+            b"not json",
+            b"[1, 2]",
+            b"null",
+            b'"x"',
+            b'{"start_timestamp": 1}',
+            b'{"start_timestamp": "1", "end_timestamp": "2"}',
+            b'{"start_timestamp": 2, "end_timestamp": 1}',
+            b'{"start_timestamp": true, "end_timestamp": 2}',
+            b'{"start_timestamp": 1.5, "end_timestamp": 2}',
+            b'{"start_timestamp": -1, "end_timestamp": 2}',
+            b'{"start_timestamp": 1, "end_timestamp": 99999999999999999999}',
+            b'{"start_timestamp": 1, "end_timestamp": 2, "user_id": 0}',
+            b'{"start_timestamp": 1, "end_timestamp": 2, "x": 1}',
+        )
+    ],
 ]
 
 # Bytes http.client will not send: non-ASCII and malformed header lines.
 RAW = [
     ("a UTF-8 token", 401, "Authorization: Bearer \xd1\x82\xd0\xbe\xd0\xba\xd0\xb5\xd0\xbd", "invalid access token"),
     ("a Latin-1 byte in the token", 401, "Authorization: Bearer {token}\xe9", "invalid access token"),
-    ("an Arabic-Indic digit as New-Api-User", 401, "Authorization: Bearer {token}\r\nNew-Api-User: \xd9\xa1", "user id"),
+    (
+        "an Arabic-Indic digit as New-Api-User",
+        401,
+        "Authorization: Bearer {token}\r\nNew-Api-User: \xd9\xa1",
+        "user id",
+    ),
     ("a header line without a colon", 400, "Authorization: Bearer {token}\r\nAuthorization", ""),
     ("a header name with a space", 400, "Authorization: Bearer {token}\r\nNew Api User: 1", ""),
     ("an obsolete folded header", 400, "Authorization: Bearer {token}\r\n continued", ""),

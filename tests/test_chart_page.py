@@ -6,6 +6,7 @@ CI (USAGE_STATS_REQUIRE_SERVICES=1, tests/conftest.py). It saves its screenshot 
 test's tmp directory; with USAGE_STATS_SCREENSHOT=<path> (e.g. docs/chart.png) it copies
 it there too.
 """
+
 from __future__ import annotations
 
 import html.parser
@@ -32,8 +33,8 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.rollup import tick
+from tests.api_support import add_user, committed_logs, expected, make_api
 from tests.logdata import insert, log, utc
-from tests.test_api_support import add_user, committed_logs, expected, make_api
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -101,12 +102,20 @@ def served(tmp_path):
     token = add_user(engine, 1, "admin", role=m.ROLE_ROOT)
     rnd = random.Random(42)
     weights = (5, 3, 2, 1)
-    insert(engine, [
-        log(user_id=rnd.choice((1, 2, 3)), created_at=rnd.randrange(START, END - 86400),
-            model=rnd.choices(MODELS, weights)[0], quota=rnd.randrange(1000, 400_000),
-            prompt=rnd.randrange(10, 4000), completion=rnd.randrange(10, 1500))
-        for _ in range(1500)
-    ])
+    insert(
+        engine,
+        [
+            log(
+                user_id=rnd.choice((1, 2, 3)),
+                created_at=rnd.randrange(START, END - 86400),
+                model=rnd.choices(MODELS, weights)[0],
+                quota=rnd.randrange(1000, 400_000),
+                prompt=rnd.randrange(10, 4000),
+                completion=rnd.randrange(10, 1500),
+            )
+            for _ in range(1500)
+        ],
+    )
     settings = Settings(database_url=url, stats_timezone=TZ, rollup_batch_size=1200)
     tick(engine, settings)  # the rest is the real-time tail
     app = create_app(settings, engine=engine, limits=ApiLimits())
@@ -125,10 +134,25 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs Debian's chromium)")
     return subprocess.run(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1", "--window-size=1200,900",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000", *args, url],
-        capture_output=True, text=True, timeout=180,
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--window-size=1200,900",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--virtual-time-budget=15000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -168,9 +192,9 @@ def png_size_and_colours(path: Path) -> tuple[int, int, int]:
     width, height = struct.unpack(">II", data[16:24])
     idat, pos = b"", 8
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
+            idat += data[pos + 8 : pos + 8 + length]
         pos += 12 + length
     pixels = zlib.decompress(idat)
     return width, height, len(set(pixels[: len(pixels) // 2]))
@@ -195,8 +219,10 @@ def test_the_page_draws_the_charts_from_the_api(served, tmp_path):
     assert int(page.body["data-datasets"]) == len(models) == len(MODELS)
     assert int(page.body["data-buckets"]) == len({r["created_at"] for r in truth}) >= 13
     assert int(page.body["data-rows"]) == len(truth)
-    assert {r["data-model"]: {"count": int(r["data-count"]), "quota": int(r["data-quota"]),
-                              "tokens": int(r["data-tokens"])} for r in page.rows} == models
+    assert {
+        r["data-model"]: {"count": int(r["data-count"]), "quota": int(r["data-quota"]), "tokens": int(r["data-tokens"])}
+        for r in page.rows
+    } == models
     # Pixels in the models' colours on both canvases: bars and slices were painted.
     assert int(page.body["data-bar-pixels"]) > 5000 and int(page.body["data-pie-pixels"]) > 5000, page.body
 

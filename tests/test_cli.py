@@ -1,4 +1,5 @@
 """The usage-stats command line on the embedded default, run as a user would."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,12 @@ from shared.db import make_engine
 
 
 def run(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_upgrade_demo_rollup_status_reaggregate(tmp_path):
@@ -34,8 +38,13 @@ def test_upgrade_demo_rollup_status_reaggregate(tmp_path):
 
     status = run(tmp_path, "status")
     assert status.returncode == 0, status.stderr
-    for line in ("last tick:", "lag:          0s, 0 logs behind", "open gaps:", "timezone:     UTC",
-                 "re-aggregations running:"):
+    for line in (
+        "last tick:",
+        "lag:          0s, 0 logs behind",
+        "open gaps:",
+        "timezone:     UTC",
+        "re-aggregations running:",
+    ):
         assert line in status.stdout
 
     redone = run(tmp_path, "reaggregate", "--all", "--quiet")
@@ -48,6 +57,12 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert backwards.returncode == 2 and "--end (50) must be after --start (100)" in backwards.stderr
     missing = run(tmp_path, "reaggregate", "--start", "100")
     assert missing.returncode == 2 and "--start and --end" in missing.stderr
-    env_bad = subprocess.run([sys.executable, "-m", "shared.cli", "rollup"], cwd=tmp_path, capture_output=True,
-                             text=True, env=dict(os.environ, STATS_TIMEZONE="Mars/Olympus"), timeout=60)
+    env_bad = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "rollup"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, STATS_TIMEZONE="Mars/Olympus"),
+        timeout=60,
+    )
     assert env_bad.returncode == 2 and "STATS_TIMEZONE" in env_bad.stderr and "Traceback" not in env_bad.stderr

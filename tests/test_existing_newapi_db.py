@@ -7,6 +7,7 @@ aff_code, stripe_customer, ...) -- and fills them. Then our migrations run:
 - ours are added;
 - the first tick rolls up the existing history exactly (equal to a GROUP BY over logs).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
-from shared.ops import run_tick
+from shared.ops import run_rollup
 from tests.conftest import throwaway_database
 
 pytestmark = pytest.mark.integration
@@ -128,7 +129,7 @@ def _with_newapi_history(url: str) -> str:
             conn.exec_driver_sql(ddl)
         for i in range(1, 6):
             conn.exec_driver_sql(
-                'INSERT INTO users (username, password, display_name, role, status, access_token, aff_code, '
+                "INSERT INTO users (username, password, display_name, role, status, access_token, aff_code, "
                 '"group", created_at, setting, remark, stripe_customer) '
                 "VALUES (%(u)s, 'hash', %(u)s, %(role)s, 1, %(tok)s, %(aff)s, 'default', %(t)s, '{}', 'r', 'cus_x')",
                 {"u": f"user{i}", "role": 100 if i == 1 else 1, "tok": f"{i:032d}", "aff": f"AF{i}", "t": T0},
@@ -136,17 +137,33 @@ def _with_newapi_history(url: str) -> str:
         rows = []
         for n in range(600):
             kind = 2 if n % 7 else (5 if n % 2 else 3)  # some error and manage logs
-            rows.append({
-                "user_id": 1 + n % 5, "created_at": T0 + n * 997, "type": kind, "content": f"log {n}",
-                "username": f"user{1 + n % 5}", "token_name": "default", "model_name": MODELS[n % 3],
-                "quota": 100 + n, "prompt_tokens": n % 50, "completion_tokens": n % 13, "use_time": 1,
-                "is_stream": bool(n % 2), "channel_id": 1 + n % 2, "token_id": n % 4, "group": "default",
-                "ip": "10.0.0.1", "request_id": f"req-{n}", "upstream_request_id": f"up-{n}", "other": "{}",
-            })
+            rows.append(
+                {
+                    "user_id": 1 + n % 5,
+                    "created_at": T0 + n * 997,
+                    "type": kind,
+                    "content": f"log {n}",
+                    "username": f"user{1 + n % 5}",
+                    "token_name": "default",
+                    "model_name": MODELS[n % 3],
+                    "quota": 100 + n,
+                    "prompt_tokens": n % 50,
+                    "completion_tokens": n % 13,
+                    "use_time": 1,
+                    "is_stream": bool(n % 2),
+                    "channel_id": 1 + n % 2,
+                    "token_id": n % 4,
+                    "group": "default",
+                    "ip": "10.0.0.1",
+                    "request_id": f"req-{n}",
+                    "upstream_request_id": f"up-{n}",
+                    "other": "{}",
+                }
+            )
         cols = list(rows[0])
         conn.exec_driver_sql(
-            f'INSERT INTO logs ({", ".join(chr(34) + c + chr(34) for c in cols)}) '
-            f'VALUES ({", ".join("%(" + c + ")s" for c in cols)})',
+            f"INSERT INTO logs ({', '.join(chr(34) + c + chr(34) for c in cols)}) "
+            f"VALUES ({', '.join('%(' + c + ')s' for c in cols)})",
             rows,
         )
     engine.dispose()
@@ -157,19 +174,36 @@ def _snapshot(engine) -> dict:
     with engine.connect() as conn:
         out = {}
         for table in ("users", "logs"):
-            out[table, "columns"] = conn.execute(sa.text(
-                "SELECT column_name, data_type, character_maximum_length, column_default, is_nullable "
-                "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = :t "
-                "ORDER BY ordinal_position"), {"t": table}).all()
-            out[table, "indexes"] = conn.execute(sa.text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = :t "
-                "ORDER BY indexname"), {"t": table}).all()
-            out[table, "constraints"] = conn.execute(sa.text(
-                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
-                "ORDER BY conname"), {"t": table}).all()
+            out[table, "columns"] = conn.execute(
+                sa.text(
+                    "SELECT column_name, data_type, character_maximum_length, column_default, is_nullable "
+                    "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = :t "
+                    "ORDER BY ordinal_position"
+                ),
+                {"t": table},
+            ).all()
+            out[table, "indexes"] = conn.execute(
+                sa.text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = :t "
+                    "ORDER BY indexname"
+                ),
+                {"t": table},
+            ).all()
+            out[table, "constraints"] = conn.execute(
+                sa.text(
+                    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = CAST(:t AS regclass) "
+                    "ORDER BY conname"
+                ),
+                {"t": table},
+            ).all()
             out[table, "rows"] = conn.execute(sa.text(f'SELECT * FROM "{table}" ORDER BY id')).all()
-        out["tables"] = conn.execute(sa.text(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")).scalars().all()
+        out["tables"] = (
+            conn.execute(
+                sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            )
+            .scalars()
+            .all()
+        )
     return out
 
 
@@ -187,20 +221,33 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
         for key in before:
             if key != "tables":
                 assert after[key] == before[key], key
-        ours = {"hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage", "rollup_state",
-                "rollup_gap", "usage_stats_alembic_version"}
+        ours = {
+            "hourly_usage",
+            "daily_usage",
+            "hourly_model_usage",
+            "daily_model_usage",
+            "rollup_state",
+            "rollup_gap",
+            "usage_stats_alembic_version",
+        }
         assert set(after["tables"]) == {"logs", "users"} | ours
 
         settings = Settings(database_url=newapi_url, rollup_batch_size=128)
-        result = run_tick(engine, settings, wait=True)
+        result = run_rollup(engine, settings, wait=True)
         assert result.batches == 5 and result.last_log_id == 600 and result.logs_behind == 0
 
         with engine.connect() as conn:
-            expected = conn.execute(sa.text(
-                "SELECT user_id, created_at - created_at % 3600, model_name, count(*), sum(quota), "
-                "sum(prompt_tokens + completion_tokens) FROM logs WHERE type = 2 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")).all()
-            actual = conn.execute(sa.text(
-                "SELECT user_id, created_at, model_name, count, quota, token_used FROM hourly_usage ORDER BY 1, 2, 3")).all()
+            expected = conn.execute(
+                sa.text(
+                    "SELECT user_id, created_at - created_at % 3600, model_name, count(*), sum(quota), "
+                    "sum(prompt_tokens + completion_tokens) FROM logs WHERE type = 2 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                )
+            ).all()
+            actual = conn.execute(
+                sa.text(
+                    "SELECT user_id, created_at, model_name, count, quota, token_used FROM hourly_usage ORDER BY 1, 2, 3"
+                )
+            ).all()
             assert actual == expected and len(actual) > 0
             daily = conn.execute(sa.text("SELECT sum(count), sum(quota) FROM daily_model_usage")).one()
             raw = conn.execute(sa.text("SELECT count(*), sum(quota) FROM logs WHERE type = 2")).one()

@@ -14,14 +14,15 @@ say (tests/test_bad_input.py checks refusals one by one instead):
 - negative_data_rejection (every schema-violating request refused): as new-api does,
   unknown query parameters are ignored and an empty value counts as absent.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
 import schemathesis
-from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from tests.faults.live import live_api
 
@@ -58,7 +59,9 @@ def test_api_conforms_to_its_document(case, live):
         response = case.call(headers=headers, timeout=30)
         REQUESTS["n"] += 1
         REQUESTS["by_status"][response.status_code] = REQUESTS["by_status"].get(response.status_code, 0) + 1
-        assert response.status_code < 500 or response.status_code == 503 and "reaggregate" in case.path, \
-            (response.status_code, response.text[:300])
+        assert response.status_code < 500 or (response.status_code == 503 and "reaggregate" in case.path), (
+            response.status_code,
+            response.text[:300],
+        )
         case.validate_response(response, excluded_checks=[positive_data_acceptance, negative_data_rejection])
         assert "Traceback" not in response.text

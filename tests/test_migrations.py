@@ -1,5 +1,6 @@
 """The migrations build exactly the schema shared.models describes, on both databases,
 and 0002's covering key can be undone and redone without touching the rows."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,9 @@ def _differences(engine) -> list:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         diffs = compare_metadata(ctx, m.metadata)
     # Reflection does not report INCLUDE columns; that part is checked by name below.
-    return [d for d in diffs if not (d[0] in ("add_index", "remove_index") and getattr(d[1], "name", "") == VERSION_TABLE)]
+    return [
+        d for d in diffs if not (d[0] in ("add_index", "remove_index") and getattr(d[1], "name", "") == VERSION_TABLE)
+    ]
 
 
 def test_migrated_schema_is_the_models_schema(engine):
@@ -35,13 +38,17 @@ def test_hourly_key_carries_the_values_and_survives_a_downgrade(pg_engine):
 
     def key_definition(table: str) -> str:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT pg_get_indexdef(CAST(:name AS regclass))"),
-                                {"name": f"{table}_pkey"}).scalar()
+            return conn.execute(
+                sa.text("SELECT pg_get_indexdef(CAST(:name AS regclass))"), {"name": f"{table}_pkey"}
+            ).scalar()
 
-    assert "INCLUDE (username, count, quota, token_used, prompt_tokens, completion_tokens)" in key_definition("hourly_usage")
+    assert "INCLUDE (username, count, quota, token_used, prompt_tokens, completion_tokens)" in key_definition(
+        "hourly_usage"
+    )
     assert "INCLUDE" not in key_definition("daily_usage")  # kept HOT-updatable for ticks
     from alembic import command
     from alembic.config import Config
+
     from shared.migrate import MIGRATIONS
 
     config = Config()

@@ -2,6 +2,7 @@
 no engine; .ci/run installs Debian's docker-compose), and checked structurally:
 services, dependency conditions, healthchecks, exactly one beat, the settings every app
 container shares, and that every variable it sets is one Settings reads."""
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,12 @@ def test_compose_validates_the_file():
     compose_cli = shutil.which("docker-compose")
     if compose_cli is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    done = subprocess.run([compose_cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [compose_cli, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -60,8 +65,11 @@ def test_healthchecks(compose):
 
 
 def test_exactly_one_beat(compose):
-    beats = [name for name, svc in compose["services"].items()
-             if "beat" in svc.get("command", []) or "--beat" in svc.get("command", [])]
+    beats = [
+        name
+        for name, svc in compose["services"].items()
+        if "beat" in svc.get("command", []) or "--beat" in svc.get("command", [])
+    ]
     assert beats == ["beat"]
     assert compose["services"]["beat"].get("deploy", {}).get("replicas", 1) == 1
     assert "--beat" not in compose["services"]["worker"]["command"]

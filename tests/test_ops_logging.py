@@ -1,5 +1,6 @@
 """LOG_FORMAT: plain text by default, one JSON object per line with json; one line per
 request and per tick; never a token in any line."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,8 @@ from api import create_app
 from shared import logging_setup
 from shared import models as m
 from shared.config import ConfigError, Settings
-from shared.ops import run_tick
-from tests.test_api_support import add_user
+from shared.ops import run_rollup
+from tests.api_support import add_user
 
 
 @pytest.fixture
@@ -58,7 +59,10 @@ def test_json_one_line_per_request_without_the_token(sqlite_engine, capture):
     buf = capture("json")
     token = add_user(sqlite_engine, 1, "alice")
     client = app.test_client()
-    client.get("/api/data/self?start_timestamp=0&end_timestamp=3600", headers={"Authorization": f"Bearer {token}", "New-Api-User": "1"})
+    client.get(
+        "/api/data/self?start_timestamp=0&end_timestamp=3600",
+        headers={"Authorization": f"Bearer {token}", "New-Api-User": "1"},
+    )
     client.get("/api/data/self", headers={"Authorization": f"Bearer {token}", "New-Api-User": "2"})  # 401
     client.get("/api/data/", headers={"Authorization": token, "New-Api-User": "1"})  # 403
     client.get("/nowhere")
@@ -67,7 +71,10 @@ def test_json_one_line_per_request_without_the_token(sqlite_engine, capture):
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     requests = [r for r in records if r.get("event") == "request"]
     assert [(r["method"], r["path"], r["status"]) for r in requests] == [
-        ("GET", "/api/data/self", 200), ("GET", "/api/data/self", 401), ("GET", "/api/data/", 403), ("GET", "/nowhere", 404),
+        ("GET", "/api/data/self", 200),
+        ("GET", "/api/data/self", 401),
+        ("GET", "/api/data/", 403),
+        ("GET", "/nowhere", 404),
     ]
     for r in requests:
         assert r["logger"] == "usage_stats.access" and r["level"] == "info"
@@ -101,9 +108,11 @@ def test_a_token_inside_a_log_message_is_cut_out(sqlite_engine, capture):
 def test_plain_is_the_default_and_one_line_per_tick(sqlite_engine, capture):
     buf = capture(Settings.from_env({}).log_format)
     with sqlite_engine.begin() as conn:
-        conn.execute(sa.insert(m.logs), [{"user_id": 1, "created_at": int(time.time()), "type": m.LOG_CONSUME,
-                                          "model_name": "x", "quota": 1}])
-    run_tick(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
+        conn.execute(
+            sa.insert(m.logs),
+            [{"user_id": 1, "created_at": int(time.time()), "type": m.LOG_CONSUME, "model_name": "x", "quota": 1}],
+        )
+    run_rollup(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
     lines = [line for line in _lines(buf) if "rollup tick" in line]
     assert len(lines) == 1
     assert lines[0].startswith("[") and "usage_stats.rollup: rollup tick: logs=1" in lines[0]
@@ -113,8 +122,8 @@ def test_plain_is_the_default_and_one_line_per_tick(sqlite_engine, capture):
 
 def test_json_one_line_per_tick(sqlite_engine, capture):
     buf = capture("json")
-    run_tick(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
-    run_tick(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
+    run_rollup(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
+    run_rollup(sqlite_engine, Settings(database_url="sqlite://"), wait=True)
     ticks = [json.loads(line) for line in _lines(buf) if "rollup tick" in line]
     assert len(ticks) == 2
     assert all(t["logger"] == "usage_stats.rollup" and t["message"].startswith("rollup tick: logs=0") for t in ticks)
@@ -135,7 +144,9 @@ def test_an_exception_stays_on_one_json_line(capture):
 def test_cli_logs_json(tmp_path):
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", LOG_FORMAT="json")
     for cmd in (["db", "upgrade"], ["rollup"]):
-        p = subprocess.run([sys.executable, "-m", "shared.cli", *cmd], env=env, capture_output=True, text=True, cwd=tmp_path)
+        p = subprocess.run(
+            [sys.executable, "-m", "shared.cli", *cmd], env=env, capture_output=True, text=True, cwd=tmp_path
+        )
         assert p.returncode == 0, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)

@@ -1,5 +1,6 @@
 """Prometheus metrics: /metrics on the API, the tick metrics after a rollup, the worker's
 own endpoint, multiprocess mode."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app
 from shared import models as m
 from shared.config import Settings
-from shared.ops import run_reaggregate, run_tick
-from tests.test_api_support import add_user
+from shared.ops import run_reaggregate, run_rollup
+from tests.api_support import add_user
 from tests.test_worker import redis_url  # noqa: F401  (fixture)
 
 API_METRICS = [
@@ -37,15 +38,24 @@ def _value(name, labels=None):
 
 
 def _log(user_id, created_at, quota=100, kind=m.LOG_CONSUME):
-    return {"user_id": user_id, "username": f"u{user_id}", "created_at": created_at, "type": kind,
-            "model_name": "gpt-4o", "quota": quota, "prompt_tokens": 10, "completion_tokens": 5}
+    return {
+        "user_id": user_id,
+        "username": f"u{user_id}",
+        "created_at": created_at,
+        "type": kind,
+        "model_name": "gpt-4o",
+        "quota": quota,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+    }
 
 
 def test_metrics_endpoint_lists_the_metrics_after_requests(sqlite_engine):
     client = create_app(Settings(database_url="sqlite://"), engine=sqlite_engine).test_client()
     token = add_user(sqlite_engine, 1, "alice")
-    before = _value("usage_stats_api_request_duration_seconds_count",
-                    {"route": "/api/data/self", "method": "GET", "status": "200"})
+    before = _value(
+        "usage_stats_api_request_duration_seconds_count", {"route": "/api/data/self", "method": "GET", "status": "200"}
+    )
     assert client.get("/api/data/self", headers={"Authorization": token, "New-Api-User": "1"}).status_code == 200
     assert client.get("/api/data/self").status_code == 401
     assert client.get("/no/such/path").status_code == 404
@@ -58,16 +68,25 @@ def test_metrics_endpoint_lists_the_metrics_after_requests(sqlite_engine):
     for name in API_METRICS:
         assert name in names, name
     assert token not in text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
-    key = ("usage_stats_api_request_duration_seconds_count",
-           (("method", "GET"), ("route", "/api/data/self"), ("status", "200")))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    key = (
+        "usage_stats_api_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/api/data/self"), ("status", "200")),
+    )
     assert samples[key] == before + 1
-    assert ("usage_stats_api_request_duration_seconds_count",
-            (("method", "GET"), ("route", "/api/data/self"), ("status", "401"))) in samples
+    assert (
+        "usage_stats_api_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/api/data/self"), ("status", "401")),
+    ) in samples
     # An unknown path is one series, not one per path.
-    assert ("usage_stats_api_request_duration_seconds_count",
-            (("method", "GET"), ("route", "unmatched"), ("status", "404"))) in samples
+    assert (
+        "usage_stats_api_request_duration_seconds_count",
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")),
+    ) in samples
     assert not any("/no/such/path" in str(k) for k in samples)
 
 
@@ -81,7 +100,7 @@ def test_tick_metrics_move_after_a_rollup(engine):
     ticks = _value("usage_stats_rollup_tick_duration_seconds_count")
     ran = _value("usage_stats_rollup_ticks_total", {"outcome": "ran"})
 
-    result = run_tick(engine, settings, wait=True)
+    result = run_rollup(engine, settings, wait=True)
 
     assert result.logs == 10
     assert _value("usage_stats_rollup_logs_processed_total") == processed + 10
@@ -94,7 +113,7 @@ def test_tick_metrics_move_after_a_rollup(engine):
     # New logs behind the watermark show up as lag after the next tick that leaves them.
     with engine.begin() as conn:
         conn.execute(sa.insert(m.logs), [_log(3, now - 100)])
-    run_tick(engine, Settings(database_url="sqlite://", rollup_batch_size=1), max_seconds=0.0, wait=True)
+    run_rollup(engine, Settings(database_url="sqlite://", rollup_batch_size=1), max_seconds=0.0, wait=True)
     assert _value("usage_stats_rollup_logs_processed_total") == processed + 11
 
     running = _value("usage_stats_reaggregations_running")
@@ -110,7 +129,7 @@ def test_a_failing_tick_is_counted(sqlite_engine):
     with sqlite_engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE rollup_state")
     with pytest.raises(sa.exc.OperationalError):
-        run_tick(sqlite_engine, settings, wait=True)
+        run_rollup(sqlite_engine, settings, wait=True)
     assert _value("usage_stats_rollup_tick_failures_total") == failures + 1
 
 
@@ -135,23 +154,48 @@ def _fetch(url, timeout=60.0, proc=None) -> str:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("pool", ["solo", "prefork"])
-def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path, pool):  # noqa: F811
+def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path, pool):
     """solo: the tasks run in the main process, which serves its own registry; prefork:
     they run in children, whose values reach the main process's endpoint through
     PROMETHEUS_MULTIPROC_DIR."""
     with pg_engine.begin() as conn:
         conn.execute(sa.insert(m.logs), [_log(1, int(time.time()) - 60 * i) for i in range(7)])
     port = _free_port()
-    env = dict(os.environ, DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url, ROLLUP_INTERVAL_SECONDS="1",
-               WORKER_METRICS_PORT=str(port), LOG_FORMAT="json")
+    env = dict(
+        os.environ,
+        DATABASE_URL=pg_url,
+        CELERY_BROKER_URL=redis_url,
+        ROLLUP_INTERVAL_SECONDS="1",
+        WORKER_METRICS_PORT=str(port),
+        LOG_FORMAT="json",
+    )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if pool == "prefork":
         (tmp_path / "prom").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", pool, "--concurrency", "2", "--loglevel", "INFO",
-         "--schedule", str(tmp_path / "beat-schedule")],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--beat",
+            "--pool",
+            pool,
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -178,21 +222,28 @@ def test_the_worker_serves_its_metrics(pg_engine, pg_url, redis_url, tmp_path, p
 
 def test_multiprocess_mode_collects_files(tmp_path):
     """With PROMETHEUS_MULTIPROC_DIR, /metrics sums what every process wrote."""
-    code = (
-        "from shared import metrics\n"
-        "metrics.observe_request('/x', 'GET', 200, 0.01)\n"
-    )
+    code = "from shared import metrics\nmetrics.observe_request('/x', 'GET', 200, 0.01)\n"
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     for _ in range(2):
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
     out = subprocess.run(
         [sys.executable, "-c", "from shared import metrics; print(metrics.render().decode())"],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(out) for s in f.samples}
-    assert samples[("usage_stats_api_request_duration_seconds_count",
-                    (("method", "GET"), ("route", "/x"), ("status", "200")))] == 2
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(out)
+        for s in f.samples
+    }
+    assert (
+        samples[
+            ("usage_stats_api_request_duration_seconds_count", (("method", "GET"), ("route", "/x"), ("status", "200")))
+        ]
+        == 2
+    )
 
 
 def test_gunicorn_workers_share_metrics_in_multiprocess_mode(tmp_path):
@@ -204,11 +255,16 @@ def test_gunicorn_workers_share_metrics_in_multiprocess_mode(tmp_path):
     (mp / "stale_counter_99999.db").write_bytes(b"")  # a previous run's file: removed at start
     url = f"sqlite:///{tmp_path / 'u.db'}"
     env = dict(os.environ, DATABASE_URL=url, PROMETHEUS_MULTIPROC_DIR=str(mp), LOG_FORMAT="json")
-    subprocess.run([sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, check=True, cwd=tmp_path,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "shared.cli", "db", "upgrade"], env=env, check=True, cwd=tmp_path, capture_output=True
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--workers", "2"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _fetch(f"http://127.0.0.1:{port}/healthz", proc=proc)
@@ -216,10 +272,20 @@ def test_gunicorn_workers_share_metrics_in_multiprocess_mode(tmp_path):
             _fetch(f"http://127.0.0.1:{port}/healthz", proc=proc)
         assert not (mp / "stale_counter_99999.db").exists()
         text = _fetch(f"http://127.0.0.1:{port}/metrics", proc=proc)
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(text) for s in f.samples}
-        assert samples[("usage_stats_api_request_duration_seconds_count",
-                        (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == 20
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        assert (
+            samples[
+                (
+                    "usage_stats_api_request_duration_seconds_count",
+                    (("method", "GET"), ("route", "/healthz"), ("status", "200")),
+                )
+            ]
+            == 20
+        )
     finally:
         from tests.test_worker import _stop
 

@@ -5,6 +5,7 @@
 - Integration: a real Celery worker on Redis and PostgreSQL; trigger over HTTP, poll the
   status until SUCCESS, and the summary tables equal the GROUP BY over raw logs.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,8 @@ import sqlalchemy as sa
 from api import create_app
 from shared import models as m
 from shared.config import Settings
-from shared.ops import run_tick
-from tests.test_api_support import add_user
+from shared.ops import run_rollup
+from tests.api_support import add_user
 from tests.test_worker import ACTUAL, EXPECTED, _log, _rows, _stop, redis_url  # noqa: F401  (fixture)
 
 POST = "/api/data/reaggregate"
@@ -38,9 +39,12 @@ def _conforms(client, method, path, response):
     registry = Registry().with_resource(DOC_URI, Resource.from_contents(doc, default_specification=DRAFT202012))
     responses = doc["paths"][path][method]["responses"]
     assert str(response.status_code) in responses, (method, path, response.status_code)
-    ref = f"{DOC_URI}#/" + pointer("paths", path, method, "responses", str(response.status_code), "content",
-                                   "application/json", "schema")
-    errors = [e.message for e in Draft202012Validator({"$ref": ref}, registry=registry).iter_errors(response.get_json())]
+    ref = f"{DOC_URI}#/" + pointer(
+        "paths", path, method, "responses", str(response.status_code), "content", "application/json", "schema"
+    )
+    errors = [
+        e.message for e in Draft202012Validator({"$ref": ref}, registry=registry).iter_errors(response.get_json())
+    ]
     assert not errors, errors
 
 
@@ -93,22 +97,25 @@ def test_needs_an_enabled_admin_403(sq, method, path):
     _failure(getattr(client, method)(path, json=GOOD, headers=_headers(token, uid)), 403, "disabled")
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (None, "JSON object"),
-    ([1, 2], "JSON object"),
-    ({}, "start_timestamp is required"),
-    ({"start_timestamp": 1}, "end_timestamp is required"),
-    ({"start_timestamp": "1", "end_timestamp": 5}, "start_timestamp must be a whole number"),
-    ({"start_timestamp": 1.5, "end_timestamp": 5}, "start_timestamp must be a whole number"),
-    ({"start_timestamp": True, "end_timestamp": 5}, "start_timestamp must be a whole number"),
-    ({"start_timestamp": -1, "end_timestamp": 5}, "start_timestamp must be at least 0"),
-    ({"start_timestamp": 1, "end_timestamp": 2**63}, "end_timestamp is too large"),
-    ({"start_timestamp": 5, "end_timestamp": 5}, "end_timestamp must be after start_timestamp"),
-    ({"start_timestamp": 9, "end_timestamp": 5}, "end_timestamp must be after start_timestamp"),
-    ({**GOOD, "user_id": 0}, "user_id must be at least 1"),
-    ({**GOOD, "user_id": "7"}, "user_id must be a whole number"),
-    ({**GOOD, "granularity": "day"}, "unknown field(s): granularity"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (None, "JSON object"),
+        ([1, 2], "JSON object"),
+        ({}, "start_timestamp is required"),
+        ({"start_timestamp": 1}, "end_timestamp is required"),
+        ({"start_timestamp": "1", "end_timestamp": 5}, "start_timestamp must be a whole number"),
+        ({"start_timestamp": 1.5, "end_timestamp": 5}, "start_timestamp must be a whole number"),
+        ({"start_timestamp": True, "end_timestamp": 5}, "start_timestamp must be a whole number"),
+        ({"start_timestamp": -1, "end_timestamp": 5}, "start_timestamp must be at least 0"),
+        ({"start_timestamp": 1, "end_timestamp": 2**63}, "end_timestamp is too large"),
+        ({"start_timestamp": 5, "end_timestamp": 5}, "end_timestamp must be after start_timestamp"),
+        ({"start_timestamp": 9, "end_timestamp": 5}, "end_timestamp must be after start_timestamp"),
+        ({**GOOD, "user_id": 0}, "user_id must be at least 1"),
+        ({**GOOD, "user_id": "7"}, "user_id must be a whole number"),
+        ({**GOOD, "granularity": "day"}, "unknown field(s): granularity"),
+    ],
+)
 def test_bad_parameters_400(sq, body, fragment):
     client, people = sq
     uid, token = people["admin"]
@@ -154,7 +161,7 @@ def test_get_is_not_allowed_on_the_collection(sq):
 
 
 @pytest.mark.integration
-def test_status_is_one_read_of_the_task_record(pg_engine, pg_url, redis_url, monkeypatch):  # noqa: F811
+def test_status_is_one_read_of_the_task_record(pg_engine, pg_url, redis_url, monkeypatch):
     """A worker moving a task from the enqueued marker to PROGRESS between two reads of
     its record made a live re-aggregation answer 404 (state read as PENDING, info read
     as PROGRESS without the marker). Here the move happens right after the first read."""
@@ -182,14 +189,16 @@ def test_status_is_one_read_of_the_task_record(pg_engine, pg_url, redis_url, mon
 
 
 @pytest.mark.integration
-def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tmp_path):  # noqa: F811
-    settings = Settings.from_env({"DATABASE_URL": pg_url, "CELERY_BROKER_URL": redis_url, "REAGGREGATE_CHUNK_DAYS": "1"})
+def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tmp_path):
+    settings = Settings.from_env(
+        {"DATABASE_URL": pg_url, "CELERY_BROKER_URL": redis_url, "REAGGREGATE_CHUNK_DAYS": "1"}
+    )
     token = add_user(pg_engine, 1, "admin", role=m.ROLE_ADMIN)
     now = int(time.time())
     with pg_engine.begin() as conn:
         conn.execute(sa.insert(m.logs), [_log(u, now - 3 * 3600 * h, quota=10 + h) for u in (2, 3) for h in range(30)])
         conn.execute(sa.insert(m.logs), [_log(2, now, kind=m.LOG_ERROR)])
-    run_tick(pg_engine, settings, wait=True)
+    run_rollup(pg_engine, settings, wait=True)
     # Damage the summaries, as a bug or a manual edit would; re-aggregation repairs them.
     with pg_engine.begin() as conn:
         conn.execute(sa.update(m.hourly_usage).values(count=999, quota=0))
@@ -200,7 +209,11 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
     env.pop("CELERY_RESULT_BACKEND", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "solo", "--loglevel", "INFO"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         client = create_app(settings, engine=pg_engine).test_client()

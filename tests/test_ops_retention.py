@@ -1,19 +1,20 @@
 """Retention (shared.retention), on SQLite and PostgreSQL: off by default; hourly rows
 past RETAIN_HOURLY_DAYS go, daily rows stay; raw logs past RETAIN_LOGS_DAYS go only once
 counted (at or below the watermark, in no gap)."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
 from shared import models as m
 from shared.config import Settings
-from shared.ops import retention, run_tick
+from shared.ops import retention, run_rollup
 from shared.retention import check_reaggregate_range
 
 D = 86400
@@ -21,8 +22,17 @@ NOW = 1_750_000_000 - 1_750_000_000 % D + 12 * 3600  # noon UTC
 
 
 def _log(user_id, created_at, quota=100, kind=m.LOG_CONSUME, **extra):
-    return {"user_id": user_id, "username": f"u{user_id}", "created_at": created_at, "type": kind,
-            "model_name": "gpt-4o", "quota": quota, "prompt_tokens": 10, "completion_tokens": 5, **extra}
+    return {
+        "user_id": user_id,
+        "username": f"u{user_id}",
+        "created_at": created_at,
+        "type": kind,
+        "model_name": "gpt-4o",
+        "quota": quota,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        **extra,
+    }
 
 
 def _count(engine, table, where=None):
@@ -35,8 +45,9 @@ def _count(engine, table, where=None):
 
 def _daily(engine):
     with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT user_id, created_at, model_name, count, quota FROM daily_usage ORDER BY 1, 2, 3")).all()
+        return conn.execute(
+            sa.text("SELECT user_id, created_at, model_name, count, quota FROM daily_usage ORDER BY 1, 2, 3")
+        ).all()
 
 
 @pytest.fixture
@@ -45,7 +56,7 @@ def history(engine):
     with engine.begin() as conn:
         conn.execute(sa.insert(m.logs), [_log(u, NOW - h * 3600) for u in (1, 2) for h in range(0, 240, 6)])
         conn.execute(sa.insert(m.logs), [_log(1, NOW - 9 * D, kind=m.LOG_ERROR)])
-    run_tick(engine, Settings(database_url="sqlite://"), wait=True)
+    run_rollup(engine, Settings(database_url="sqlite://"), wait=True)
     return engine
 
 
@@ -85,7 +96,7 @@ def test_only_counted_logs_are_deleted(history):
         # A log inside a remembered gap may still be counted later: it must stay too.
         with engine.begin() as conn:
             gap_id = conn.execute(sa.select(sa.func.min(m.logs.c.id)).where(m.logs.c.created_at < NOW - 6 * D)).scalar()
-            conn.execute(sa.insert(m.rollup_gap).values(lo=gap_id, hi=gap_id, discovered_at=datetime.now(timezone.utc)))
+            conn.execute(sa.insert(m.rollup_gap).values(lo=gap_id, hi=gap_id, discovered_at=datetime.now(UTC)))
     old = m.logs.c.created_at < NOW - 5 * D
     n_old = _count(engine, m.logs, old)
 
@@ -101,7 +112,7 @@ def test_only_counted_logs_are_deleted(history):
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.execute(sa.delete(m.rollup_gap))
-    run_tick(engine, settings, wait=True)  # counts the late log ...
+    run_rollup(engine, settings, wait=True)  # counts the late log ...
     assert retention(engine, settings, now=NOW).deleted == {"logs": len(kept)}  # ... and then it may go
     assert _count(engine, m.logs, old) == 0
 
@@ -144,8 +155,13 @@ def test_beat_runs_retention_daily():
 def test_cli(tmp_path):
     url = f"sqlite:///{tmp_path / 'u.db'}"
     env = dict(os.environ, DATABASE_URL=url)
-    run = lambda *a, **e: subprocess.run([sys.executable, "-m", "shared.cli", *a], env={**env, **e},  # noqa: E731
-                                         capture_output=True, text=True, cwd=tmp_path)
+    run = lambda *a, **e: subprocess.run(
+        [sys.executable, "-m", "shared.cli", *a],
+        env={**env, **e},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run("db", "upgrade").returncode == 0
     p = run("retention")
     assert p.returncode == 0 and "retention is off" in p.stdout

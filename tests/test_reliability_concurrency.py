@@ -10,6 +10,7 @@ for shorter times; a tick or re-aggregation waits for the write lock).
 
 The logs straddle the end of daylight saving time in America/New_York (a 25-hour day).
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -39,10 +40,16 @@ def run_workload(url: str, max_hold: float) -> dict:
     results = ctx.Queue()
     procs = []
     for i in range(WRITERS):
-        procs.append(ctx.Process(target=workload.writer, args=(results, f"writer{i}", url, 100 + i, SECONDS, LO, HI, max_hold)))
+        procs.append(
+            ctx.Process(target=workload.writer, args=(results, f"writer{i}", url, 100 + i, SECONDS, LO, HI, max_hold))
+        )
     procs.append(ctx.Process(target=workload.ticker, args=(results, "ticker", url, TZ, SECONDS, 0.1, 200)))
     for i in range(2):
-        procs.append(ctx.Process(target=workload.reaggregator, args=(results, f"reaggregator{i}", url, TZ, 200 + i, SECONDS, LO, HI)))
+        procs.append(
+            ctx.Process(
+                target=workload.reaggregator, args=(results, f"reaggregator{i}", url, TZ, 200 + i, SECONDS, LO, HI)
+            )
+        )
     reports = {}
     try:
         for p in procs:
@@ -83,10 +90,12 @@ def check(engine, url: str, reports: dict) -> None:
     ticker = reports["ticker"]
     assert ticker["ran"] > 0
     assert all(reports[f"reaggregator{i}"]["runs"] > 0 for i in range(2))
-    print(f"\n[reliability] concurrency on {engine.dialect.name}: "
-          f"{sum(r['transactions'] for n, r in reports.items() if n.startswith('writer'))} writer transactions, "
-          f"{written} consume logs committed, counted {totals(engine)[0]}, lost 0; ticks {ticker}; "
-          f"re-aggregations {[reports[f'reaggregator{i}'] for i in range(2)]}")
+    print(
+        f"\n[reliability] concurrency on {engine.dialect.name}: "
+        f"{sum(r['transactions'] for n, r in reports.items() if n.startswith('writer'))} writer transactions, "
+        f"{written} consume logs committed, counted {totals(engine)[0]}, lost 0; ticks {ticker}; "
+        f"re-aggregations {[reports[f'reaggregator{i}'] for i in range(2)]}"
+    )
 
 
 def exact_after_the_workload(url: str, max_hold: float) -> None:

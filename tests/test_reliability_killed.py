@@ -20,6 +20,7 @@ database) and the broker (a redis-server of our own) are real.
 Every round also commits a log whose id was taken a round earlier (a late commit, a
 gap to fill), opens a new one (a gap to remember), and writes old timestamps.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from shared import models as m
 from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
@@ -52,8 +52,13 @@ class Harness:
         self.folder = folder
         self.engine = make_engine(url)
         upgrade(self.engine)
-        self.env = service_env(DATABASE_URL=url, CELERY_BROKER_URL=broker, KILLER_DIR=folder,
-                               ROLLUP_INTERVAL_SECONDS=3600, STATS_TIMEZONE="UTC")
+        self.env = service_env(
+            DATABASE_URL=url,
+            CELERY_BROKER_URL=broker,
+            KILLER_DIR=folder,
+            ROLLUP_INTERVAL_SECONDS=3600,
+            STATS_TIMEZONE="UTC",
+        )
         self.client = make_celery(Settings.from_env(self.env))
         self.task = ROLLUP_TASK
         self.gateway = Gateway(self.engine, seed=6)
@@ -74,8 +79,9 @@ class Harness:
 
     def killed(self, round_id: int) -> dict:
         path = self.folder / f"killed-{round_id}.json"
-        return json.loads(wait_until(lambda: path.exists() and path.read_text(), ROUND_TIMEOUT,
-                                     f"the kill of round {round_id}"))
+        return json.loads(
+            wait_until(lambda: path.exists() and path.read_text(), ROUND_TIMEOUT, f"the kill of round {round_id}")
+        )
 
     def recover(self, where: str, redelivered: str | None = None) -> None:
         """Ticks, one at a time, until the tables are exact again: nothing lost, nothing
@@ -118,17 +124,35 @@ def pid_alive(pid: int) -> bool:
 
 def blocked_backend(engine, statement_prefix: str) -> bool:
     with engine.connect() as conn:
-        return bool(conn.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-            "AND query LIKE :q"), {"q": statement_prefix + "%"}).scalar())
+        return bool(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                    "AND query LIKE :q"
+                ),
+                {"q": statement_prefix + "%"},
+            ).scalar()
+        )
 
 
 # Statements held mid-execution by a row lock the test takes first: (statement, lock).
 DURING = [
-    ("INSERT INTO hourly_usage", "SELECT 1 FROM hourly_usage WHERE user_id = :u AND model_name = :m AND created_at = :h FOR UPDATE"),
-    ("INSERT INTO hourly_model_usage", "SELECT 1 FROM hourly_model_usage WHERE model_name = :m AND created_at = :h FOR UPDATE"),
-    ("INSERT INTO daily_usage", "SELECT 1 FROM daily_usage WHERE user_id = :u AND model_name = :m AND created_at = :d FOR UPDATE"),
-    ("INSERT INTO daily_model_usage", "SELECT 1 FROM daily_model_usage WHERE model_name = :m AND created_at = :d FOR UPDATE"),
+    (
+        "INSERT INTO hourly_usage",
+        "SELECT 1 FROM hourly_usage WHERE user_id = :u AND model_name = :m AND created_at = :h FOR UPDATE",
+    ),
+    (
+        "INSERT INTO hourly_model_usage",
+        "SELECT 1 FROM hourly_model_usage WHERE model_name = :m AND created_at = :h FOR UPDATE",
+    ),
+    (
+        "INSERT INTO daily_usage",
+        "SELECT 1 FROM daily_usage WHERE user_id = :u AND model_name = :m AND created_at = :d FOR UPDATE",
+    ),
+    (
+        "INSERT INTO daily_model_usage",
+        "SELECT 1 FROM daily_model_usage WHERE model_name = :m AND created_at = :d FOR UPDATE",
+    ),
     ("UPDATE rollup_state", "SELECT 1 FROM rollup_state FOR UPDATE"),
 ]
 
@@ -140,8 +164,10 @@ def kill_during(h: Harness, statement: str, lock_sql: str, worker_pid=None) -> s
     locker = h.engine.connect()
     tx = locker.begin()
     try:
-        held = locker.execute(sa.text(lock_sql), {"u": FIXED_USER, "m": FIXED_MODEL, "h": fixed - fixed % 3600,
-                                                  "d": fixed - fixed % 86400}).all()
+        held = locker.execute(
+            sa.text(lock_sql),
+            {"u": FIXED_USER, "m": FIXED_MODEL, "h": fixed - fixed % 3600, "d": fixed - fixed % 86400},
+        ).all()
         assert held, f"nothing to lock for {statement}"
         (h.folder / "tick-pid").unlink(missing_ok=True)
         task_id = h.tick()
@@ -178,8 +204,9 @@ def test_prefork_child_killed_at_every_event_of_a_tick(harness):
         # Between every two statements, at each commit, and after the task returned. (The
         # "after" of a statement and the "before" of the next are one point for the
         # database: only the "before"s are taken, and the "after" of the last statement.)
-        points = [(n, what) for n, what in enumerate(events, 1)
-                  if not what.startswith("after ") or events[n] == "postrun"]
+        points = [
+            (n, what) for n, what in enumerate(events, 1) if not what.startswith("after ") or events[n] == "postrun"
+        ]
         for n, what in points:
             h.gateway.step()
             planned = h.plan(n)
@@ -197,15 +224,24 @@ def test_prefork_child_killed_at_every_event_of_a_tick(harness):
         h.gateway.close()
         h.recover("after the last late writer committed")
     assert h.gateway.counted() == h.gateway.consume_logs() == h.gateway.committed
-    print(f"\n[reliability] prefork kills: {len(h.kills)} ({len(points)} points of a tick + {len(DURING)} during statements); "
-          f"consume logs {h.gateway.committed}, counted {h.gateway.counted()}, lost 0")
+    print(
+        f"\n[reliability] prefork kills: {len(h.kills)} ({len(points)} points of a tick + {len(DURING)} during statements); "
+        f"consume logs {h.gateway.committed}, counted {h.gateway.counted()}, lost 0"
+    )
     assert len(h.kills) >= 20
 
 
 # Points at which the whole (solo) worker dies: the first statement, the aggregation, the
 # watermark before and after it is saved, the commit, after the commit, after the task.
-SOLO_POINTS = ("before SELECT pg_try_advisory_lock", "before INSERT INTO rollup_delta", "before INSERT INTO hourly_usage",
-               "before UPDATE rollup_state", "after UPDATE rollup_state", "before SELECT pg_advisory_unlock", "postrun")
+SOLO_POINTS = (
+    "before SELECT pg_try_advisory_lock",
+    "before INSERT INTO rollup_delta",
+    "before INSERT INTO hourly_usage",
+    "before UPDATE rollup_state",
+    "after UPDATE rollup_state",
+    "before SELECT pg_advisory_unlock",
+    "postrun",
+)
 
 
 def test_solo_worker_killed_mid_tick_and_restarted(harness):

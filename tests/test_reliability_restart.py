@@ -12,6 +12,7 @@ stopped (pg_ctl -m fast: sessions are terminated), left down for 3 s, started ag
 - the worker's ticks resume: the summary tables equal the GROUP BY over the raw consume
   logs written before, during (refused) and after the outage.
 """
+
 from __future__ import annotations
 
 import threading
@@ -24,11 +25,20 @@ import sqlalchemy as sa
 from shared import models as m
 from shared.db import make_engine
 from shared.migrate import upgrade
+from tests.api_support import add_user
 from tests.faults.gateway import Gateway
 from tests.faults.http import Poller
-from tests.faults.servers import (celery_worker, free_port, gunicorn, pg_server, redis_server, running, service_env,
-                                  wait_http, wait_until)
-from tests.test_api_support import add_user
+from tests.faults.servers import (
+    celery_worker,
+    free_port,
+    gunicorn,
+    pg_server,
+    redis_server,
+    running,
+    service_env,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +78,9 @@ def test_postgres_restart_under_load(tmp_path: Path):
         gateway = Gateway(engine, seed=3)
         for _ in range(5):
             gateway.step()
-        env = service_env(DATABASE_URL=url, CELERY_BROKER_URL=redis.url, ROLLUP_INTERVAL_SECONDS=1, STATS_TIMEZONE="UTC")
+        env = service_env(
+            DATABASE_URL=url, CELERY_BROKER_URL=redis.url, ROLLUP_INTERVAL_SECONDS=1, STATS_TIMEZONE="UTC"
+        )
         port = free_port()
         api = gunicorn(tmp_path, env, port, workers=2)
         worker = celery_worker(tmp_path, env, beat=True)
@@ -103,7 +115,12 @@ def test_postgres_restart_under_load(tmp_path: Path):
                 # Every answer: JSON, one of the two shapes, no HTML, no traceback.
                 for a in answers:
                     assert not a.error, f"{a.path}: no HTTP answer: {a.error}"
-                    assert a.content_type.startswith("application/json"), (a.path, a.status, a.content_type, a.text[:300])
+                    assert a.content_type.startswith("application/json"), (
+                        a.path,
+                        a.status,
+                        a.content_type,
+                        a.text[:300],
+                    )
                     assert "<html" not in a.text.lower() and "Traceback" not in a.text, (a.path, a.text[:300])
                     assert a.status in (200, 503), (a.path, a.status, a.text[:300])
                     if a.status == 503:
@@ -113,23 +130,33 @@ def test_postgres_restart_under_load(tmp_path: Path):
                 during = [a for a in answers if a.started >= down and a.finished <= up_begin]
                 db_during = [a for a in during if a.path.startswith(NEEDS_DB)]
                 assert len(db_during) >= 10, f"too few answers during the outage: {len(db_during)}"
-                bad = [(a.path, a.status, a.text[:200]) for a in db_during if a.status != 503 or not a.is_failure_shape()]
+                bad = [
+                    (a.path, a.status, a.text[:200]) for a in db_during if a.status != 503 or not a.is_failure_shape()
+                ]
                 assert not bad, f"answers during the outage that are not a JSON 503: {bad[:5]}"
                 after = [a for a in answers if a.started >= up + RECOVERY]
                 assert len(after) >= 10, f"too few answers after the recovery bound: {len(after)}"
                 bad = [(a.path, a.status, a.text[:200]) for a in after if a.status != 200]
                 assert not bad, f"not normal {RECOVERY}s after PostgreSQL came back: {bad[:5]}"
-                first_ok = min((a.finished - up for a in answers if a.started >= up and a.status == 200
-                                and a.path.startswith(NEEDS_DB)), default=None)
+                first_ok = min(
+                    (
+                        a.finished - up
+                        for a in answers
+                        if a.started >= up and a.status == 200 and a.path.startswith(NEEDS_DB)
+                    ),
+                    default=None,
+                )
 
                 # The worker's ticks resume, and nothing written before or after is lost.
                 wait_until(lambda: not gateway.difference(), 60, "the ticks to catch up after the restart")
                 assert worker.alive() and api.alive()
             assert "Traceback" not in api.output(), api.output()[-3000:]
             assert writer.failures > 0  # the gateway did see the outage
-            print(f"\n[reliability] PostgreSQL restart: {len(answers)} answers, {len(db_during)} JSON 503 during "
-                  f"the outage, first normal answer {first_ok:.2f}s after PostgreSQL was back; "
-                  f"{gateway.consume_logs()} consume logs, counted {gateway.counted()}, lost 0")
+            print(
+                f"\n[reliability] PostgreSQL restart: {len(answers)} answers, {len(db_during)} JSON 503 during "
+                f"the outage, first normal answer {first_ok:.2f}s after PostgreSQL was back; "
+                f"{gateway.consume_logs()} consume logs, counted {gateway.counted()}, lost 0"
+            )
             assert gateway.counted() == gateway.consume_logs()
         finally:
             writer.stop.set()

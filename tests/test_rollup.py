@@ -9,9 +9,11 @@ from the SQL cache key, the second of two midnights on PostgreSQL, the hour stra
 a half-hour zone's day, usernames differing between ticks and re-aggregation, a log
 without created_at stopping the rollup); they now guard the fixes.
 """
+
 from __future__ import annotations
 
 import random
+from datetime import UTC
 
 import pytest
 import sqlalchemy as sa
@@ -47,8 +49,16 @@ def keys(engine, table):
 
 def random_logs(rnd: random.Random, n: int, lo: int, hi: int, users=(1, 2, 3), models=("gpt-4o", "claude", "")):
     kinds = [m.LOG_CONSUME] * 4 + [m.LOG_TOPUP, m.LOG_MANAGE, m.LOG_ERROR, m.LOG_REFUND]
-    return [log(user_id=rnd.choice(users), created_at=rnd.randrange(lo, hi), model=rnd.choice(models),
-                kind=rnd.choice(kinds), quota=rnd.randrange(0, 5000)) for _ in range(n)]
+    return [
+        log(
+            user_id=rnd.choice(users),
+            created_at=rnd.randrange(lo, hi),
+            model=rnd.choice(models),
+            kind=rnd.choice(kinds),
+            quota=rnd.randrange(0, 5000),
+        )
+        for _ in range(n)
+    ]
 
 
 # --- what counts --------------------------------------------------------------------
@@ -57,7 +67,9 @@ def random_logs(rnd: random.Random, n: int, lo: int, hi: int, users=(1, 2, 3), m
 def test_empty_database_tick_changes_nothing(engine):
     r = tick(engine, cfg(engine))
     assert (r.logs, r.last_log_id, r.skipped) == (0, 0, False)
-    assert actual_tables(engine) == {t: {} for t in ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")}
+    assert actual_tables(engine) == {
+        t: {} for t in ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
+    }
 
 
 def test_only_consume_logs_count(engine):
@@ -82,14 +94,17 @@ def test_only_non_consume_logs_still_advance_the_watermark(engine):
 
 def test_measures_and_nulls(engine):
     t = utc(2024, 5, 10, 12, 0)
-    insert(engine, [
-        log(user_id=7, created_at=t, quota=11, prompt=100, completion=20),
-        log(user_id=7, created_at=t + 60, quota=22, prompt=1, completion=2),
-        # NULL user, model and measures count as 0 / '' (new-api never writes them, but the
-        # columns are nullable)
-        log(user_id=None, created_at=t, model=None, quota=None, prompt=None, completion=None, username=None)
-        | {"quota": None, "prompt_tokens": None, "completion_tokens": None, "username": None},
-    ])
+    insert(
+        engine,
+        [
+            log(user_id=7, created_at=t, quota=11, prompt=100, completion=20),
+            log(user_id=7, created_at=t + 60, quota=22, prompt=1, completion=2),
+            # NULL user, model and measures count as 0 / '' (new-api never writes them, but the
+            # columns are nullable)
+            log(user_id=None, created_at=t, model=None, quota=None, prompt=None, completion=None, username=None)
+            | {"quota": None, "prompt_tokens": None, "completion_tokens": None, "username": None},
+        ],
+    )
     rollup(engine, cfg(engine))
     hourly = actual_tables(engine)["hourly_usage"]
     assert hourly[(7, t, "gpt-4o")] == (2, 33, 123, 101, 22, "u7")
@@ -105,7 +120,9 @@ def test_hour_bucket_is_created_at_minus_created_at_mod_3600(engine):
     stamps = [base, base + 1, base + HOUR - 1, base + HOUR, base + 5 * HOUR + 1234, base + 23 * HOUR + 3599]
     insert(engine, [log(created_at=s) for s in stamps])
     rollup(engine, cfg(engine))
-    assert keys(engine, "hourly_model_usage") == [(h, "gpt-4o") for h in (base, base + HOUR, base + 5 * HOUR, base + 23 * HOUR)]
+    assert keys(engine, "hourly_model_usage") == [
+        (h, "gpt-4o") for h in (base, base + HOUR, base + 5 * HOUR, base + 23 * HOUR)
+    ]
     counts = {k[0]: v[0] for k, v in actual_tables(engine)["hourly_model_usage"].items()}
     assert counts == {base: 3, base + HOUR: 1, base + 5 * HOUR: 1, base + 23 * HOUR: 1}
     assert_exact(engine, "UTC")
@@ -124,12 +141,15 @@ def test_daily_bucket_asia_shanghai(engine):
     tz = "Asia/Shanghai"  # UTC+8, no daylight saving
     day = utc(2024, 5, 9, 16, 0)  # 2024-05-10 00:00 CST
     assert at(tz, 2024, 5, 10) == day
-    insert(engine, [
-        log(created_at=day - 1),  # 2024-05-09 23:59:59 CST
-        log(created_at=day),  # 2024-05-10 00:00 CST
-        log(created_at=utc(2024, 5, 10, 15, 59, 59)),  # 23:59:59 CST, still May 10
-        log(created_at=utc(2024, 5, 10, 16, 0)),  # May 11 CST
-    ])
+    insert(
+        engine,
+        [
+            log(created_at=day - 1),  # 2024-05-09 23:59:59 CST
+            log(created_at=day),  # 2024-05-10 00:00 CST
+            log(created_at=utc(2024, 5, 10, 15, 59, 59)),  # 23:59:59 CST, still May 10
+            log(created_at=utc(2024, 5, 10, 16, 0)),  # May 11 CST
+        ],
+    )
     rollup(engine, cfg(engine, tz))
     counts = {k[0]: v[0] for k, v in actual_tables(engine)["daily_model_usage"].items()}
     assert counts == {day - 86400: 1, day: 2, day + 86400: 1}
@@ -196,12 +216,31 @@ def _nuuk_spring_forward(engine):
 # (Pyongyang 2015), 23:00 DST start (Dhaka 2009), Ramadan DST (Casablanca). Each of the
 # two midnight kinds was once wrong on PostgreSQL (BUG-3, then BUG-6), now fixed.
 DAY_START_ZONES = [
-    "America/New_York", "Europe/London", "Australia/Lord_Howe", "Europe/Dublin", "Asia/Beirut",
-    "America/Santiago", "America/Asuncion", "America/Havana", "Asia/Amman", "Asia/Gaza", "America/St_Johns",
-    "Africa/Casablanca", "Asia/Tehran", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Chatham",
-    "America/Nuuk", "America/Scoresbysund", "Pacific/Apia", "Asia/Pyongyang", "Asia/Dhaka",
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "Europe/Dublin",
+    "Asia/Beirut",
+    "America/Santiago",
+    "America/Asuncion",
+    "America/Havana",
+    "Asia/Amman",
+    "Asia/Gaza",
+    "America/St_Johns",
+    "Africa/Casablanca",
+    "Asia/Tehran",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "America/Nuuk",
+    "America/Scoresbysund",
+    "Pacific/Apia",
+    "Asia/Pyongyang",
+    "Asia/Dhaka",
     # a midnight repeated by two hours (Chita, Magadan 2014) or thirty minutes (Colombo 2006): BUG-10
-    "Asia/Chita", "Asia/Magadan", "Asia/Colombo",
+    "Asia/Chita",
+    "Asia/Magadan",
+    "Asia/Colombo",
 ]
 
 
@@ -211,7 +250,7 @@ def test_postgres_day_start_equals_python_around_every_offset_change(pg_engine, 
     """PostgreSQL's day_start (ticks) must agree with shared.buckets.local_midnight (the day
     ranges of re-aggregation, and SQLite's buckets) everywhere near an offset change,
     2000-2026; where they disagree, re-aggregation can drop logs (see the CET test)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     from zoneinfo import ZoneInfo
 
     from shared.buckets import day_start, local_midnight
@@ -219,7 +258,7 @@ def test_postgres_day_start_equals_python_around_every_offset_change(pg_engine, 
     # three ordinary days (for zones that no longer change), and 30 h around every change
     zone, points, previous = ZoneInfo(tz), set(range(utc(2024, 6, 1), utc(2024, 6, 4), 900)), None
     for t in range(utc(2000, 1, 1), utc(2027, 1, 1), 3 * HOUR):
-        offset = datetime.fromtimestamp(t, timezone.utc).astimezone(zone).utcoffset()
+        offset = datetime.fromtimestamp(t, UTC).astimezone(zone).utcoffset()
         if previous is not None and offset != previous:
             points.update(range(t - 30 * HOUR, t + 30 * HOUR, 900))
         previous = offset
@@ -229,8 +268,11 @@ def test_postgres_day_start_equals_python_around_every_offset_change(pg_engine, 
     with pg_engine.connect() as conn:
         rows = conn.execute(query).all()
     assert len(rows) == len(points)
-    wrong = [(ts, datetime.fromtimestamp(ts, zone).isoformat(), pg, local_midnight(ts, tz))
-             for ts, pg in rows if pg != local_midnight(ts, tz)]
+    wrong = [
+        (ts, datetime.fromtimestamp(ts, zone).isoformat(), pg, local_midnight(ts, tz))
+        for ts, pg in rows
+        if pg != local_midnight(ts, tz)
+    ]
     assert not wrong, f"{len(wrong)} instants differ (ts, local, postgres, python), e.g. {wrong[:3]}"
 
 
@@ -382,8 +424,14 @@ def test_reaggregate_one_user_leaves_other_users_alone(engine):
     tz = "Asia/Shanghai"
     s = cfg(engine, tz)
     t = at(tz, 2024, 5, 10, 9)
-    ids = insert(engine, [log(user_id=1, created_at=t, quota=10), log(user_id=2, created_at=t, quota=20),
-                          log(user_id=2, created_at=t + 60, quota=40, model="claude")])
+    ids = insert(
+        engine,
+        [
+            log(user_id=1, created_at=t, quota=10),
+            log(user_id=2, created_at=t, quota=20),
+            log(user_id=2, created_at=t + 60, quota=40, model="claude"),
+        ],
+    )
     rollup(engine, s)
     with engine.begin() as conn:
         conn.execute(sa.update(m.logs).where(m.logs.c.id.in_(ids)).values(quota=m.logs.c.quota + 1))
@@ -533,28 +581,41 @@ def test_reaggregate_rewrites_only_the_rows_that_differ(pg_engine):
     def versions():
         # xmin: the transaction that wrote the row version; unchanged means not rewritten.
         with engine.connect() as conn:
-            return {t.name: {tuple(r[:-1]): r[-1] for r in conn.execute(
-                        sa.select(*t.primary_key.columns, sa.literal_column("xmin::text")).select_from(t))}
-                    for t in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage)}
+            return {
+                t.name: {
+                    tuple(r[:-1]): r[-1]
+                    for r in conn.execute(
+                        sa.select(*t.primary_key.columns, sa.literal_column("xmin::text")).select_from(t)
+                    )
+                }
+                for t in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage)
+            }
 
     before = versions()
     reaggregate(engine, s, lo, hi)
     assert versions() == before
     with engine.begin() as conn:
         lg = m.logs.c
-        one = conn.execute(sa.select(lg.id, lg.user_id, lg.created_at, lg.model_name)
-                           .where(lg.type == m.LOG_CONSUME).order_by(lg.id).limit(1)).one()
+        one = conn.execute(
+            sa.select(lg.id, lg.user_id, lg.created_at, lg.model_name)
+            .where(lg.type == m.LOG_CONSUME)
+            .order_by(lg.id)
+            .limit(1)
+        ).one()
         conn.execute(sa.update(m.logs).where(lg.id == one.id).values(quota=lg.quota + 1))
     reaggregate(engine, s, lo, hi)
     assert_exact(engine, tz)
     after = versions()
     hour, day = hour_of(one.created_at), day_of(one.created_at, tz)
     assert {k for k in after["hourly_usage"] if after["hourly_usage"][k] != before["hourly_usage"][k]} == {
-        (one.user_id, hour, one.model_name)}
+        (one.user_id, hour, one.model_name)
+    }
     assert {k for k in after["daily_usage"] if after["daily_usage"][k] != before["daily_usage"][k]} == {
-        (one.user_id, day, one.model_name)}
-    assert {k for k in after["hourly_model_usage"] if after["hourly_model_usage"][k] != before["hourly_model_usage"][k]} == {
-        (hour, one.model_name)}
+        (one.user_id, day, one.model_name)
+    }
+    assert {
+        k for k in after["hourly_model_usage"] if after["hourly_model_usage"][k] != before["hourly_model_usage"][k]
+    } == {(hour, one.model_name)}
 
 
 # --- time zone ----------------------------------------------------------------------------
@@ -567,8 +628,11 @@ def test_timezone_mismatch_raises_a_clear_rollup_error(engine):
     before = actual_tables(engine)
     insert(engine, [log(created_at=t + 1)])
     shanghai = cfg(engine, "Asia/Shanghai")
-    for call in (lambda: tick(engine, shanghai), lambda: rollup(engine, shanghai),
-                 lambda: reaggregate(engine, shanghai, t, t + 1)):
+    for call in (
+        lambda: tick(engine, shanghai),
+        lambda: rollup(engine, shanghai),
+        lambda: reaggregate(engine, shanghai, t, t + 1),
+    ):
         with pytest.raises(RollupError) as err:
             call()
         message = str(err.value)
@@ -595,13 +659,16 @@ def test_first_tick_records_the_timezone(engine):
 def test_site_wide_tables_are_group_by_bucket_and_model(engine):
     tz = "Asia/Shanghai"
     t = at(tz, 2024, 5, 10, 9, 15)
-    insert(engine, [
-        log(user_id=1, created_at=t, quota=1, prompt=10, completion=1),
-        log(user_id=2, created_at=t + 60, quota=2, prompt=20, completion=2),
-        log(user_id=3, created_at=t + 120, quota=4, prompt=30, completion=3, model="claude"),
-        log(user_id=1, created_at=t + 4 * HOUR, quota=8, prompt=40, completion=4),
-        log(user_id=2, created_at=t + 4 * HOUR, quota=16, kind=m.LOG_REFUND),
-    ])
+    insert(
+        engine,
+        [
+            log(user_id=1, created_at=t, quota=1, prompt=10, completion=1),
+            log(user_id=2, created_at=t + 60, quota=2, prompt=20, completion=2),
+            log(user_id=3, created_at=t + 120, quota=4, prompt=30, completion=3, model="claude"),
+            log(user_id=1, created_at=t + 4 * HOUR, quota=8, prompt=40, completion=4),
+            log(user_id=2, created_at=t + 4 * HOUR, quota=16, kind=m.LOG_REFUND),
+        ],
+    )
     s = cfg(engine, tz, rollup_batch_size=2)
     rollup(engine, s)
     tables = actual_tables(engine)

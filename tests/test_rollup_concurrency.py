@@ -13,6 +13,7 @@ writers and ticks end exact.
 No assertion is about speed: a thread that must "not block" is given a minute to finish
 while the writer's transaction is provably still open.
 """
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,7 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.rollup import LOCK_KEY, reaggregate, rollup, tick
-from tests.logdata import actual_tables, assert_exact, at, day_bounds, gaps, insert, last_log_id, log, totals, utc
+from tests.logdata import actual_tables, assert_exact, at, day_bounds, gaps, insert, last_log_id, log, totals
 
 TZ = "America/New_York"
 T = at(TZ, 2024, 11, 3, 1, 30)  # the 25-hour day
@@ -48,8 +49,9 @@ def run_threads(*targets):
         def run():
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
+
         return run
 
     threads = [threading.Thread(target=wrap(fn), daemon=True) for fn in targets]
@@ -69,7 +71,7 @@ def in_thread(fn):
     def run():
         try:
             box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             box["error"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -158,8 +160,11 @@ def test_tick_and_reaggregation_do_not_wait_for_an_open_writer(pg_engine, writer
     insert(writer, log(created_at=T + 5))
     try:
         lo, hi = day_bounds(T, TZ)
-        for job in (lambda: tick(pg_engine, s), lambda: rollup(pg_engine, s),
-                    lambda: reaggregate(pg_engine, s, lo, hi)):
+        for job in (
+            lambda: tick(pg_engine, s),
+            lambda: rollup(pg_engine, s),
+            lambda: reaggregate(pg_engine, s, lo, hi),
+        ):
             thread, box = in_thread(job)
             thread.join(STUCK)
             assert not thread.is_alive(), "the rollup waited for a writer's open transaction"
@@ -283,8 +288,14 @@ def test_two_ticks_at_once(pg_engine, writer, wait):
     counted = 0
     for round_ in range(8):
         n = rnd.randrange(200, 900)
-        rows = [log(user_id=rnd.randrange(1, 5), created_at=T + rnd.randrange(-86400, 86400),
-                    kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_ERROR])) for _ in range(n)]
+        rows = [
+            log(
+                user_id=rnd.randrange(1, 5),
+                created_at=T + rnd.randrange(-86400, 86400),
+                kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_ERROR]),
+            )
+            for _ in range(n)
+        ]
         insert(writer, rows)
         counted += sum(r["type"] == m.LOG_CONSUME for r in rows)
         barrier = threading.Barrier(2)
@@ -316,11 +327,20 @@ def test_tick_beside_reaggregation_and_writers(pg_engine, writer):
             for _ in range(60):
                 with writer.connect() as conn:
                     tx = conn.begin()
-                    insert(conn, [log(user_id=rnd.randrange(1, 4), created_at=rnd.randrange(lo, hi),
-                                      kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_TOPUP]))
-                                  for _ in range(rnd.randrange(1, 4))])
+                    insert(
+                        conn,
+                        [
+                            log(
+                                user_id=rnd.randrange(1, 4),
+                                created_at=rnd.randrange(lo, hi),
+                                kind=rnd.choice([m.LOG_CONSUME, m.LOG_CONSUME, m.LOG_TOPUP]),
+                            )
+                            for _ in range(rnd.randrange(1, 4))
+                        ],
+                    )
                     time.sleep(rnd.random() * 0.01)  # an id in flight for a while
                     (tx.rollback if rnd.random() < 0.15 else tx.commit)()
+
         return run
 
     def ticks():
@@ -360,12 +380,22 @@ def test_writers_holding_transactions_while_ticks_run(pg_engine, writer):
             for _ in range(40):
                 with writer.connect() as conn:
                     tx = conn.begin()
-                    insert(conn, [log(user_id=rnd.randrange(1, 6), created_at=T + rnd.randrange(-5 * 86400, 3600),
-                                      model=rnd.choice(["a", "b"]), kind=rnd.choice([m.LOG_CONSUME, m.LOG_SYSTEM]))
-                                  for _ in range(rnd.randrange(1, 3))])
+                    insert(
+                        conn,
+                        [
+                            log(
+                                user_id=rnd.randrange(1, 6),
+                                created_at=T + rnd.randrange(-5 * 86400, 3600),
+                                model=rnd.choice(["a", "b"]),
+                                kind=rnd.choice([m.LOG_CONSUME, m.LOG_SYSTEM]),
+                            )
+                            for _ in range(rnd.randrange(1, 3))
+                        ],
+                    )
                     if rnd.random() < 0.2:
                         time.sleep(0.05 + rnd.random() * 0.1)  # across several ticks
                     (tx.rollback if rnd.random() < 0.2 else tx.commit)()
+
         return run
 
     def ticks():
@@ -427,9 +457,19 @@ def test_sqlite_writers_and_ticks_in_threads(sqlite_file):
             for _ in range(40):
                 with sqlite_file.connect() as conn:
                     tx = conn.begin()
-                    insert(conn, [log(user_id=rnd.randrange(1, 4), created_at=rnd.randrange(lo, hi),
-                                      kind=rnd.choice([m.LOG_CONSUME, m.LOG_ERROR])) for _ in range(rnd.randrange(1, 3))])
+                    insert(
+                        conn,
+                        [
+                            log(
+                                user_id=rnd.randrange(1, 4),
+                                created_at=rnd.randrange(lo, hi),
+                                kind=rnd.choice([m.LOG_CONSUME, m.LOG_ERROR]),
+                            )
+                            for _ in range(rnd.randrange(1, 3))
+                        ],
+                    )
                     (tx.rollback if rnd.random() < 0.2 else tx.commit)()
+
         return run
 
     def ticks():
@@ -511,6 +551,7 @@ def _crash_on(engine, marker: str):
 
 def _snapshot(engine):
     from tests.logdata import actual_tables
+
     return actual_tables(engine), last_log_id(engine), [g[:2] for g in gaps(engine)]
 
 
@@ -569,6 +610,7 @@ def test_a_reaggregation_that_dies_between_chunks_leaves_consistent_days(engine)
     finally:
         sa.event.remove(engine, "before_cursor_execute", boom)
     from tests.logdata import actual_tables
+
     daily = {k[1]: v[1] for k, v in actual_tables(engine)["daily_usage"].items()}
     # chunks 1-2 rebuilt (new quota), chunks 3-4 untouched (old quota): never a mix in a day
     assert sorted(daily.values()) == [10, 10, 20, 20]

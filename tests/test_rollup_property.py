@@ -25,6 +25,7 @@ ticks. (test_rollup_concurrency.py checks that a tick on SQLite waits for a writ
 then counts its logs.) A file database is used so that the writers, the ticks and the
 checks each use their own connection.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,9 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from shared import models as m
 from shared.config import Settings
@@ -58,33 +61,44 @@ log_specs = st.tuples(
     st.integers(0, 1000),
 )
 OPERATIONS = {
-    "insert": st.tuples(st.just("insert"), st.lists(log_specs, min_size=1, max_size=4),
-                        st.sampled_from(["commit", "rollback", "hold", "hold"])),
+    "insert": st.tuples(
+        st.just("insert"),
+        st.lists(log_specs, min_size=1, max_size=4),
+        st.sampled_from(["commit", "rollback", "hold", "hold"]),
+    ),
     "resolve": st.tuples(st.just("resolve"), st.integers(0, 7), st.sampled_from([True, True, False])),
     "tick": st.tuples(st.just("tick")),
     "rollup": st.tuples(st.just("rollup")),
-    "reaggregate": st.tuples(st.just("reaggregate"), st.integers(-3, 2), st.integers(1, 3),
-                             st.sampled_from([None, None, 1, 2])),
-    "reaggregate all": st.tuples(st.just("reaggregate"), st.just(None), st.just(None),
-                                 st.sampled_from([None, None, 1, 2])),
-    "edit": st.tuples(st.just("edit"), st.integers(0, 1000),
-                      st.sampled_from(["quota", "move", "delete", "type", "model"]), st.booleans()),
+    "reaggregate": st.tuples(
+        st.just("reaggregate"), st.integers(-3, 2), st.integers(1, 3), st.sampled_from([None, None, 1, 2])
+    ),
+    "reaggregate all": st.tuples(
+        st.just("reaggregate"), st.just(None), st.just(None), st.sampled_from([None, None, 1, 2])
+    ),
+    "edit": st.tuples(
+        st.just("edit"),
+        st.integers(0, 1000),
+        st.sampled_from(["quota", "move", "delete", "type", "model"]),
+        st.booleans(),
+    ),
 }
 # Weighted: a late commit needs a held insert, a later commit, a tick, and then the held
 # transaction's commit, in that order; uniform choices made that rare.
 WEIGHTS = ["insert"] * 4 + ["resolve"] * 2 + ["tick"] * 2 + ["rollup"] * 2 + ["reaggregate", "reaggregate all", "edit"]
 operations = st.lists(st.sampled_from(WEIGHTS).flatmap(OPERATIONS.__getitem__), min_size=6, max_size=30)
-scenario = st.fixed_dictionaries({
-    "tz": st.sampled_from(["UTC", "America/New_York", "Asia/Shanghai"]),
-    "batch": st.sampled_from([1, 2, 5, 50_000]),
-    "chunk_days": st.sampled_from([1, 2]),
-    "ops": operations,
-    "final_commit": st.booleans(),
-    # re-aggregate the whole history after the last commits and before the last rollup,
-    # i.e. while late-committed logs may still sit, uncounted, inside gaps
-    # (not too often: a re-aggregation also repairs a log that the ticks missed)
-    "final_reaggregate": st.sampled_from([False, False, True]),
-})
+scenario = st.fixed_dictionaries(
+    {
+        "tz": st.sampled_from(["UTC", "America/New_York", "Asia/Shanghai"]),
+        "batch": st.sampled_from([1, 2, 5, 50_000]),
+        "chunk_days": st.sampled_from([1, 2]),
+        "ops": operations,
+        "final_commit": st.booleans(),
+        # re-aggregate the whole history after the last commits and before the last rollup,
+        # i.e. while late-committed logs may still sit, uncounted, inside gaps
+        # (not too often: a re-aggregation also repairs a log that the ticks missed)
+        "final_reaggregate": st.sampled_from([False, False, True]),
+    }
+)
 
 MAX_HELD = 4  # leave the pool (5 + 10) room for the ticks and the checks
 
@@ -111,8 +125,9 @@ def _edit(engine, s: Settings, index: int, how: str, per_user: bool) -> None:
         elif how == "delete":
             conn.execute(sa.delete(m.logs).where(where))
         elif how == "type":
-            conn.execute(sa.update(m.logs).where(where).values(
-                type=m.LOG_ERROR if row.type == m.LOG_CONSUME else m.LOG_CONSUME))
+            conn.execute(
+                sa.update(m.logs).where(where).values(type=m.LOG_ERROR if row.type == m.LOG_CONSUME else m.LOG_CONSUME)
+            )
         else:
             conn.execute(sa.update(m.logs).where(where).values(model_name="edited"))
     user = row.user_id if per_user else None
@@ -122,8 +137,12 @@ def _edit(engine, s: Settings, index: int, how: str, per_user: bool) -> None:
 
 def run_scenario(engine, data, *, can_hold: bool) -> None:
     tz = data["tz"]
-    s = Settings(database_url=str(engine.url), stats_timezone=tz, rollup_batch_size=data["batch"],
-                 reaggregate_chunk_days=data["chunk_days"])
+    s = Settings(
+        database_url=str(engine.url),
+        stats_timezone=tz,
+        rollup_batch_size=data["batch"],
+        reaggregate_chunk_days=data["chunk_days"],
+    )
     whole = dataclasses.replace(s, reaggregate_chunk_days=100)
     held: list = []  # [(connection, transaction, ids)]
 

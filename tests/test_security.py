@@ -10,6 +10,7 @@ never logged, administrator routes refuse users.
 - At DEBUG, on every logger, through the app and through the running server: no token
   of any request appears in any log line, whether the request succeeded or failed.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -66,21 +67,34 @@ def test_no_route_gives_a_user_anyone_elses_rows(live, app):
     seen = 0
     for method, path in routes(app):
         for params in spying_params(live.window):
-            for headers in (live.headers("alice"),
-                            {**live.headers("alice"), "New-Api-User": "2"},  # claiming to be bob
-                            {"Authorization": f"Bearer {live.tokens['alice']}", "New-Api-User": "2, 1"}):
-                body = b'{"start_timestamp": %d, "end_timestamp": %d, "user_id": 2}' % (T0, T0 + 86400) \
-                    if method == "POST" else None
-                a = get(live.port, path + "?" + urlencode(params), {**headers, "Content-Type": "application/json"},
-                        method=method, body=body)
+            for headers in (
+                live.headers("alice"),
+                {**live.headers("alice"), "New-Api-User": "2"},  # claiming to be bob
+                {"Authorization": f"Bearer {live.tokens['alice']}", "New-Api-User": "2, 1"},
+            ):
+                body = (
+                    b'{"start_timestamp": %d, "end_timestamp": %d, "user_id": 2}' % (T0, T0 + 86400)
+                    if method == "POST"
+                    else None
+                )
+                a = get(
+                    live.port,
+                    path + "?" + urlencode(params),
+                    {**headers, "Content-Type": "application/json"},
+                    method=method,
+                    body=body,
+                )
                 seen += 1
                 assert a.status < 500, (method, path, a.status, a.text[:300])
                 assert bob_quota not in a.text, f"bob's rows in {method} {path}?{urlencode(params)}: {a.text[:300]}"
                 assert '"username":"bob"' not in a.text.replace(" ", "")
     assert seen > 100
     # And alice does see her own rows, so the check above looks at real answers.
-    own = get(live.port, "/api/data/self?start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
-              live.headers("alice"))
+    own = get(
+        live.port,
+        "/api/data/self?start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
+        live.headers("alice"),
+    )
     assert own.status == 200 and str(SECRET_QUOTA["alice"]) in own.text
 
 
@@ -106,8 +120,11 @@ def test_admin_routes_refuse_users(live, method, path, who, status):
 
 def test_admin_routes_admit_administrators(live):
     for who in ("admin", "root"):
-        a = get(live.port, "/api/data/?username=bob&start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
-                live.headers(who))
+        a = get(
+            live.port,
+            "/api/data/?username=bob&start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
+            live.headers(who),
+        )
         assert a.status == 200 and str(SECRET_QUOTA["bob"]) in a.text
 
 

@@ -5,6 +5,7 @@
 - On the embedded default (SQLite file, SQLite broker): `usage-stats up --demo`
   seeds, rolls up by itself, and stops cleanly on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,13 +46,23 @@ def _wait_for_exact(engine, timeout=60.0, proc=None):
         if expected and _rows(engine, ACTUAL) == expected:
             return expected
         time.sleep(0.3)
-    pytest.fail(f"rollup did not converge within {timeout}s: expected {len(_rows(engine, EXPECTED))} rows, "
-                f"have {len(_rows(engine, ACTUAL))}")
+    pytest.fail(
+        f"rollup did not converge within {timeout}s: expected {len(_rows(engine, EXPECTED))} rows, "
+        f"have {len(_rows(engine, ACTUAL))}"
+    )
 
 
 def _log(user_id, created_at, model="gpt-4o", quota=100, kind=m.LOG_CONSUME):
-    return {"user_id": user_id, "username": f"u{user_id}", "created_at": created_at, "type": kind,
-            "model_name": model, "quota": quota, "prompt_tokens": 10, "completion_tokens": 5}
+    return {
+        "user_id": user_id,
+        "username": f"u{user_id}",
+        "created_at": created_at,
+        "type": kind,
+        "model_name": model,
+        "quota": quota,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+    }
 
 
 def _stop(proc):
@@ -85,9 +96,26 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
         conn.execute(sa.insert(m.logs), [_log(u, now - 3600 * h) for u in (1, 2, 3) for h in range(5)])
         conn.execute(sa.insert(m.logs), [_log(1, now, kind=m.LOG_ERROR)])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--pool", "solo", "--loglevel", "INFO",
-         "--schedule", str(tmp_path / "beat-schedule")],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--beat",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         first = _wait_for_exact(pg_engine, proc=proc)
@@ -106,8 +134,8 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
         assert sum(r[3] for r in second) == 17
 
         # The reaggregate task through the real broker: idempotent, totals unchanged.
-        from worker import make_celery
         from shared.config import Settings
+        from worker import make_celery
         from worker.app import REAGGREGATE_TASK
 
         client = make_celery(Settings.from_env(env))
@@ -124,11 +152,17 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
 
 def test_up_on_the_embedded_default(tmp_path):
     """The README's first command: everything on SQLite, no server needed."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+    }
     env["ROLLUP_INTERVAL_SECONDS"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--demo", "--days", "2", "--port", "18765"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         engine = make_engine(f"sqlite:///{tmp_path / 'usage-stats.db'}")

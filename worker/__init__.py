@@ -2,8 +2,10 @@
 
 Builds the app from the environment (shared.config) and registers the tasks.
 """
-from .app import make_celery
+
 from shared.config import Settings
+
+from .app import make_celery
 
 celery = make_celery(Settings.from_env())
 

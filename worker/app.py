@@ -1,4 +1,5 @@
 """The Celery app, built from the same Settings as everything else."""
+
 from __future__ import annotations
 
 import logging

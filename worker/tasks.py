@@ -1,5 +1,6 @@
 """The three tasks; each is a thin call into shared.ops (rollup, re-aggregation,
 retention, with their metrics)."""
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,7 @@ def rollup() -> dict:
     long backlog yields to the next tick instead of running into the time limit. A tick
     that finds another one running skips (the lock lives in the database)."""
     settings = _settings()
-    result = ops.run_tick(
+    result = ops.run_rollup(
         get_engine(settings.database_url), settings, max_seconds=max(1.0, settings.rollup_interval_seconds * 0.8)
     )
     return asdict(result)
@@ -44,9 +45,17 @@ def reaggregate(self, start: int, end: int, user_id: int | None = None) -> dict:
     result = ops.run_reaggregate(
         get_engine(settings.database_url), settings, int(start), int(end), user_id, progress=progress
     )
-    return {"start": result.start, "end": result.end, "chunks": result.chunks, "logs": result.logs,
-            "seconds": result.seconds, "done": result.chunks, "total": result.chunks,
-            "started": started, "finished": time.time()}
+    return {
+        "start": result.start,
+        "end": result.end,
+        "chunks": result.chunks,
+        "logs": result.logs,
+        "seconds": result.seconds,
+        "done": result.chunks,
+        "total": result.chunks,
+        "started": started,
+        "finished": time.time(),
+    }
 
 
 @shared_task(name=RETENTION_TASK, ignore_result=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60)

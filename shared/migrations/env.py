@@ -1,4 +1,5 @@
 """Alembic environment: run by `usage-stats db upgrade` (shared.migrate) with a connection."""
+
 from alembic import context
 
 from shared.migrate import VERSION_TABLE

@@ -3,6 +3,7 @@ current and old timestamps, non-consume rows, and one late writer whose transact
 its id before later logs committed (so every tick has a gap to remember and one to fill).
 
 The truth is tests.logdata.expected_tables: a GROUP BY over the committed raw logs."""
+
 from __future__ import annotations
 
 import random
@@ -31,9 +32,14 @@ class Gateway:
 
     def _row(self, **kw):
         r = self.rnd
-        defaults = dict(user_id=r.randint(1, 4), created_at=self.now - r.randrange(0, 3 * 86400),
-                        model=r.choice(MODELS), quota=r.randrange(0, 5000), prompt=r.randrange(0, 900),
-                        completion=r.randrange(0, 300))
+        defaults = dict(
+            user_id=r.randint(1, 4),
+            created_at=self.now - r.randrange(0, 3 * 86400),
+            model=r.choice(MODELS),
+            quota=r.randrange(0, 5000),
+            prompt=r.randrange(0, 900),
+            completion=r.randrange(0, 300),
+        )
         defaults.update(kw)
         defaults["username"] = f"user{defaults['user_id']}"
         return log(**defaults)
@@ -78,5 +84,8 @@ class Gateway:
 
     def consume_logs(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(m.logs)
-                                    .where(m.logs.c.type == m.LOG_CONSUME)).scalar())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(m.logs).where(m.logs.c.type == m.LOG_CONSUME)
+                ).scalar()
+            )

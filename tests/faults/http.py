@@ -1,5 +1,6 @@
 """A small HTTP client for tests against a running server (gunicorn): raw enough to send
 duplicated, oversized and non-ASCII headers, and to record every answer."""
+
 from __future__ import annotations
 
 import http.client
@@ -32,12 +33,23 @@ class Answer:
             body = self.json()
         except ValueError:
             return False
-        return (isinstance(body, dict) and set(body) == {"success", "message"} and body["success"] is False
-                and isinstance(body["message"], str) and bool(body["message"]))
+        return (
+            isinstance(body, dict)
+            and set(body) == {"success", "message"}
+            and body["success"] is False
+            and isinstance(body["message"], str)
+            and bool(body["message"])
+        )
 
 
-def get(port: int, path: str, headers: dict | list | None = None, method: str = "GET", body: bytes | None = None,
-        timeout: float = 10) -> Answer:
+def get(
+    port: int,
+    path: str,
+    headers: dict | list | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 10,
+) -> Answer:
     started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -65,7 +77,7 @@ def raw(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict, byte
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break
@@ -84,6 +96,7 @@ def raw(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict, byte
 @dataclass
 class Poller:
     """Threads that GET the paths over and over, recording every answer."""
+
     port: int
     requests: list  # (path, headers)
     threads: int = 2

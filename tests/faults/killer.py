@@ -18,6 +18,7 @@ KILLER_DIR:
 - tick-pid: the pid of the process running the current rollup task (for kills from
   outside, e.g. while one of the tick's statements waits for a lock).
 """
+
 from __future__ import annotations
 
 import json

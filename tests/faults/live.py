@@ -1,6 +1,7 @@
 """A running API with data: a throwaway PostgreSQL database with users of every kind and
 rolled-up logs, served by gunicorn (the production server and configuration) on a free
 port. For the bad-input catalogue, the fuzzer and the security tests."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,10 +15,10 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.rollup import rollup
+from tests.api_support import add_user
 from tests.conftest import REDIS_URL, throwaway_database
 from tests.faults.servers import free_port, gunicorn, running, service_env, wait_http
 from tests.logdata import insert, log
-from tests.test_api_support import add_user
 
 T0 = 1_700_000_000 - 1_700_000_000 % 86400  # a UTC midnight
 # id, username, role, status, deleted
@@ -52,25 +53,38 @@ def live_api(prefix: str = "usage_stats_live", workers: int = 1, **env):
     with throwaway_database(prefix) as url:
         engine = make_engine(url)
         upgrade(engine)
-        tokens = {name: add_user(engine, uid, uname, role=role, status=status, deleted=deleted)
-                  for name, (uid, uname, role, status, deleted) in PEOPLE.items()}
+        tokens = {
+            name: add_user(engine, uid, uname, role=role, status=status, deleted=deleted)
+            for name, (uid, uname, role, status, deleted) in PEOPLE.items()
+        }
         rows = []
         for name, (uid, uname, *_rest) in PEOPLE.items():
             for k in range(6):
-                rows.append(log(user_id=uid, username=uname, created_at=T0 + k * 3600 + 60 * uid,
-                                model=("gpt-4o", "deepseek-chat")[k % 2],
-                                quota=SECRET_QUOTA.get(name, 1000 + uid) if k == 0 else 10 + k))
+                rows.append(
+                    log(
+                        user_id=uid,
+                        username=uname,
+                        created_at=T0 + k * 3600 + 60 * uid,
+                        model=("gpt-4o", "deepseek-chat")[k % 2],
+                        quota=SECRET_QUOTA.get(name, 1000 + uid) if k == 0 else 10 + k,
+                    )
+                )
         insert(engine, rows)
         rollup(engine, Settings(database_url=url, stats_timezone="UTC"))
         folder = Path(tempfile.mkdtemp(prefix="usage-stats-live-"))
         port = free_port()
-        server = gunicorn(folder, service_env(DATABASE_URL=url, CELERY_BROKER_URL=REDIS_URL, STATS_TIMEZONE="UTC",
-                                              **env), port, workers=workers)
+        server = gunicorn(
+            folder,
+            service_env(DATABASE_URL=url, CELERY_BROKER_URL=REDIS_URL, STATS_TIMEZONE="UTC", **env),
+            port,
+            workers=workers,
+        )
         try:
             with running(server):
                 wait_http(port)
-                yield LiveApi(port, url, tokens, engine, server,
-                              {"start_timestamp": T0 - 86400, "end_timestamp": T0 + 2 * 86400})
+                yield LiveApi(
+                    port, url, tokens, engine, server, {"start_timestamp": T0 - 86400, "end_timestamp": T0 + 2 * 86400}
+                )
         finally:
             engine.dispose()
             shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ process group id, never by name.
   same port.
 - Service: any subprocess (gunicorn, celery worker or beat) with its output in a file.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
@@ -82,14 +83,15 @@ class PgServer:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
 
-    def init(self) -> "PgServer":
+    def init(self) -> PgServer:
         if not (PG_BIN / "initdb").exists():
             pytest.skip(f"no initdb in {PG_BIN} (set TEST_PG_BIN)")
         if self.as_postgres:
             shutil.chown(self.folder, "postgres", "postgres")
         os.chmod(self.folder, 0o700)
-        r = self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--no-sync", "--locale=C")
+        r = self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"
+        )
         assert r.returncode == 0, f"initdb failed: {r.stderr}"
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(
@@ -119,8 +121,9 @@ class PgServer:
     def create_database(self, name: str) -> str:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(self.url().replace("postgresql://", "postgresql+psycopg2://"),
-                                  isolation_level="AUTOCOMMIT")
+        engine = sa.create_engine(
+            self.url().replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT"
+        )
         with engine.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         engine.dispose()
@@ -139,7 +142,7 @@ def pg_server():
     finally:
         try:
             server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "-t", "30", "stop")
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             pass
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -162,9 +165,24 @@ class RedisServer:
         if exe is None:
             pytest.skip("redis-server not on PATH")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         wait_until(lambda: port_open(self.port), 10, f"redis-server on port {self.port}")
 
@@ -201,10 +219,11 @@ class Service:
         self.logfile = folder / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         out = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         out.close()
         return self
 
@@ -250,15 +269,45 @@ class Service:
 
 
 def gunicorn(folder: Path, env: dict, port: int, workers: int = 2) -> Service:
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
-           "--workers", str(workers), "--timeout", "30", "--graceful-timeout", "5", "api:create_app()"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:api.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--timeout",
+        "30",
+        "--graceful-timeout",
+        "5",
+        "api:create_app()",
+    ]
     return Service(f"gunicorn-{port}", cmd, env, folder)
 
 
-def celery_worker(folder: Path, env: dict, *, app: str = "worker", pool: str = "solo", beat: bool = False,
-                  name: str = "worker") -> Service:
-    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool, "--loglevel", "INFO",
-           "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"{name}@%h"]
+def celery_worker(
+    folder: Path, env: dict, *, app: str = "worker", pool: str = "solo", beat: bool = False, name: str = "worker"
+) -> Service:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool",
+        pool,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"{name}@%h",
+    ]
     if pool == "prefork":
         cmd += ["--concurrency", "1"]
     if beat:
@@ -267,8 +316,18 @@ def celery_worker(folder: Path, env: dict, *, app: str = "worker", pool: str = "
 
 
 def celery_beat(folder: Path, env: dict, name: str = "beat") -> Service:
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-           "--schedule", str(folder / f"{name}-schedule")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(folder / f"{name}-schedule"),
+    ]
     return Service(name, cmd, env, folder)
 
 

@@ -2,6 +2,7 @@
 writers, a ticker and re-aggregators, each in its own process (spawned, so that no
 connection is ever shared across a fork), each reporting to a queue:
 ("done", name, stats) or ("error", name, traceback)."""
+
 from __future__ import annotations
 
 import random
@@ -20,7 +21,7 @@ def _settings(url: str, tz: str, **kw):
 def _report(queue, name, fn):
     try:
         queue.put(("done", name, fn()))
-    except BaseException:  # noqa: BLE001 - the test reports it
+    except BaseException:
         queue.put(("error", name, traceback.format_exc()))
 
 
@@ -28,6 +29,7 @@ def writer(queue, name: str, url: str, seed: int, seconds: float, lo: int, hi: i
     """Insert 1-5 logs per transaction; half the transactions stay open for a random time
     up to `max_hold` seconds before they end; one in twenty rolls back. Reports what it
     committed: consume logs and their quota."""
+
     def run():
         import sqlalchemy as sa
 
@@ -44,9 +46,18 @@ def writer(queue, name: str, url: str, seed: int, seconds: float, lo: int, hi: i
             for _ in range(rnd.randint(1, 5)):
                 uid = rnd.randint(1, 6)
                 kind = m.LOG_CONSUME if rnd.random() < 0.85 else rnd.choice((m.LOG_TOPUP, m.LOG_ERROR, m.LOG_SYSTEM))
-                rows.append(log(user_id=uid, username=f"user{uid}", created_at=rnd.randrange(lo, hi),
-                                model=rnd.choice(MODELS), quota=rnd.randrange(0, 10_000), kind=kind,
-                                prompt=rnd.randrange(0, 3000), completion=rnd.randrange(0, 1000)))
+                rows.append(
+                    log(
+                        user_id=uid,
+                        username=f"user{uid}",
+                        created_at=rnd.randrange(lo, hi),
+                        model=rnd.choice(MODELS),
+                        quota=rnd.randrange(0, 10_000),
+                        kind=kind,
+                        prompt=rnd.randrange(0, 3000),
+                        completion=rnd.randrange(0, 1000),
+                    )
+                )
             with engine.connect() as conn:
                 tx = conn.begin()
                 insert(conn, rows)
@@ -72,6 +83,7 @@ def writer(queue, name: str, url: str, seed: int, seconds: float, lo: int, hi: i
 
 def ticker(queue, name: str, url: str, tz: str, seconds: float, interval: float, batch: int) -> None:
     """A tick every `interval` seconds (skipped ones included, as beat would send them)."""
+
     def run():
         from shared.db import make_engine
         from shared.rollup import tick
@@ -94,6 +106,7 @@ def ticker(queue, name: str, url: str, tz: str, seconds: float, interval: float,
 
 def reaggregator(queue, name: str, url: str, tz: str, seed: int, seconds: float, lo: int, hi: int) -> None:
     """Re-aggregations of random ranges (an hour to 3 days, sometimes of one user)."""
+
     def run():
         from shared.db import make_engine
         from shared.rollup import reaggregate

@@ -3,6 +3,7 @@
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -68,5 +69,12 @@ def upgrade():
 
 def downgrade():
     # Only ours: the gateway's tables and their rows are never dropped.
-    for name in ("rollup_gap", "rollup_state", "daily_model_usage", "hourly_model_usage", "daily_usage", "hourly_usage"):
+    for name in (
+        "rollup_gap",
+        "rollup_state",
+        "daily_model_usage",
+        "hourly_model_usage",
+        "daily_usage",
+        "hourly_usage",
+    ):
         op.drop_table(name)

@@ -15,6 +15,7 @@ installation, run `usage-stats db upgrade` with the worker stopped, in a quiet h
 Revision ID: 0002
 Revises: 0001
 """
+
 from alembic import op
 
 from shared.models import PER_USER_VALUES
@@ -32,8 +33,10 @@ def _set_key(include: str) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     for table in TABLES:
-        op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, "
-                   f"ADD CONSTRAINT {table}_pkey PRIMARY KEY ({KEY}){include}")
+        op.execute(
+            f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, "
+            f"ADD CONSTRAINT {table}_pkey PRIMARY KEY ({KEY}){include}"
+        )
 
 
 def upgrade():

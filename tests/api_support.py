@@ -1,13 +1,14 @@
-"""Helpers shared by the API tests (tests/test_api*.py); holds no tests itself.
+"""Helpers shared by the API tests (tests/test_api*.py and others).
 
 Users are written into new-api's `users` table and summary rows straight into the
 rollup tables (or, end to end, logs through shared.rollup): the app reads a real
 database, SQLite or PostgreSQL, never a mock.
 """
+
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -20,27 +21,58 @@ from shared.config import Settings
 MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
 
 
-def add_user(engine, user_id: int, username: str, *, role: int = m.ROLE_USER, status: int = m.STATUS_ENABLED,
-             token: str | None = None, deleted: bool = False) -> str:
+def add_user(
+    engine,
+    user_id: int,
+    username: str,
+    *,
+    role: int = m.ROLE_USER,
+    status: int = m.STATUS_ENABLED,
+    token: str | None = None,
+    deleted: bool = False,
+) -> str:
     """A new-api user; returns their access token."""
     token = secrets.token_hex(16) if token is None else token
     with engine.begin() as conn:
-        conn.execute(sa.insert(m.users).values(
-            id=user_id, username=username, role=role, status=status, access_token=token, password="",
-            aff_code=f"aff{user_id}", deleted_at=datetime(2024, 1, 1, tzinfo=timezone.utc) if deleted else None,
-        ))
+        conn.execute(
+            sa.insert(m.users).values(
+                id=user_id,
+                username=username,
+                role=role,
+                status=status,
+                access_token=token,
+                password="",
+                aff_code=f"aff{user_id}",
+                deleted_at=datetime(2024, 1, 1, tzinfo=UTC) if deleted else None,
+            )
+        )
     return token
 
 
 def user_row(user_id, created_at, model, username=None, count=1, quota=100, prompt=10, completion=5) -> dict:
-    return {"user_id": user_id, "created_at": created_at, "model_name": model,
-            "username": f"u{user_id}" if username is None else username, "count": count, "quota": quota,
-            "token_used": prompt + completion, "prompt_tokens": prompt, "completion_tokens": completion}
+    return {
+        "user_id": user_id,
+        "created_at": created_at,
+        "model_name": model,
+        "username": f"u{user_id}" if username is None else username,
+        "count": count,
+        "quota": quota,
+        "token_used": prompt + completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
 
 
 def model_row(created_at, model, count=1, quota=100, prompt=10, completion=5) -> dict:
-    return {"created_at": created_at, "model_name": model, "count": count, "quota": quota,
-            "token_used": prompt + completion, "prompt_tokens": prompt, "completion_tokens": completion}
+    return {
+        "created_at": created_at,
+        "model_name": model,
+        "count": count,
+        "quota": quota,
+        "token_used": prompt + completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
 
 
 def add_rows(engine, table: sa.Table, rows: list[dict]) -> None:
@@ -55,8 +87,9 @@ class Api:
         self.app = app
         self.client = app.test_client()
 
-    def get(self, path: str, token: str | None = None, user=None, *, bearer: bool = True, headers=None,
-            query=None, **params):
+    def get(
+        self, path: str, token: str | None = None, user=None, *, bearer: bool = True, headers=None, query=None, **params
+    ):
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = f"Bearer {token}" if bearer else token
@@ -109,7 +142,7 @@ def bucket_of(ts: int, granularity: str, tz: str) -> int:
 
     if granularity == "hour":
         return hour_of(ts)
-    d = datetime.fromtimestamp(ts, tz=timezone.utc).astimezone(ZoneInfo(tz)).date()
+    d = datetime.fromtimestamp(ts, tz=UTC).astimezone(ZoneInfo(tz)).date()
     if granularity == "week":
         d -= timedelta(days=d.weekday())
     elif granularity == "month":
@@ -120,16 +153,26 @@ def bucket_of(ts: int, granularity: str, tz: str) -> int:
 def committed_logs(engine, max_id: int | None = None) -> list[dict]:
     """Every committed log (all types), read through a fresh connection."""
     lg = m.logs.c
-    q = sa.select(lg.id, lg.type, lg.user_id, lg.username, lg.created_at, lg.model_name, lg.quota,
-                  lg.prompt_tokens, lg.completion_tokens).order_by(lg.id)
+    q = sa.select(
+        lg.id,
+        lg.type,
+        lg.user_id,
+        lg.username,
+        lg.created_at,
+        lg.model_name,
+        lg.quota,
+        lg.prompt_tokens,
+        lg.completion_tokens,
+    ).order_by(lg.id)
     if max_id is not None:
         q = q.where(lg.id <= max_id)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def expected(logs: list[dict], granularity: str, tz: str, start: int, end: int, *, user_id=None,
-             site_wide: bool = False) -> list[dict]:
+def expected(
+    logs: list[dict], granularity: str, tz: str, start: int, end: int, *, user_id=None, site_wide: bool = False
+) -> list[dict]:
     """The API's answer over `logs`: consume logs by (bucket, model[, user]) whose bucket
     starts in [start, end], in the API's order and field names."""
     groups: dict = {}
@@ -152,8 +195,13 @@ def expected(logs: list[dict], granularity: str, tz: str, start: int, end: int, 
         g["username"] = max(g["username"], lg["username"] or "")
     rows = []
     for key, g in groups.items():
-        row = {"model_name": key[1], "count": g["count"], "quota": g["quota"],
-               "token_used": g["prompt_tokens"] + g["completion_tokens"], "created_at": key[0]}
+        row = {
+            "model_name": key[1],
+            "count": g["count"],
+            "quota": g["quota"],
+            "token_used": g["prompt_tokens"] + g["completion_tokens"],
+            "created_at": key[0],
+        }
         if not site_wide:
             row.update(user_id=key[2], username=g["username"])
         row.update(prompt_tokens=g["prompt_tokens"], completion_tokens=g["completion_tokens"])
