@@ -1,6 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# LICENSE: pyproject.toml's license-files; .dockerignore keeps caches and local databases out.
+COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY worker ./worker
 COPY api ./api

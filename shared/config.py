@@ -8,6 +8,7 @@ DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -49,7 +50,7 @@ def _check_timezone(tz: str) -> None:
         )
 
 
-def _int(environ, name: str, default: int, minimum: int = 1) -> int:
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -91,12 +92,12 @@ class Settings:
     # false: summary rows only, and a request's realtime=true is refused.
     api_realtime: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Here rather than in from_env, so that a Settings built in code is checked too.
         _check_timezone(self.stats_timezone)
 
     @classmethod
-    def from_env(cls, environ=None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         broker = environ.get("CELERY_BROKER_URL") or cls.celery_broker_url
         # A Redis broker keeps task results beside it; the embedded broker keeps
@@ -125,7 +126,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _bool(environ, name: str, default: bool) -> bool:
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -135,7 +136,7 @@ def _bool(environ, name: str, default: bool) -> bool:
     return value in _TRUE
 
 
-def _log_format(environ) -> str:
+def _log_format(environ: Mapping[str, str]) -> str:
     raw = (environ.get("LOG_FORMAT") or Settings.log_format).strip().lower()
     if raw not in ("plain", "json"):
         raise ConfigError(f"LOG_FORMAT must be plain or json, got {raw!r}")

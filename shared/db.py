@@ -9,10 +9,12 @@ usage_period_start functions that shared.buckets compiles to.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from .buckets import local_midnight, local_period_start
@@ -62,7 +64,7 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def write_connection(engine: Engine):
+def write_connection(engine: Engine) -> Iterator[Connection]:
     """A transaction that holds the database's write lock from its first statement
     on SQLite (BEGIN IMMEDIATE), so that read-then-write never fails halfway; on
     PostgreSQL an ordinary transaction."""
@@ -74,7 +76,7 @@ def write_connection(engine: Engine):
 
 def _prepare_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # pysqlite's own transaction handling cannot do BEGIN IMMEDIATE; we emit BEGIN ourselves.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -86,6 +88,6 @@ def _prepare_sqlite(engine: Engine) -> None:
         dbapi_conn.create_function("usage_period_start", 3, local_period_start, deterministic=True)
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):
+    def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_begin_immediate")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

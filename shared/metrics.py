@@ -15,7 +15,9 @@ each process serves its own values, which is right for one process (`--pool solo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -75,18 +77,30 @@ API_LATENCY = Histogram(
 )
 
 
+class TickOutcome(Protocol):
+    """What `observe_tick` reads of a rollup run (shared.rollup.TickResult)."""
+
+    skipped: bool
+    seconds: float
+    logs: int
+    lag_seconds: int
+    logs_behind: int
+    last_log_id: int
+
+
 def multiprocess_enabled() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
+    # prometheus_client still honours the older lower-case name.
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112
 
 
-def registry():
+def registry() -> CollectorRegistry:
     """What to expose: every process's values in multiprocess mode, else this process's."""
     if not multiprocess_enabled():
         return REGISTRY
     from prometheus_client import multiprocess
 
     reg = CollectorRegistry()
-    multiprocess.MultiProcessCollector(reg)
+    multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
     return reg
 
 
@@ -94,8 +108,8 @@ def render() -> bytes:
     return generate_latest(registry())
 
 
-def observe_tick(result) -> None:
-    """Record one rollup run (a shared.rollup.TickResult)."""
+def observe_tick(result: TickOutcome) -> None:
+    """Record one rollup run."""
     TICKS.labels("skipped" if result.skipped else "ran").inc()
     if result.skipped:
         return
@@ -111,7 +125,7 @@ def tick_failed() -> None:
 
 
 @contextmanager
-def reaggregation_running():
+def reaggregation_running() -> Iterator[None]:
     REAGGREGATIONS_RUNNING.inc()
     try:
         yield

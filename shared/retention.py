@@ -77,6 +77,7 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
         return result
     if result.hourly_before is not None:
         with exclusive(engine, wait=True) as conn:
+            assert conn is not None  # waiting, it always gets the lock
             for table in (m.hourly_usage, m.hourly_model_usage):
                 n = conn.execute(sa.delete(table).where(table.c.created_at < result.hourly_before)).rowcount
                 result.deleted[table.name] = n
@@ -97,6 +98,7 @@ def _delete_counted_logs(engine: Engine, settings: Settings, before: int) -> int
     total = 0
     while True:
         with exclusive(engine, wait=True) as conn:
+            assert conn is not None  # waiting, it always gets the lock
             w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar() or 0
             counted = sa.and_(
                 lg.created_at < before,

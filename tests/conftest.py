@@ -1,5 +1,6 @@
 """Fixtures: SQLite in memory for unit tests, a throwaway PostgreSQL database for
-integration tests (marked `integration`).
+integration tests (marked `integration`, as are the few tests too long for the fast
+default, `pytest -m "not integration"`).
 
 PostgreSQL is found at TEST_POSTGRES_URL (default: the machine's server, trust auth).
 Without it, integration tests skip locally; with USAGE_STATS_REQUIRE_SERVICES=1 (set by

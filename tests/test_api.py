@@ -110,7 +110,7 @@ def test_token_stored_shorter_than_the_column(engine, people):
 
 @pytest.mark.parametrize("path", [SELF, ALL])
 def test_new_api_user_missing_malformed_or_mismatched_is_401(api, people, path):
-    uid, token = people["root"]
+    _, token = people["root"]
     assert_failure(api.get(path, token), 401, "New-Api-User")
     assert_failure(api.get(path, token, ""), 401, "New-Api-User")
     for bad in ("abc", "3.0", "-3", "+3", "0x3", "3 3", "99999999999999999999999", "٣"):

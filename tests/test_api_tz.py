@@ -9,6 +9,7 @@ they are STATS_TIMEZONE. The truth is a Python bucketing of the raw logs with zo
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -88,7 +89,7 @@ def test_23_and_25_hour_days(engine):
     for (lo, hi), hours in ((SPRING, 23), (FALL, 25)):
         site = compare(engine, api, tokens, NY, "day", lo, hi)
         starts = sorted({r["created_at"] for r in site})
-        lengths = {b - a for a, b in zip(starts, starts[1:])}
+        lengths = {b - a for a, b in itertools.pairwise(starts)}
         assert lengths == {24 * H, hours * H}, lengths  # every day has logs, one of them is short or long
 
 

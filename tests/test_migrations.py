@@ -1,17 +1,29 @@
 """The migrations build exactly the schema shared.models describes, on both databases,
-and 0002's covering key can be undone and redone without touching the rows."""
+and 0002's covering key can be undone and redone without touching the rows.
+
+The migrations spell their tables out (they import no models), so a change to the
+models without a migration -- or a migration edited after the fact -- shows up here as
+a difference between a migrated database and one built from the models."""
 
 from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.engine import Engine
 
 from shared import models as m
 from shared.config import Settings
-from shared.migrate import VERSION_TABLE, upgrade
+from shared.db import make_engine
+from shared.migrate import MIGRATIONS, VERSION_TABLE, upgrade
 from shared.rollup import rollup
+from tests.conftest import throwaway_database
 from tests.logdata import actual_tables, insert, log
 
 
@@ -27,6 +39,80 @@ def _differences(engine) -> list:
 
 def test_migrated_schema_is_the_models_schema(engine):
     assert _differences(engine) == []
+
+
+def schema(engine: Engine) -> dict[str, dict]:
+    """Every table as the database reports it: columns (type, nullability, default),
+    primary key, indexes, unique constraints; on PostgreSQL also each index's full
+    definition, which shows INCLUDE columns that reflection leaves out."""
+    inspector = sa.inspect(engine)
+    tables: dict[str, dict] = {}
+    for name in sorted(set(inspector.get_table_names()) - {VERSION_TABLE}):
+        pk = inspector.get_pk_constraint(name)
+        tables[name] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default")) for c in inspector.get_columns(name)
+            ],
+            # SQLite has no use for a constraint's name (nothing can refer to it), and
+            # 0001 leaves it unnamed there while the models name it.
+            "primary_key": (
+                pk.get("name") if engine.dialect.name != "sqlite" else None,
+                tuple(pk["constrained_columns"]),
+            ),
+            "indexes": sorted(
+                (
+                    i["name"],
+                    tuple(i["column_names"]),
+                    bool(i["unique"]),
+                    repr(sorted(i.get("dialect_options", {}).items())),
+                )
+                for i in inspector.get_indexes(name)
+            ),
+            "unique": sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)),
+        }
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            for table, index, definition in conn.execute(
+                sa.text("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+            ):
+                if table in tables:
+                    tables[table].setdefault("index_definitions", {})[index] = definition
+    return tables
+
+
+@contextmanager
+def models_database(dialect: str) -> Iterator[Engine]:
+    """An empty database of `dialect` with the models' tables, created by SQLAlchemy."""
+    if dialect == "sqlite":
+        engine = make_engine("sqlite://")
+        m.metadata.create_all(engine)
+        yield engine
+        engine.dispose()
+        return
+    with throwaway_database("usage_stats_models") as url:
+        engine = make_engine(url)
+        m.metadata.create_all(engine)
+        yield engine
+        engine.dispose()
+
+
+def test_migrated_tables_equal_the_models_tables(engine):
+    """Columns, types, keys and indexes, table by table, as each database reports them."""
+    migrated = schema(engine)
+    with models_database(engine.dialect.name) as declared_engine:
+        declared = schema(declared_engine)
+    assert sorted(migrated) == sorted(declared) == sorted(m.metadata.tables)
+    for name in declared:
+        assert migrated[name] == declared[name], name
+
+
+def test_the_migrations_import_no_models():
+    """A migration that imported the live models would build next year's schema, not its own."""
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        tree = ast.parse(Path(path).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert imported <= {"sqlalchemy", "alembic"}, (path.name, imported)
 
 
 @pytest.mark.integration

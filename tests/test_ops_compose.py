@@ -1,13 +1,16 @@
 """docker-compose.yml: validated by Compose itself (`docker-compose config`, which needs
 no engine; .ci/run installs Debian's docker-compose), and checked structurally:
 services, dependency conditions, healthchecks, exactly one beat, the settings every app
-container shares, and that every variable it sets is one Settings reads."""
+container shares, and that every variable it sets is one Settings reads. The Dockerfile
+gets every file the package build needs past .dockerignore, and pyproject.toml names no
+file that does not exist."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,83 @@ def test_every_variable_is_a_setting(compose):
 def test_dockerfile_serves_the_api_with_the_gunicorn_config():
     text = (ROOT / "Dockerfile").read_text()
     assert "python:api.gunicorn_conf" in text and "--uid 1000" in text
+
+
+def _dockerignore_patterns() -> list[re.Pattern[str]]:
+    """.dockerignore's patterns as regular expressions (Docker's syntax: `*` within one
+    path segment, `**/` any number of directories; no `!` exceptions are used)."""
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith("!"), line
+        parts = re.split(r"(\*\*/|\*|\?|\[[^\]]*\])", line.strip("/"))
+        regex = "".join(
+            "(?:.*/)?"
+            if p == "**/"
+            else "[^/]*"
+            if p == "*"
+            else "[^/]"
+            if p == "?"
+            else p
+            if p.startswith("[")
+            else re.escape(p)
+            for p in parts
+        )
+        patterns.append(re.compile(regex))
+    return patterns
+
+
+def _ignored(path: str, patterns: list[re.Pattern[str]]) -> bool:
+    """A path is left out when it or one of its parent directories matches."""
+    segments = path.split("/")
+    prefixes = ["/".join(segments[: i + 1]) for i in range(len(segments))]
+    return any(p.fullmatch(prefix) for p in patterns for prefix in prefixes)
+
+
+def _project_files() -> list[str]:
+    """The files of the project: tracked, or new and not ignored by .gitignore."""
+    done = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_dockerignore_keeps_what_the_image_is_built_from():
+    patterns = _dockerignore_patterns()
+    assert _ignored(".venv/bin/python", patterns) and _ignored("shared/__pycache__/db.cpython-311.pyc", patterns)
+    assert _ignored("usage-stats.db", patterns) and _ignored("celerybeat-schedule.db", patterns)
+    assert _ignored(".git/HEAD", patterns) and _ignored("bench/results/run-1/figure.json", patterns)
+
+    copied = [
+        src
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for src in line.split()[1:-1]
+    ]
+    assert {"pyproject.toml", "README.md", "LICENSE", "shared", "worker", "api"} <= set(copied)
+    for src in copied:
+        assert (ROOT / src).exists(), src
+        assert not _ignored(src, patterns), src
+    files = _project_files()
+    for src in copied:
+        inside = [f for f in files if f == src or f.startswith(src + "/")]
+        assert inside, src
+        assert not [f for f in inside if _ignored(f, patterns)], src
+
+
+def test_pyproject_names_only_files_that_exist():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert (ROOT / project["project"]["readme"]).is_file()
+    assert project["project"]["license"] == "MIT"
+    for name in project["project"]["license-files"]:
+        assert list(ROOT.glob(name)), name
+    assert "Permission is hereby granted" in (ROOT / "LICENSE").read_text()
+    for package, globs in project["tool"]["setuptools"]["package-data"].items():
+        for pattern in globs:
+            assert list((ROOT / package).glob(pattern)), f"{package}/{pattern}"

@@ -1,5 +1,6 @@
 """LOG_FORMAT: plain text by default, one JSON object per line with json; one line per
-request and per tick; never a token in any line."""
+request and per tick, whatever control characters a client puts in its path; never a
+token in any line."""
 
 from __future__ import annotations
 
@@ -151,3 +152,86 @@ def test_cli_logs_json(tmp_path):
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
     assert any(json.loads(line)["message"].startswith("rollup tick") for line in lines)
+
+
+# CR LF (a forged line), ESC (terminal colours), NUL, NEL (C1), DEL, TAB, and the Unicode
+# line separator, in the path of a request; werkzeug decodes them into request.path.
+FORGED_PATH = "/x%0d%0a[2026-01-01 00:00:00,000] [1] [INFO] usage_stats.access: GET /forged 200%1b[31mred%00nul%c2%85%7f%09%e2%80%a8end"
+FORGED_ESCAPED = "/x\\r\\n[2026-01-01 00:00:00,000] [1] [INFO] usage_stats.access: GET /forged 200\\x1b[31mred\\x00nul\\x85\\x7f\\t\\u2028end"
+
+
+def _forged_request_lines(sqlite_engine, capture, fmt):
+    """What one request to FORGED_PATH writes to the log, as str.splitlines() cuts it
+    (which breaks on more characters than a newline: CR, NEL, U+2028 ...)."""
+    app = create_app(Settings(database_url="sqlite://", log_format=fmt), engine=sqlite_engine)
+    buf = capture(fmt)
+    assert app.test_client().get(FORGED_PATH).status_code == 404
+    text = buf.getvalue()
+    for char in ("\r", "\x1b", "\x00", "\x85", "\x7f", "\t", "\u2028"):
+        assert char not in text
+    return text.splitlines()
+
+
+def test_control_characters_in_a_path_are_escaped_in_the_plain_line(sqlite_engine, capture):
+    lines = _forged_request_lines(sqlite_engine, capture, "plain")
+    assert len(lines) == 1
+    assert lines[0].startswith("[") and "usage_stats.access: GET " in lines[0]
+    assert f"GET {FORGED_ESCAPED} 404 " in lines[0]
+
+
+def test_control_characters_in_a_path_are_escaped_in_the_json_line(sqlite_engine, capture):
+    lines = _forged_request_lines(sqlite_engine, capture, "json")
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    # The field and the message carry the same escaped text as the plain line.
+    assert record["path"] == FORGED_ESCAPED
+    assert record["message"].startswith(f"GET {FORGED_ESCAPED} 404 ")
+    assert record["event"] == "request" and record["status"] == 404
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_forged_path_still_loses_its_token(sqlite_engine, capture, fmt):
+    app = create_app(Settings(database_url="sqlite://", log_format=fmt), engine=sqlite_engine)
+    token = add_user(sqlite_engine, 1, "alice")
+
+    @app.before_request
+    def authenticated():  # as the API's auth does: the request's token is known
+        from flask import g
+
+        g.access_token = token
+
+    buf = capture(fmt)
+    response = app.test_client().get(f"/echo/{token}%0d%0aBearer%20abc123secret%1b[0m")
+    assert response.status_code == 404
+    lines = _lines(buf)
+    assert len(lines) == 1
+    assert token not in buf.getvalue() and "abc123secret" not in buf.getvalue()
+    assert "/echo/[redacted]\\r\\nBearer [redacted]" in (json.loads(lines[0])["path"] if fmt == "json" else lines[0])
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_extra_fields_and_messages_are_escaped_alike(capture, fmt):
+    buf = capture(fmt)
+    logging.getLogger("usage_stats.test").warning(
+        "user %s", "eve\nFAKE", extra={"event": "x\x1by", "nested": {"k\r": ["a\u2029b", 1]}}
+    )
+    lines = _lines(buf)
+    assert len(lines) == 1
+    if fmt == "plain":
+        assert lines[0].endswith("usage_stats.test: user eve\\nFAKE")
+    else:
+        record = json.loads(lines[0])
+        assert record["message"] == "user eve\\nFAKE"
+        assert record["event"] == "x\\x1by" and record["nested"] == {"k\\r": ["a\\u2029b", 1]}
+
+
+def test_a_plain_traceback_cannot_start_a_record(capture):
+    buf = capture("plain")
+    try:
+        raise ValueError("bad input\n[2026-01-01 00:00:00,000] [1] [INFO] forged: yes\x1b[2J")
+    except ValueError:
+        logging.getLogger("usage_stats.test").exception("failed")
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("[") and lines[0].endswith("usage_stats.test: failed")
+    assert len(lines) > 2 and all(line.startswith(logging_setup.CONTINUATION) for line in lines[1:])
+    assert "\x1b" not in buf.getvalue() and any("\\x1b[2J" in line for line in lines)

@@ -155,13 +155,16 @@ def test_beat_runs_retention_daily():
 def test_cli(tmp_path):
     url = f"sqlite:///{tmp_path / 'u.db'}"
     env = dict(os.environ, DATABASE_URL=url)
-    run = lambda *a, **e: subprocess.run(
-        [sys.executable, "-m", "shared.cli", *a],
-        env={**env, **e},
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+
+    def run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+
     assert run("db", "upgrade").returncode == 0
     p = run("retention")
     assert p.returncode == 0 and "retention is off" in p.stdout

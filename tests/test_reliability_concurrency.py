@@ -9,6 +9,9 @@ processes: SQLite allows one writer at a time, so writers hold their transaction
 for shorter times; a tick or re-aggregation waits for the write lock).
 
 The logs straddle the end of daylight saving time in America/New_York (a 25-hour day).
+
+Both are marked `integration`: they run for RELIABILITY_SECONDS each, too long for the
+fast default (`pytest -m "not integration"`); CI runs them.
 """
 
 from __future__ import annotations
@@ -114,5 +117,6 @@ def test_writers_ticks_and_reaggregations_on_postgresql():
         exact_after_the_workload(url, max_hold=0.5)
 
 
+@pytest.mark.integration  # no server needed, but it runs for RELIABILITY_SECONDS
 def test_writers_ticks_and_reaggregations_on_sqlite(tmp_path):
     exact_after_the_workload(f"sqlite:///{tmp_path / 'usage.db'}", max_hold=0.05)

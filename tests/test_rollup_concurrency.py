@@ -8,7 +8,7 @@ PostgreSQL (integration):
 - a tick (and a re-aggregation) never waits for an open writer;
 - two ticks at once, a tick beside a re-aggregation, writers beside ticks: exact totals.
 SQLite (file database): a tick waits for an open writer and then counts it; threads of
-writers and ticks end exact.
+writers and ticks end exact (marked integration for its length, not for a server).
 
 No assertion is about speed: a thread that must "not block" is given a minute to finish
 while the writer's transaction is provably still open.
@@ -446,6 +446,7 @@ def test_sqlite_tick_waits_for_an_open_writer_then_counts_it(sqlite_file):
     assert_exact(sqlite_file, TZ)
 
 
+@integration  # no server needed, but too long for the fast default
 def test_sqlite_writers_and_ticks_in_threads(sqlite_file):
     s = cfg(sqlite_file, rollup_batch_size=5)
     stop = threading.Event()

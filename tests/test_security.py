@@ -92,7 +92,7 @@ def test_no_route_gives_a_user_anyone_elses_rows(live, app):
     # And alice does see her own rows, so the check above looks at real answers.
     own = get(
         live.port,
-        "/api/data/self?start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
+        f"/api/data/self?start_timestamp={T0 - 86400}&end_timestamp={T0 + 86400}",
         live.headers("alice"),
     )
     assert own.status == 200 and str(SECRET_QUOTA["alice"]) in own.text
@@ -104,7 +104,7 @@ def test_public_routes_hold_no_usage_and_no_token(live, app):
         a = get(live.port, path, method=method)
         if a.status < 400:
             assert path in PUBLIC, f"{method} {path} answers {a.status} without a token"
-        for name, token in live.tokens.items():
+        for token in live.tokens.values():
             assert token not in a.text
         for quota in SECRET_QUOTA.values():
             assert f'"quota":{quota}' not in a.text.replace(" ", "")
@@ -122,7 +122,7 @@ def test_admin_routes_admit_administrators(live):
     for who in ("admin", "root"):
         a = get(
             live.port,
-            "/api/data/?username=bob&start_timestamp=%d&end_timestamp=%d" % (T0 - 86400, T0 + 86400),
+            f"/api/data/?username=bob&start_timestamp={T0 - 86400}&end_timestamp={T0 + 86400}",
             live.headers(who),
         )
         assert a.status == 200 and str(SECRET_QUOTA["bob"]) in a.text

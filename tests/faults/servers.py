@@ -220,11 +220,11 @@ class Service:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Service:
-        out = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(
-            self.cmd, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
+        # The child keeps its own copy of the file descriptor; ours closes on leaving.
+        with open(self.logfile, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     @property

@@ -1,5 +1,9 @@
 """Initial schema: new-api's users and logs when absent, and the rollup's tables.
 
+Every table is spelled out here rather than imported from shared.models: a migration
+builds the schema of its day, whatever the models say later. tests/test_migrations.py
+checks that the migrated schema still equals the models'.
+
 Revision ID: 0001
 Revises:
 """
@@ -7,27 +11,84 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from shared import models
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
+# --- new-api's tables, as new-api has them (spec/new-api-schema.md) ------------------
 
-def _measures():
+# GORM names an index idx_<table>_<column>; so does this metadata.
+_gateway = sa.MetaData(naming_convention={"ix": "idx_%(table_name)s_%(column_0_name)s"})
+# SQLite auto-increments only an INTEGER PRIMARY KEY; everywhere else it is a bigint.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+_users = sa.Table(
+    "users",
+    _gateway,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.Text, unique=True, index=True),
+    sa.Column("password", sa.Text, nullable=False, server_default=""),
+    sa.Column("display_name", sa.Text, index=True),
+    sa.Column("role", sa.BigInteger, server_default="1"),
+    sa.Column("status", sa.BigInteger, server_default="1"),
+    sa.Column("email", sa.Text, index=True),
+    sa.Column("access_token", sa.CHAR(32), unique=True, nullable=True),
+    sa.Column("quota", sa.BigInteger, server_default="0"),
+    sa.Column("used_quota", sa.BigInteger, server_default="0"),
+    sa.Column("request_count", sa.BigInteger, server_default="0"),
+    sa.Column("group", sa.String(64), server_default="default"),
+    sa.Column("aff_code", sa.String(32), unique=True),
+    sa.Column("inviter_id", sa.BigInteger, index=True),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", sa.BigInteger),
+    sqlite_autoincrement=True,
+)
+
+_logs = sa.Table(
+    "logs",
+    _gateway,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.BigInteger, index=True),
+    sa.Column("created_at", sa.BigInteger),
+    sa.Column("type", sa.BigInteger),
+    sa.Column("content", sa.Text),
+    sa.Column("username", sa.Text, server_default="", index=True),
+    sa.Column("token_name", sa.Text, server_default="", index=True),
+    sa.Column("model_name", sa.Text, server_default="", index=True),
+    sa.Column("quota", sa.BigInteger, server_default="0"),
+    sa.Column("prompt_tokens", sa.BigInteger, server_default="0"),
+    sa.Column("completion_tokens", sa.BigInteger, server_default="0"),
+    sa.Column("use_time", sa.BigInteger, server_default="0"),
+    sa.Column("is_stream", sa.Boolean),
+    sa.Column("channel_id", sa.BigInteger, index=True),
+    sa.Column("token_id", sa.BigInteger, server_default="0", index=True),
+    sa.Column("group", sa.Text, index=True),
+    sa.Column("ip", sa.Text, server_default="", index=True),
+    sa.Column("other", sa.Text),
+    sa.Index("idx_user_id_id", "user_id", "id"),
+    sa.Index("idx_created_at_id", "created_at", "id"),
+    sa.Index("idx_created_at_type", "created_at", "type"),
+    sa.Index("index_username_model_name", "model_name", "username"),
+    sqlite_autoincrement=True,
+)
+
+# --- ours ----------------------------------------------------------------------------
+
+
+def _measures() -> list[sa.Column[int]]:
     return [
         sa.Column(name, sa.BigInteger, nullable=False, server_default="0")
         for name in ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
     ]
 
 
-def upgrade():
+def upgrade() -> None:
     bind = op.get_bind()
     # The gateway's tables are new-api's, not ours: an existing new-api database keeps
     # them exactly as they are; a standalone install gets them in new-api's shape.
     existing = set(sa.inspect(bind).get_table_names())
-    for table in (models.users, models.logs):
+    for table in (_users, _logs):
         if table.name not in existing:
             table.create(bind)
 
@@ -67,7 +128,7 @@ def upgrade():
     )
 
 
-def downgrade():
+def downgrade() -> None:
     # Only ours: the gateway's tables and their rows are never dropped.
     for name in (
         "rollup_gap",
