@@ -1,32 +1,62 @@
-"""`usage-stats`: the command line. Each command is a thin call into shared/, worker/ or api/."""
+"""`usage-stats`: the command line. Each command is a thin call into shared/; the worker,
+beat and the API are started as processes by name (`python -m celery -A worker`,
+gunicorn 'api:create_app()') and tasks are sent by name (shared.jobs), so that the core
+imports nothing above it."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, Settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+    from sqlalchemy.engine import Engine
 
-def _engine(settings: Settings):
+    from .demo import DemoUsers
+
+# Where a user finds the token the API and the chart page ask for.
+TOKEN_HELP = (
+    "the access token is new-api's system access token (Personal settings: generate the "
+    "system access token), not an sk- API key"
+)
+# `up` rolls up before it starts the services for at most this long; the worker goes on.
+ROLLUP_AT_START_SECONDS = 10.0
+# `status` waits at most this long for a result backend that does not answer.
+STATUS_CONNECT_TIMEOUT = 0.5
+
+
+def _engine(settings: Settings) -> Engine:
     from .db import get_engine
 
     return get_engine(settings.database_url)
 
 
-def cmd_db_upgrade(settings: Settings, args) -> int:
+def _jobs_client(settings: Settings, connect_timeout: float = 3.0) -> Celery:
+    from . import jobs
+
+    return jobs.client(settings, connect_timeout=connect_timeout)
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from .migrate import upgrade
 
-    upgrade(_engine(settings))
-    print(f"database schema is up to date ({_safe_url(settings.database_url)})")
+    print(f"database {_safe_url(settings.database_url)}: schema {upgrade(_engine(settings))}")
     return 0
 
 
-def cmd_rollup(settings: Settings, args) -> int:
+def cmd_rollup(settings: Settings, args: argparse.Namespace) -> int:
     from .ops import run_rollup
 
     r = run_rollup(_engine(settings), settings, wait=True)
@@ -37,29 +67,38 @@ def cmd_rollup(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_reaggregate(settings: Settings, args) -> int:
-    from .ops import run_reaggregate as reaggregate
-    from .retention import check_reaggregate_range
-
-    if args.all:
-        from .retention import logs_horizon
-        from .rollup import adopt_timezone, history_bounds
-
-        bounds = history_bounds(_engine(settings))
-        if bounds is None:
-            print("no logs: nothing to re-aggregate")
-            return 0
-        start, end = bounds
-        horizon = logs_horizon(settings, int(time.time()))
-        if horizon is not None:
-            # Older raw logs may already be gone: keep the rows built from them.
-            start = max(start, horizon + 86400)
-        if horizon is None and adopt_timezone(_engine(settings), settings):
-            print(f"daily rows dropped to be rebuilt in {settings.stats_timezone}")
-    else:
+def _reaggregate_range(settings: Settings, args: argparse.Namespace) -> tuple[int, int] | None:
+    """[start, end) from --start/--end, or the whole history with --all (adopting a changed
+    STATS_TIMEZONE); None when there are no logs at all."""
+    if not args.all:
         if args.start is None or args.end is None:
             raise ConfigError("reaggregate needs --start and --end (unix seconds), or --all")
-        start, end = args.start, args.end
+        return int(args.start), int(args.end)
+    from .retention import logs_horizon
+    from .rollup import adopt_timezone, history_bounds
+
+    bounds = history_bounds(_engine(settings))
+    if bounds is None:
+        return None
+    start, end = bounds
+    horizon = logs_horizon(settings, int(time.time()))
+    if horizon is not None:
+        # Older raw logs may already be gone: keep the rows built from them.
+        start = max(start, horizon + 86400)
+    if horizon is None and adopt_timezone(_engine(settings), settings):
+        print(f"daily rows dropped to be rebuilt in {settings.stats_timezone}")
+    return start, end
+
+
+def cmd_reaggregate(settings: Settings, args: argparse.Namespace) -> int:
+    from .ops import run_reaggregate
+    from .retention import check_reaggregate_range
+
+    bounds = _reaggregate_range(settings, args)
+    if bounds is None:
+        print("no logs: nothing to re-aggregate")
+        return 0
+    start, end = bounds
     if end <= start:
         raise ConfigError(f"--end ({end}) must be after --start ({start})")
     try:
@@ -67,30 +106,29 @@ def cmd_reaggregate(settings: Settings, args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if args.enqueue:
-        from worker import celery
-        from worker.app import REAGGREGATE_TASK
+        from .jobs import enqueue_reaggregate
 
-        task = celery.send_task(REAGGREGATE_TASK, args=[start, end, args.user_id])
-        print(task.id)
+        # With its "enqueued" marker: GET /api/data/reaggregate/<id> knows it at once.
+        print(enqueue_reaggregate(_jobs_client(settings), start, end, args.user_id))
         return 0
     from tqdm import tqdm
 
     bar = tqdm(total=None, unit="chunk", desc="re-aggregating", disable=args.quiet)
 
-    def progress(done: int, total: int) -> None:
+    def show_progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    r = reaggregate(_engine(settings), settings, start, end, args.user_id, progress=progress)
+    r = run_reaggregate(_engine(settings), settings, start, end, args.user_id, progress=show_progress)
     bar.close()
     print(f"re-aggregated [{r.start}, {r.end}) in {r.chunks} chunk(s): {r.logs} consume logs, {r.seconds:.3f}s")
     return 0
 
 
-def cmd_retention(settings: Settings, args) -> int:
-    from .ops import retention
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from .ops import run_retention
 
-    r = retention(_engine(settings), settings)
+    r = run_retention(_engine(settings), settings)
     if not r.enabled:
         print("retention is off: set RETAIN_HOURLY_DAYS and/or RETAIN_LOGS_DAYS")
         return 0
@@ -99,7 +137,7 @@ def cmd_retention(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_demo_data(settings: Settings, args) -> int:
+def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from .demo import generate
 
     creds, n = generate(
@@ -110,12 +148,12 @@ def cmd_demo_data(settings: Settings, args) -> int:
     return 0
 
 
-def _print_credentials(creds) -> None:
+def _print_credentials(creds: DemoUsers) -> None:
     print(f"  admin: New-Api-User: {creds.admin_id}   Authorization: Bearer {creds.admin_token}")
     print(f"  user:  New-Api-User: {creds.user_id}   Authorization: Bearer {creds.user_token}")
 
 
-def cmd_status(settings: Settings, args) -> int:
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from . import models as m
@@ -132,25 +170,47 @@ def cmd_status(settings: Settings, args) -> int:
     print(f"lag:          {lag}s, {behind} logs behind")
     print(f"open gaps:    {gaps} (log ids seen missing while a transaction may still commit them)")
     print(f"timezone:     {state.timezone or settings.stats_timezone}")
-    print(f"re-aggregations running: {_running_reaggregations(settings)}")
+    for line in _worker_status(settings):
+        print(line)
     return 0
 
 
-def _running_reaggregations(settings: Settings) -> str:
-    """Asks the live workers (a broadcast over the broker, one second at most)."""
-    try:
-        from worker import celery
-        from worker.app import REAGGREGATE_TASK
+def _worker_status(settings: Settings) -> list[str]:
+    """The workers and the re-aggregations they run, from the heartbeats the workers write
+    to the result backend (shared.jobs): one read, the same on every broker."""
+    from . import jobs
 
-        active = celery.control.inspect(timeout=1.0).active() or {}
-    except Exception as exc:  # the broker is down: say so rather than fail the whole status
-        return f"unknown (broker unreachable: {type(exc).__name__})"
-    if not active:
-        return "none (no worker answered)"
-    tasks = [t for per_worker in active.values() for t in per_worker if t.get("name") == REAGGREGATE_TASK]
-    if not tasks:
-        return "none"
-    return ", ".join(f"{t['id']} {t.get('args')}" for t in tasks)
+    try:
+        client = _jobs_client(settings, connect_timeout=STATUS_CONNECT_TIMEOUT)
+        alive = jobs.workers(client)
+    except (jobs.QueueUnavailable, jobs.UnsupportedBackend) as e:
+        return [f"workers:      unknown ({e})", "re-aggregations running: unknown"]
+    if not alive:
+        silent = f"no heartbeat in the last {jobs.WORKER_SILENT_AFTER:.0f}s"
+        return [f"workers:      none ({silent})", "re-aggregations running: none (no worker runs)"]
+    now = time.time()
+    lines = [f"workers:      {len(alive)}: " + ", ".join(f"{w.node} (seen {now - w.seen:.0f}s ago)" for w in alive)]
+    running = [(w.node, job) for w in alive for job in w.running]
+    if not running:
+        return [*lines, "re-aggregations running: none"]
+    described = []
+    for node, job in running:
+        start, end, user_id = _reaggregate_args(job.args)
+        status = None
+        try:
+            status = jobs.job_status(client, job.id)
+        except jobs.QueueUnavailable:
+            pass
+        chunks = f"{status.done}/{status.total if status.total is not None else '?'} chunks" if status else "started"
+        who = f"user {user_id}" if user_id is not None else "all users"
+        described.append(f"{job.id} [{start}, {end}) {who}: {chunks} on {node}")
+    return [*lines, f"re-aggregations running: {len(running)}", *(f"  {d}" for d in described)]
+
+
+def _reaggregate_args(args: list[Any]) -> tuple[Any, Any, Any]:
+    """(start, end, user_id) of a re-aggregation task's arguments."""
+    start, end, user_id, *_ = [*args, None, None, None]
+    return start, end, user_id
 
 
 def _gunicorn_cmd(host: str, port: int, workers: int) -> list[str]:
@@ -169,42 +229,9 @@ def _gunicorn_cmd(host: str, port: int, workers: int) -> list[str]:
     ]
 
 
-def _api_available() -> bool:
-    try:
-        import api
-
-        return hasattr(api, "create_app")
-    except ImportError:
-        return False
-
-
-def cmd_serve(settings: Settings, args) -> int:
-    if not _api_available():
-        raise ConfigError("the API package is not installed")
-    os.execv(sys.executable, _gunicorn_cmd(args.host, args.port, args.workers))
-
-
-def cmd_up(settings: Settings, args) -> int:
-    """Migrate, optionally seed, then run worker + beat (+ API) until Ctrl-C."""
-    from .migrate import upgrade
-
-    engine = _engine(settings)
-    upgrade(engine)
-    print(f"database: {_safe_url(settings.database_url)} (schema up to date)")
-    if args.demo:
-        import sqlalchemy as sa
-
-        from . import models as m
-        from .demo import generate
-
-        with engine.connect() as conn:
-            has_logs = conn.execute(sa.select(m.logs.c.id).limit(1)).first() is not None
-        creds, n = generate(engine, days=args.days, logs_per_day=2000) if not has_logs else generate(engine, days=0)
-        print(f"demo data: {n} new logs" if n else "demo data: already present, none added")
-        _print_credentials(creds)
-
-    children: list[tuple[str, subprocess.Popen]] = []
-    celery_cmd = [
+def _celery_worker_cmd() -> list[str]:
+    # One process, beat embedded: what a single machine needs (production runs them apart).
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -219,21 +246,102 @@ def cmd_up(settings: Settings, args) -> int:
         "--schedule",
         os.path.abspath("celerybeat-schedule"),
     ]
-    children.append(("worker+beat", subprocess.Popen(celery_cmd, start_new_session=True)))
-    if _api_available():
-        children.append(("api", subprocess.Popen(_gunicorn_cmd(args.host, args.port, 1), start_new_session=True)))
-        print(f"API: http://{args.host}:{args.port}/api/data/self")
-    print(f"rolling up every {settings.rollup_interval_seconds}s; Ctrl-C stops everything")
+
+
+def _api_installed() -> bool:
+    """Whether the API package is there to be started (looked up, not imported)."""
+    return importlib.util.find_spec("api") is not None
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if not _api_installed():
+        raise ConfigError("the API package is not installed")
+    os.execv(sys.executable, _gunicorn_cmd(args.host, args.port, args.workers))
+
+
+def _page_url(host: str, port: int, **fragment: Any) -> str:
+    """The chart page; settings in the fragment, which browsers never send to a server."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    url = f"http://{shown}:{port}/"
+    return url + "#" + urllib.parse.urlencode(fragment) if fragment else url
+
+
+def _ready(jobs_client: Celery, host: str, port: int) -> bool:
+    """The API answers /healthz and a worker has written its heartbeat."""
+    from . import jobs
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to us, whatever HTTP_PROXY says
+    try:
+        with opener.open(_page_url(host, port) + "healthz", timeout=0.5) as response:
+            if response.status != 200:
+                return False
+        return bool(jobs.workers(jobs_client))
+    except (urllib.error.URLError, OSError, jobs.QueueUnavailable, jobs.UnsupportedBackend):
+        return False
+
+
+def _roll_up_at_start(engine: Engine, settings: Settings) -> None:
+    """Roll up now, so that the page and `status` are current at once rather than after
+    beat's first interval; for at most ROLLUP_AT_START_SECONDS, then the worker goes on
+    (at once: a rollup run is queued for it)."""
+    from .ops import run_rollup
+    from .rollup import RollupError
+
+    try:
+        r = run_rollup(engine, settings, max_seconds=ROLLUP_AT_START_SECONDS)
+    except RollupError as e:
+        # The services start anyway (the API answers from what was rolled up); the message
+        # says what to do, and the worker's ticks repeat it until it is done.
+        print(f"usage-stats: the rollup cannot go on: {e}", file=sys.stderr)
+        return
+    if r.skipped:
+        print("rolled up at start: skipped (another tick or a re-aggregation runs)")
+        return
+    print(f"rolled up at start: {r.logs} consume logs in {r.seconds:.1f}s, {r.logs_behind} logs behind")
+    if r.logs_behind:
+        from .jobs import enqueue_rollup
+
+        enqueue_rollup(_jobs_client(settings))
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate, optionally seed, roll up, then run worker + beat (+ API) until Ctrl-C."""
+    from .migrate import upgrade
+
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # each line as it happens, also into a pipe
+    engine = _engine(settings)
+    try:
+        print(f"database {_safe_url(settings.database_url)}: schema {upgrade(engine)}")
+        creds = _seed_demo(engine, args.days) if args.demo else None
+        _roll_up_at_start(engine, settings)
+    except KeyboardInterrupt:
+        print("stopped")
+        return 130
 
     # Children run in their own sessions, so Ctrl-C reaches only us and we stop them in order.
     stopping = False
 
-    def stop(*_):
+    def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    children.append(("worker+beat", subprocess.Popen(_celery_worker_cmd(), start_new_session=True)))
+    api = _api_installed()
+    if api:
+        children.append(("api", subprocess.Popen(_gunicorn_cmd(args.host, args.port, 1), start_new_session=True)))
+    else:
+        print("API: not installed (the api package is missing); worker and beat only")
+    print(f"rolling up every {settings.rollup_interval_seconds}s; Ctrl-C stops everything")
+
+    # The link last, once the API answers and the worker is up (its banner printed).
+    announce_by = time.monotonic() + 30
+    announced = not api
+    jobs_client = _jobs_client(settings, connect_timeout=0.5)
     code = 0
     while not stopping:
         for name, proc in children:
@@ -241,7 +349,45 @@ def cmd_up(settings: Settings, args) -> int:
                 print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
                 code = proc.returncode or 1
                 stopping = True
+        if (
+            not announced
+            and not stopping
+            and (_ready(jobs_client, args.host, args.port) or time.monotonic() > announce_by)
+        ):
+            _print_page(args.host, args.port, creds)
+            announced = True
         time.sleep(0.2)
+    _stop_children(children)
+    print("stopped")
+    return code
+
+
+def _seed_demo(engine: Engine, days: int) -> DemoUsers:
+    import sqlalchemy as sa
+
+    from . import models as m
+    from .demo import generate
+
+    with engine.connect() as conn:
+        has_logs = conn.execute(sa.select(m.logs.c.id).limit(1)).first() is not None
+    creds, n = generate(engine, days=days, logs_per_day=2000) if not has_logs else generate(engine, days=0)
+    print(f"demo data: {n} new logs" if n else "demo data: already present, none added")
+    _print_credentials(creds)
+    return creds
+
+
+def _print_page(host: str, port: int, creds: DemoUsers | None) -> None:
+    print()
+    if creds is None:
+        print(f"chart page: {_page_url(host, port)} ({TOKEN_HELP})")
+    else:
+        print(f"chart page: {_page_url(host, port, token=creds.user_token, user=creds.user_id)}")
+        admin = _page_url(host, port, token=creds.admin_token, user=creds.admin_id, scope="site")
+        print(f"  site-wide, as the admin: {admin}")
+    print()
+
+
+def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
     for _, proc in children:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -253,8 +399,6 @@ def cmd_up(settings: Settings, args) -> int:
             print(f"{name} did not stop in time; killing it", file=sys.stderr)
             proc.kill()
             proc.wait()
-    print("stopped")
-    return code
 
 
 def _safe_url(url: str) -> str:
@@ -272,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="create or upgrade the schema (idempotent)").set_defaults(func=cmd_db_upgrade)
+    db_sub.add_parser("upgrade", help="create or upgrade the schema (idempotent); says what it did").set_defaults(
+        func=cmd_db_upgrade
+    )
 
     sub.add_parser("rollup", help="run one tick now, until caught up").set_defaults(func=cmd_rollup)
 
@@ -281,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--end", type=int, help="unix seconds, exclusive (aligned up to local midnight)")
     r.add_argument("--all", action="store_true", help="the whole history (also adopts a changed STATS_TIMEZONE)")
     r.add_argument("--user-id", type=int, default=None)
-    r.add_argument("--enqueue", action="store_true", help="hand it to the worker and print the task id")
+    r.add_argument(
+        "--enqueue", action="store_true", help="hand it to the worker and print the id (GET /api/data/reaggregate/<id>)"
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_reaggregate)
 
@@ -292,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.set_defaults(func=cmd_demo_data)
 
-    sub.add_parser("status", help="rollup lag, last tick, open gaps").set_defaults(func=cmd_status)
+    sub.add_parser("status", help="rollup lag, last tick, open gaps, workers and running re-aggregations").set_defaults(
+        func=cmd_status
+    )
 
     sub.add_parser(
         "retention", help="drop hourly rows and raw logs past RETAIN_HOURLY_DAYS / RETAIN_LOGS_DAYS (off when unset)"
@@ -304,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_serve)
 
-    u = sub.add_parser("up", help="migrate, then run worker, beat and API in one command")
+    u = sub.add_parser("up", help="migrate, roll up, then run worker, beat and API in one command")
     u.add_argument("--demo", action="store_true", help="seed demo users and logs first (once)")
     u.add_argument("--days", type=int, default=7, help="days of demo data")
     u.add_argument("--host", default="127.0.0.1")
@@ -320,17 +470,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure(settings.log_format)
-        return args.func(settings, args) or 0
+        return int(args.func(settings, args) or 0)
     except ConfigError as exc:
         print(f"usage-stats: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one clear line, not a traceback, for operational errors
         import sqlalchemy as sa
 
+        from .jobs import QueueUnavailable
         from .rollup import RollupError
 
         if isinstance(exc, RollupError):
             print(f"usage-stats: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, QueueUnavailable):
+            print(f"usage-stats: task queue unavailable ({exc})", file=sys.stderr)
             return 1
         if isinstance(exc, sa.exc.OperationalError):
             print(f"usage-stats: cannot reach the database: {exc.orig}", file=sys.stderr)

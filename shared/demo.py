@@ -13,9 +13,10 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from . import models as m
 
@@ -32,15 +33,19 @@ MODELS = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoUsers:
+    """The credentials `demo-data` and `up --demo` print: an administrator and a user."""
+
     admin_id: int
     admin_token: str
     user_id: int
     user_token: str
 
 
-def _ensure_users(conn, n_users: int, rnd: random.Random) -> tuple[DemoUsers, list[tuple[int, str]]]:
+def _ensure_users(conn: Connection, n_users: int) -> tuple[DemoUsers, list[tuple[int, str]]]:
+    """The demo users (created when `users` is empty): the credentials to print, and the
+    non-admin users (id, username) the logs are spread over."""
     u = m.users.c
     existing = conn.execute(sa.select(u.id, u.username, u.access_token, u.role).order_by(u.id)).all()
     if not existing:
@@ -88,12 +93,12 @@ def generate(
     end = int(time.time()) if end is None else end
     start = end - days * 86400
     with engine.begin() as conn:
-        creds, people = _ensure_users(conn, users, rnd)
+        creds, people = _ensure_users(conn, users)
         # Zipf-like weights: user k is 1/k as busy as the busiest.
         weights = [1.0 / (k + 1) for k in range(len(people))]
         model_weights = [0.3, 0.25, 0.12, 0.08, 0.07, 0.1, 0.05, 0.03]
         total = 0
-        batch: list[dict] = []
+        batch: list[dict[str, Any]] = []
         for day in range(days):
             day_start = start + day * 86400
             # Sorted by time within the day, so ids grow with time as in a real gateway.

@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Engine
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection, Engine
 
 # Our own version table, so that we never collide with anything in a gateway's database.
 VERSION_TABLE = "usage_stats_alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`; running it again changes nothing."""
+@dataclass(frozen=True)
+class UpgradeResult:
+    """The schema's revision before and after an upgrade (None: no schema of ours)."""
+
+    before: str | None
+    after: str | None
+
+    def __str__(self) -> str:
+        if self.before == self.after:
+            return f"already current (revision {self.after})"
+        if self.before is None:
+            return f"created (revision {self.after})"
+        return f"upgraded from revision {self.before} to {self.after}"
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision recorded in VERSION_TABLE; None when there is none (no table yet)."""
+    revision = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    return str(revision) if revision is not None else None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> UpgradeResult:
+    """Bring the schema to `revision` and say what that did; running it again changes
+    nothing ("already current")."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        before = current_revision(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        after = current_revision(conn)
+    return UpgradeResult(before, after)

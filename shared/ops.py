@@ -4,17 +4,21 @@ a re-aggregation, retention. Thin wrappers over shared.rollup and shared.retenti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
 from . import metrics
+from . import retention as _retention
 from . import rollup as _rollup
 from .config import Settings
-from .retention import RetentionResult, run_retention
 
 
-def run_rollup(engine: Engine, settings: Settings, *, max_seconds: float | None = None, wait: bool = False):
-    """shared.rollup.rollup, counted in the tick metrics (failures too)."""
+def run_rollup(
+    engine: Engine, settings: Settings, *, max_seconds: float | None = None, wait: bool = False
+) -> _rollup.TickResult:
+    """shared.rollup.rollup (ticks until caught up, or for `max_seconds`), counted in the
+    tick metrics, failures too."""
     try:
         result = _rollup.rollup(engine, settings, max_seconds=max_seconds, wait=wait)
     except Exception:
@@ -25,13 +29,25 @@ def run_rollup(engine: Engine, settings: Settings, *, max_seconds: float | None 
 
 
 def run_reaggregate(
-    engine: Engine, settings: Settings, start: int, end: int, user_id: int | None = None, progress=None
-):
+    engine: Engine,
+    settings: Settings,
+    start: int,
+    end: int,
+    user_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> _rollup.ReaggregateResult:
+    """shared.rollup.reaggregate, counted in the re-aggregation metrics; `progress(done,
+    total)` is called after each chunk."""
     with metrics.reaggregation_running():
         return _rollup.reaggregate(engine, settings, start, end, user_id, progress=progress)
 
 
-def retention(engine: Engine, settings: Settings, now: int | None = None) -> RetentionResult:
-    result = run_retention(engine, settings, now=now if now is not None else int(time.time()))
+def run_retention(engine: Engine, settings: Settings, now: int | None = None) -> _retention.RetentionResult:
+    """shared.retention.run_retention, its deleted rows counted in the metrics."""
+    result = _retention.run_retention(engine, settings, now=now if now is not None else int(time.time()))
     metrics.observe_retention(result.deleted)
     return result
+
+
+# The former name, still imported by tests/test_ops_retention.py.
+retention = run_retention

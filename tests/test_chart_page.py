@@ -14,9 +14,12 @@ import os
 import random
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import threading
+import time
 import tomllib
 import zlib
 from fnmatch import fnmatch
@@ -62,6 +65,16 @@ def test_page_is_served_at_the_root_with_only_local_scripts(sqlite_engine):
     # No query string reaches the token: the page reads it from the URL fragment only.
     app_js = (STATIC / "app.js").read_text()
     assert "new URLSearchParams(location.hash" in app_js and "new URLSearchParams(location.search" not in app_js
+
+
+def test_page_says_where_the_token_is_and_forgets_the_fragment():
+    page = (STATIC / "index.html").read_text()
+    # new-api's system access token, from its personal settings; not an API key.
+    assert "Personal settings" in page and "system access token" in page and "sk-" in page
+    app_js = (STATIC / "app.js").read_text()
+    # Read from the fragment, then removed from the address bar without a history entry.
+    assert 'history.replaceState(null, "", location.pathname + location.search)' in app_js
+    assert 'startsWith("sk-")' in app_js
 
 
 def test_chart_library_is_vendored_with_its_license():
@@ -243,3 +256,49 @@ def test_the_page_says_why_when_the_api_refuses(served, tmp_path):
     # A common user's token on the site-wide view: the API's 403, in the page.
     page = dom(tmp_path, f"{base}/#token={token}&user=1&granularity=week&tz=Asia/Kolkata&start={START}&end={END}")
     assert page.body.get("data-state") == "error" and "STATS_TIMEZONE" in page.status, (page.body, page.status)
+
+
+@pytest.mark.integration
+def test_up_prints_a_link_that_opens_a_drawn_page(tmp_path):
+    """A new user's first run: `usage-stats up --demo`, then the link it prints, in a
+    browser. Beat's ticks are an hour apart here: what is drawn was rolled up by `up`
+    itself before it started the services (and the real-time tail)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs Debian's chromium)")
+    from tests.faults.servers import free_port, service_env
+
+    port = free_port()
+    env = service_env(ROLLUP_INTERVAL_SECONDS=3600)
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--demo", "--days", "2", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        link = None
+        while link is None and proc.poll() is None and time.monotonic() < deadline:
+            link = next((x.split(":", 1)[1].strip() for x in list(lines) if x.startswith("chart page:")), None)
+            time.sleep(0.2)
+        assert link is not None and link.startswith(f"http://127.0.0.1:{port}/#token="), "".join(lines)
+        page = dom(tmp_path, link)
+        assert page.body.get("data-state") == "drawn", (page.body, page.status, "".join(lines))
+        assert int(page.body["data-rows"]) > 0 and int(page.body["data-bar-pixels"]) > 5000, page.body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    assert proc.returncode == 0, "".join(lines)

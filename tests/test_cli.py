@@ -8,7 +8,12 @@ import sys
 
 import sqlalchemy as sa
 
+from api import create_app
+from shared import models as m
+from shared.config import Settings
 from shared.db import make_engine
+from shared.migrate import VERSION_TABLE, upgrade
+from tests.api_support import add_user
 
 
 def run(tmp_path, *args):
@@ -21,9 +26,11 @@ def run(tmp_path, *args):
 
 
 def test_upgrade_demo_rollup_status_reaggregate(tmp_path):
-    assert run(tmp_path, "db", "upgrade").returncode == 0
-    again = run(tmp_path, "db", "upgrade")  # idempotent
+    created = run(tmp_path, "db", "upgrade")
+    assert created.returncode == 0 and "schema created (revision " in created.stdout, created.stdout
+    again = run(tmp_path, "db", "upgrade")  # idempotent, and says so
     assert again.returncode == 0, again.stderr
+    assert "schema already current (revision " in again.stdout, again.stdout
     demo = run(tmp_path, "demo-data", "--days", "2", "--logs-per-day", "300", "--seed", "5")
     assert demo.returncode == 0 and "wrote 600 logs" in demo.stdout
     rolled = run(tmp_path, "rollup")
@@ -44,8 +51,12 @@ def test_upgrade_demo_rollup_status_reaggregate(tmp_path):
         "open gaps:",
         "timezone:     UTC",
         "re-aggregations running:",
+        # No worker runs: the heartbeats say so (tests/test_jobs.py runs one).
+        "workers:      none (no heartbeat in the last",
+        "re-aggregations running: none (no worker runs)",
     ):
         assert line in status.stdout
+    assert "no worker answered" not in status.stdout
 
     redone = run(tmp_path, "reaggregate", "--all", "--quiet")
     assert redone.returncode == 0 and f"{consume} consume logs" in redone.stdout
@@ -66,3 +77,39 @@ def test_bad_input_is_one_clear_line(tmp_path):
         timeout=60,
     )
     assert env_bad.returncode == 2 and "STATS_TIMEZONE" in env_bad.stderr and "Traceback" not in env_bad.stderr
+
+
+def test_upgrade_says_from_which_revision(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'usage-stats.db'}")
+    assert str(upgrade(engine, "0001")) == "created (revision 0001)"
+    engine.dispose()
+    upgraded = run(tmp_path, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    engine = make_engine(f"sqlite:///{tmp_path / 'usage-stats.db'}")
+    with engine.connect() as conn:
+        head = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    engine.dispose()
+    assert head != "0001" and f"schema upgraded from revision 0001 to {head}" in upgraded.stdout, upgraded.stdout
+
+
+def test_enqueued_reaggregation_is_known_to_the_api_without_a_worker(tmp_path, monkeypatch):
+    """`reaggregate --enqueue` on the embedded default, no worker running: the id it prints
+    is a queued job to GET /api/data/reaggregate/<id> (it was a 404 until a worker took it)."""
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    enqueued = run(tmp_path, "reaggregate", "--start", "1700000000", "--end", "1700086400", "--enqueue")
+    assert enqueued.returncode == 0, enqueued.stderr
+    task_id = enqueued.stdout.strip()
+
+    monkeypatch.chdir(tmp_path)  # the default settings' SQLite files are relative to it
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        token = add_user(engine, 1, "admin", role=m.ROLE_ADMIN)
+        client = create_app(settings, engine=engine).test_client()
+        headers = {"Authorization": f"Bearer {token}", "New-Api-User": "1"}
+        r = client.get(f"/api/data/reaggregate/{task_id}", headers=headers)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        assert r.get_json()["data"]["state"] == "PENDING"
+        assert client.get(f"/api/data/reaggregate/{task_id}x", headers=headers).status_code == 404
+    finally:
+        engine.dispose()

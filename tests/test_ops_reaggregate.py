@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from api import create_app
+from shared import jobs
 from shared import models as m
 from shared.config import Settings
 from shared.ops import run_rollup
@@ -258,18 +259,13 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
         _failure(unknown, 404, "no such re-aggregation")
         _conforms(client, "get", POST + "/{task_id}", unknown)
 
-        # A failing task reports FAILURE with an error, in the same shape.
-        from worker.app import REAGGREGATE_TASK
-
-        # (Sent directly, since the endpoint refuses such a range; with the endpoint's
-        # "enqueued" marker, so that it is known before the worker picks it up.)
+        # A failing task reports FAILURE with an error, in the same shape. (Enqueued
+        # through the job protocol directly, since the endpoint refuses such a range.)
         celery_client = client.application.extensions["usage_stats_celery"]
-        bad_id = "reaggregate-test-failure"
-        celery_client.backend.store_result(bad_id, {"done": 0, "total": None, "enqueued": time.time()}, "PENDING")
-        bad = celery_client.send_task(REAGGREGATE_TASK, args=[10, 5, None], task_id=bad_id)
+        bad_id = jobs.enqueue_reaggregate(celery_client, 10, 5, None)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            data = client.get(f"{POST}/{bad.id}", headers=_headers(token, 1)).get_json()["data"]
+            data = client.get(f"{POST}/{bad_id}", headers=_headers(token, 1)).get_json()["data"]
             if data["state"] in ("SUCCESS", "FAILURE"):
                 break
             time.sleep(0.2)

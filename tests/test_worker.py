@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 import sqlalchemy as sa
@@ -135,8 +139,8 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
 
         # The reaggregate task through the real broker: idempotent, totals unchanged.
         from shared.config import Settings
+        from shared.jobs import REAGGREGATE_TASK
         from worker import make_celery
-        from worker.app import REAGGREGATE_TASK
 
         client = make_celery(Settings.from_env(env))
         result = client.send_task(REAGGREGATE_TASK, args=[now - 8 * 86400, now + 3600, None])
@@ -151,7 +155,9 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
 
 
 def test_up_on_the_embedded_default(tmp_path):
-    """The README's first command: everything on SQLite, no server needed."""
+    """The README's first command: everything on SQLite, no server needed. It says what it
+    did to the schema, rolls up at once (before the worker starts), and prints a link to
+    the chart page carrying the demo user's token, once the API answers."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
     }
@@ -164,6 +170,13 @@ def test_up_on_the_embedded_default(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def printed(prefix):
+        return next((line.strip() for line in list(lines) if line.startswith(prefix)), None)
+
     try:
         engine = make_engine(f"sqlite:///{tmp_path / 'usage-stats.db'}")
         deadline = time.monotonic() + 60
@@ -171,6 +184,29 @@ def test_up_on_the_embedded_default(tmp_path):
             time.sleep(0.2)
         rows = _wait_for_exact(engine, proc=proc)
         assert sum(r[3] for r in rows) > 0
+
+        deadline = time.monotonic() + 60
+        while printed("chart page:") is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        link = printed("chart page:")
+        assert link is not None, "".join(lines)
+        url = urllib.parse.urlsplit(link.removeprefix("chart page:").strip())
+        assert (url.scheme, url.netloc, url.path) == ("http", "127.0.0.1:18765", "/")
+        fragment = urllib.parse.parse_qs(url.fragment)
+        with engine.connect() as conn:
+            user = conn.execute(sa.select(m.users).where(m.users.c.access_token == fragment["token"][0])).one()
+            consume = conn.execute(sa.select(sa.func.count()).where(m.logs.c.type == m.LOG_CONSUME)).scalar()
+        assert fragment["user"] == [str(user.id)] and user.role < m.ROLE_ADMIN
+        # The link's credentials open the user's own data (what the page asks the API).
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(
+            "http://127.0.0.1:18765/api/data/self?granularity=day",
+            headers={"Authorization": f"Bearer {fragment['token'][0]}", "New-Api-User": fragment["user"][0]},
+        )
+        with opener.open(request, timeout=10) as response:
+            assert response.status == 200 and json.load(response)["data"]
+        # `up` rolled up before the worker started, all the demo logs at once.
+        assert f"rolled up at start: {consume} consume logs in " in "".join(lines)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -178,7 +214,9 @@ def test_up_on_the_embedded_default(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    output = proc.stdout.read()
+    reader.join(10)
+    output = "".join(lines)
     assert code == 0, output
+    assert "schema created (revision " in output
     assert "stopped" in output
     assert "Traceback" not in output

@@ -1,6 +1,7 @@
 """Celery entry module: `celery -A worker worker` and `celery -A worker beat`.
 
-Builds the app from the environment (shared.config) and registers the tasks.
+Builds the app from the environment (shared.config) and registers the tasks under the
+names of the job protocol (shared.jobs), by which beat, the API and the CLI send them.
 """
 
 from shared.config import Settings

@@ -5,8 +5,10 @@
  * Settings can come from the URL fragment (never sent to the server), e.g.
  *   /#token=...&user=2&granularity=day&range=30&scope=site&tz=Asia/Shanghai&realtime=false
  *   /#token=...&user=2&start=1700000000&end=1700600000
- * The fragment is removed from the address bar once read; the token stays in this
- * tab's sessionStorage only.
+ * (`usage-stats up --demo` prints such a link); the page then draws at once. The fragment
+ * is removed from the address bar once read (history.replaceState: no new history entry,
+ * so the token does not linger in the address bar or the back button); the token stays
+ * in this tab's sessionStorage only.
  *
  * When drawn, <body> carries data-state="drawn", data-datasets (models), data-buckets,
  * data-rows, and data-bar-pixels / data-pie-pixels (pixels painted in the models'
@@ -79,7 +81,12 @@
     return [end - Number($("range").value) * 86400, end];
   }
 
+  // The access token is new-api's system access token; an API key (sk-...) is refused
+  // by the API as an invalid token, so say which one is wanted before asking.
+  const TOKEN_HINT = "use the system access token from new-api's personal settings, not an sk- API key";
+
   async function fetchRows() {
+    if ($("token").value.trim().startsWith("sk-")) throw new Error(`that is an API key: ${TOKEN_HINT}`);
     const [start, end] = range();
     const q = new URLSearchParams({ granularity: $("granularity").value, start_timestamp: start, end_timestamp: end });
     if ($("tz").value) q.set("tz", $("tz").value);
@@ -99,7 +106,10 @@
     } catch (e) {
       throw new Error(`HTTP ${response.status}`);
     }
-    if (!response.ok || !payload.success) throw new Error(payload.message || `HTTP ${response.status}`);
+    if (!response.ok || !payload.success) {
+      const message = payload.message || `HTTP ${response.status}`;
+      throw new Error(response.status === 401 ? `${message} (${TOKEN_HINT})` : message);
+    }
     return payload.data;
   }
 
@@ -130,7 +140,7 @@
     return { buckets, models };
   }
 
-  function colours(i) {
+  function colour(i) {
     return PALETTE[i % PALETTE.length];
   }
 
@@ -147,7 +157,7 @@
         datasets: models.map(([model, m], i) => ({
           label: name(model),
           data: buckets.map((b) => (m.perBucket.get(b) || 0) / QUOTA_PER_USD),
-          backgroundColor: colours(i),
+          backgroundColor: colour(i),
           borderWidth: 0,
         })),
       },
@@ -169,7 +179,7 @@
       type: "pie",
       data: {
         labels: models.map(([model]) => name(model)),
-        datasets: [{ data: models.map(([, m]) => m.count), backgroundColor: models.map((_, i) => colours(i)), borderWidth: 1 }],
+        datasets: [{ data: models.map(([, m]) => m.count), backgroundColor: models.map((_, i) => colour(i)), borderWidth: 1 }],
       },
       options: { animation: false, responsive: true, maintainAspectRatio: false, plugins: { legend: { position: "bottom" } } },
     });
@@ -192,7 +202,7 @@
       }
       return tr;
     }));
-    const used = models.map((_, i) => colours(i));
+    const used = models.map((_, i) => colour(i));
     requestAnimationFrame(() => {
       body.dataset.barPixels = painted($("bars"), used);
       body.dataset.piePixels = painted($("pie"), used);
@@ -240,5 +250,7 @@
     $("status").textContent = "Error: the chart library did not load";
   } else if (readFragment()) {
     load();
+  } else {
+    $("status").textContent = "Enter your access token and user id, then Show.";
   }
 })();
