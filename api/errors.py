@@ -2,6 +2,7 @@
 
 Never HTML (Werkzeug's default error pages are HTML), never a traceback, never a token:
 - ApiError: our own refusals (400, 401, 403), message as given;
+- shared.queries.Unanswerable: a view the summary rows cannot answer exactly: 400;
 - HTTPException: 404, 405, ... from routing, message from the status name;
 - database unreachable (OperationalError, a dropped connection, an exhausted pool): 503;
 - anything else: 500 with a fixed message; the details go to the log only;
@@ -22,10 +23,13 @@ import json
 import logging
 import sys
 import traceback
+from typing import Any
 
 from flask import Flask, g, has_request_context, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from shared.queries import Unanswerable
 
 log = logging.getLogger("usage_stats.api")
 
@@ -73,6 +77,10 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def _api_error(e: ApiError):
     return failure(e.status, e.message)
+
+
+def _unanswerable(e: Unanswerable):
+    return failure(400, str(e))
 
 
 def _http_error(e: HTTPException):
@@ -145,7 +153,7 @@ def gunicorn_write_error(sock, status_int, reason, mesg):
 
 
 def _json_gunicorn_errors() -> None:
-    gunicorn_util = sys.modules.get("gunicorn.util")
+    gunicorn_util: Any = sys.modules.get("gunicorn.util")
     if gunicorn_util is not None and gunicorn_util.write_error is not gunicorn_write_error:
         gunicorn_util.write_error = gunicorn_write_error
 
@@ -154,6 +162,7 @@ def register(app: Flask) -> None:
     _json_gunicorn_errors()  # only when running under gunicorn (it is imported then)
     app.after_request(_json_options)
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(Unanswerable, _unanswerable)
     app.register_error_handler(HTTPException, _http_error)
     # Exception covers the database errors too; _unexpected tells them apart, so that
     # one rule decides 503 versus 500 wherever the error comes from.

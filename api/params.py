@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 
 from werkzeug.datastructures import MultiDict
 
-from shared.buckets import HOUR, LONGEST
 from shared.config import AMBIGUOUS_ZONE_NAMES
 from shared.queries import GRANULARITIES, View
 
@@ -89,7 +87,7 @@ def parse_window(
     start = _timestamp("start_timestamp", raw_start) if raw_start is not None else None
     end = _timestamp("end_timestamp", raw_end) if raw_end is not None else None
 
-    from_hourly = granularity != "hour" and not view.from_daily
+    from_hourly = view.from_hourly
     limit_days = limits.max_span_days(granularity, from_hourly)
     if end is None:
         end = now
@@ -111,8 +109,6 @@ def parse_window(
         )
     if (granularity in ("week", "month") or from_hourly) and end > MAX_CALENDAR_TIMESTAMP:
         raise ApiError(400, f"end_timestamp may be at most {MAX_CALENDAR_TIMESTAMP} for granularity={granularity}")
-    if from_hourly:
-        _check_whole_hours(tz, stats_tz, start, end + LONGEST[granularity])
     return Window(granularity, start, end, view)
 
 
@@ -143,44 +139,6 @@ def parse_realtime(raw: str | None, enabled: bool) -> bool:
     if REALTIME_VALUES[raw] and not enabled:
         raise ApiError(400, "realtime answers are turned off on this server (API_REALTIME=false)")
     return REALTIME_VALUES[raw]
-
-
-def _offset(zone: zoneinfo.ZoneInfo, ts: int) -> int:
-    return int(datetime.fromtimestamp(ts, tz=UTC).astimezone(zone).utcoffset().total_seconds())
-
-
-@lru_cache(maxsize=4096)
-def _split_hours(tz: str, day: int) -> tuple[tuple[int, int], ...]:
-    """The UTC hours of UTC day number `day` that some local midnight of `tz` may cut:
-    (hour start, offset there) where the offset is not whole hours or changes within the
-    hour. A fact of the zone database, so computed once per zone and day: a 31-day range
-    checked hour by hour cost ~3 ms of every such request."""
-    zone = zoneinfo.ZoneInfo(tz)
-    split = []
-    for h in range(day * DAY, (day + 1) * DAY, HOUR):
-        offset = _offset(zone, h)
-        if offset % HOUR or _offset(zone, h + HOUR - 1) != offset:
-            split.append((h, offset))
-    return tuple(split)
-
-
-def _check_whole_hours(tz: str, stats_tz: str, lo: int, hi: int) -> None:
-    """Days, weeks and months summed from hourly rows need every UTC hour of [lo, hi)
-    inside one local day: the zone's offset must be a whole number of hours and may
-    change only on the hour."""
-    first = lo - lo % HOUR
-    for day in range(first // DAY, (hi - 1) // DAY + 1):
-        for h, offset in _split_hours(tz, day):
-            if h < first or h >= hi:
-                continue
-            sign = "-" if offset < 0 else "+"
-            hours, rest = divmod(abs(offset), HOUR)
-            raise ApiError(
-                400,
-                f"tz {tz} is at UTC{sign}{hours:02d}:{rest // 60:02d}, not a whole number of hours, in the requested "
-                f"range: days, weeks and months in such a zone are served only when it is the server's "
-                f"STATS_TIMEZONE ({stats_tz}); use granularity=hour, or a zone with whole-hour offsets",
-            )
 
 
 def parse_username(args: MultiDict) -> str | None:

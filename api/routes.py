@@ -19,15 +19,15 @@ from .errors import failure, is_unavailable, log
 bp = Blueprint("usage_stats", __name__)
 
 
-def _state():
+def app_state():
     return current_app.extensions["usage_stats"]
 
 
-def _success(data):
+def success(data):
     return jsonify(success=True, message="", data=data)
 
 
-def _window(state, names=params.SELF_PARAMETERS) -> params.Window:
+def request_window(state, names=params.SELF_PARAMETERS) -> params.Window:
     return params.parse_window(
         request.args,
         state.limits,
@@ -44,31 +44,31 @@ def _window(state, names=params.SELF_PARAMETERS) -> params.Window:
 
 @bp.get("/api/data/self")
 def data_self():
-    state = _state()
+    state = app_state()
     with queries.snapshot(state.engine) as conn:
         # Authentication before parameters, as new-api's middleware does: a caller
         # without a valid token learns nothing about what the endpoint accepts.
         # /self is for any user in new-api's sense of "User": role common (1) or above.
         user = authenticate(conn, m.ROLE_USER)
-        window = _window(state)
+        window = request_window(state)
         rows = queries.user_usage(conn, user.id, window.view, window.start, window.end)
-    return _success(rows)
+    return success(rows)
 
 
 # strict_slashes=False: /api/data answers too, without a redirect (a redirect would drop
 # the Authorization header in some clients, and its body would be HTML).
 @bp.get("/api/data/", strict_slashes=False)
 def data_all():
-    state = _state()
+    state = app_state()
     with queries.snapshot(state.engine) as conn:
         authenticate(conn, m.ROLE_ADMIN)
-        window = _window(state, params.ADMIN_PARAMETERS)
+        window = request_window(state, params.ADMIN_PARAMETERS)
         username = params.parse_username(request.args)
         if username is None:
             rows = queries.site_usage(conn, window.view, window.start, window.end)
         else:
             rows = queries.user_usage_by_name(conn, username, window.view, window.start, window.end)
-    return _success(rows)
+    return success(rows)
 
 
 @bp.get("/healthz")
@@ -80,7 +80,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     try:
-        with _state().engine.connect() as conn:
+        with app_state().engine.connect() as conn:
             # Reading rollup_state checks the schema too, not just the connection.
             conn.execute(sa.select(m.rollup_state.c.last_log_id).limit(1)).all()
     except sa.exc.SQLAlchemyError as e:
@@ -96,7 +96,7 @@ def readyz():
 def openapi_json():
     from .openapi import document
 
-    return jsonify(document(_state().limits))
+    return jsonify(document(app_state().limits))
 
 
 # --- the chart page -------------------------------------------------------------------
@@ -128,7 +128,7 @@ PAGE_HEADERS = {
 @bp.get("/")
 def page():
     html = (STATIC / "index.html").read_text(encoding="utf-8")
-    html = html.replace("__STATS_TIMEZONE__", str(escape(_state().settings.stats_timezone)))
+    html = html.replace("__STATS_TIMEZONE__", str(escape(app_state().settings.stats_timezone)))
     return Response(html, mimetype="text/html", headers=PAGE_HEADERS)
 
 

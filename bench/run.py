@@ -39,9 +39,11 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 from shared import rollup
 from shared.config import Settings
@@ -329,6 +331,12 @@ def reaggregate_in_worker(app, url: str, worker_pid: int, start: int, end: int) 
     return out
 
 
+def vacuum_summaries(engine: Any) -> None:
+    names = ", ".join(s.table.name for s in agg.SUMMARIES)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"VACUUM ANALYZE {names}")
+
+
 def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
     from worker import make_celery
 
@@ -352,13 +360,11 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
         # The other case: the summary rows are gone (a new STATS_TIMEZONE, a first
         # install beside an old gateway) and every row must be written.
         with engine.begin() as conn:
-            for table in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage):
-                conn.execute(sa.delete(table))
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE hourly_usage, daily_usage, hourly_model_usage, daily_model_usage")
+            for s in agg.SUMMARIES:
+                conn.execute(sa.delete(s.table))
+        vacuum_summaries(engine)
         one_round(worker, rebuild, "into empty tables")
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("VACUUM ANALYZE hourly_usage, daily_usage, hourly_model_usage, daily_model_usage")
+    vacuum_summaries(engine)
     engine.dispose()
     floor = statistics.median(bare)
     return {
@@ -404,7 +410,7 @@ def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
                     if name == "empty":
                         # An empty history every round: the previous round's rows go
                         # (ids go on from the sequence, so the watermark stays valid).
-                        for t in (m.logs, m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage):
+                        for t in (m.logs, *(s.table for s in agg.SUMMARIES)):
                             conn.execute(sa.delete(t))
                     # New logs in the data's last hour, as a gateway writes them.
                     data.generate_logs(conn, rows + i * batch, batch, data.PERIOD_END - HOUR, HOUR, trace_len)
@@ -617,10 +623,12 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
     with engine.begin() as conn:
         # Leave the data set as it was: the probes' logs, rows and user go.
         conn.execute(sa.delete(m.logs).where(m.logs.c.user_id == probe_id))
-        for t in (m.hourly_usage, m.daily_usage):
-            conn.execute(sa.delete(t).where(t.c.user_id == probe_id))
-        for t in (m.hourly_model_usage, m.daily_model_usage):
-            conn.execute(sa.delete(t).where(t.c.model_name.like("probe-%")))
+        for s in agg.SUMMARIES:
+            t = s.table
+            if "user_id" in s.dimensions:
+                conn.execute(sa.delete(t).where(t.c.user_id == probe_id))
+            else:
+                conn.execute(sa.delete(t).where(t.c.model_name.like("probe-%")))
         conn.execute(sa.delete(m.users).where(m.users.c.id == probe_id))
     engine.dispose()
     out = {"probes": probes, "window_seconds": window, "beat_interval_seconds": interval}

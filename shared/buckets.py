@@ -11,11 +11,15 @@ starts at its first instant).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, literal_column
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
@@ -28,16 +32,16 @@ PERIODS = ("week", "month")
 LONGEST = {"hour": HOUR, "day": DAY + 2 * HOUR, "week": 7 * DAY + 2 * HOUR, "month": 31 * DAY + 2 * HOUR}
 
 
-def hour_start(created_at):
+def hour_start(created_at: Any) -> Any:
     # A literal, not a bind parameter, so the expression reads the same wherever it is used.
     return created_at - created_at % literal_column(str(HOUR))
 
 
-def _utc_day_start(created_at):
+def _utc_day_start(created_at: Any) -> Any:
     return created_at - created_at % literal_column(str(DAY))
 
 
-class day_start(FunctionElement):
+class day_start(FunctionElement[int]):
     """Unix seconds of local midnight of the day holding `created_at` in zone `tz`."""
 
     type = BigInteger()
@@ -46,12 +50,14 @@ class day_start(FunctionElement):
     # The zone is part of the compiled SQL, so it must be part of the statement cache key.
     _traverse_internals = FunctionElement._traverse_internals + [("tz", InternalTraversal.dp_string)]
 
-    def __init__(self, created_at, tz: str):
+    def __init__(self, created_at: Any, tz: str):
         self.tz = tz
         super().__init__(created_at)
 
 
-def _compile_day_start(element, compiler, local_midnight_sql, **kw):
+def _compile_day_start(
+    element: day_start, compiler: SQLCompiler, local_midnight_sql: Callable[[str, str], str], **kw: Any
+) -> str:
     (created_at,) = element.clauses
     if _is_utc(element.tz):
         return compiler.process(_utc_day_start(created_at), **kw)
@@ -59,12 +65,12 @@ def _compile_day_start(element, compiler, local_midnight_sql, **kw):
 
 
 @compiles(day_start)
-def _day_start_default(element, compiler, **kw):
+def _day_start_default(element: day_start, compiler: SQLCompiler, **kw: Any) -> str:
     return _compile_day_start(element, compiler, lambda ts, tz: f"usage_day_start({ts}, {tz})", **kw)
 
 
 @compiles(day_start, "postgresql")
-def _day_start_pg(element, compiler, **kw):
+def _day_start_pg(element: day_start, compiler: SQLCompiler, **kw: Any) -> str:
     return _compile_day_start(element, compiler, lambda ts, tz: _pg_local_start(ts, tz, "day"), **kw)
 
 
@@ -88,7 +94,7 @@ def _pg_local_start(ts: str, tz: str, unit: str) -> str:
     )
 
 
-class period_start(FunctionElement):
+class period_start(FunctionElement[int]):
     """Unix seconds of the first instant of the local week (from Monday) or month
     holding `created_at` in zone `tz`: the day_start of that Monday or that 1st."""
 
@@ -100,7 +106,7 @@ class period_start(FunctionElement):
         ("unit", InternalTraversal.dp_string),
     ]
 
-    def __init__(self, created_at, tz: str, unit: str):
+    def __init__(self, created_at: Any, tz: str, unit: str):
         if unit not in PERIODS:
             raise ValueError(f"unit must be one of {PERIODS}, got {unit!r}")
         self.tz = tz
@@ -109,18 +115,18 @@ class period_start(FunctionElement):
 
 
 @compiles(period_start)
-def _period_start_default(element, compiler, **kw):
+def _period_start_default(element: period_start, compiler: SQLCompiler, **kw: Any) -> str:
     (created_at,) = element.clauses
     return f"usage_period_start({compiler.process(created_at, **kw)}, {_quoted(element.tz)}, '{element.unit}')"
 
 
 @compiles(period_start, "postgresql")
-def _period_start_pg(element, compiler, **kw):
+def _period_start_pg(element: period_start, compiler: SQLCompiler, **kw: Any) -> str:
     (created_at,) = element.clauses
     return _pg_local_start(compiler.process(created_at, **kw), _quoted(element.tz), element.unit)
 
 
-def bucket_start(created_at, granularity: str, tz: str):
+def bucket_start(created_at: Any, granularity: str, tz: str) -> Any:
     """The bucket of `created_at` at `granularity` (hour, day, week, month), days, weeks
     and months in zone `tz`: the same expressions the rollup uses for hours and days."""
     if granularity == "hour":
@@ -174,3 +180,34 @@ def local_period_start(ts: int, tz: str, unit: str) -> int:
     else:
         raise ValueError(f"unit must be one of {PERIODS}, got {unit!r}")
     return _first_instant(d, zone)
+
+
+def _offset(zone: ZoneInfo, ts: int) -> int:
+    offset = datetime.fromtimestamp(ts, tz=UTC).astimezone(zone).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+@lru_cache(maxsize=4096)
+def _split_hours(tz: str, day: int) -> tuple[tuple[int, int], ...]:
+    """The UTC hours of UTC day number `day` that some local midnight of `tz` may cut:
+    (hour start, offset there) where the offset is not whole hours or changes within the
+    hour. A fact of the zone database, so computed once per zone and day."""
+    zone = ZoneInfo(tz)
+    split = []
+    for h in range(day * DAY, (day + 1) * DAY, HOUR):
+        offset = _offset(zone, h)
+        if offset % HOUR or _offset(zone, h + HOUR - 1) != offset:
+            split.append((h, offset))
+    return tuple(split)
+
+
+def first_split_hour(tz: str, lo: int, hi: int) -> tuple[int, int] | None:
+    """The first UTC hour touching [lo, hi) that a local midnight of `tz` may cut, with
+    `tz`'s offset there, or None: then every such hour lies inside one local day, and
+    days summed from hourly rows are exact."""
+    first = lo - lo % HOUR
+    for day in range(first // DAY, (hi - 1) // DAY + 1):
+        for h, offset in _split_hours(tz, day):
+            if first <= h < hi:
+                return h, offset
+    return None

@@ -5,8 +5,9 @@ Every line goes through two filters, whichever logger wrote it:
 
 - `escape_controls` makes control characters visible: C0 (CR, LF, ESC, NUL, ...), DEL,
   C1 and the Unicode line and paragraph separators become `\\r`, `\\n`, `\\x1b`, `\\u2028`
-  and so on. A field that comes from a client (a request path, say) can therefore
-  neither start a forged line in the log nor drive the terminal that shows it. The same
+  and so on; a backslash becomes `\\\\`, so that an escape is never what a client
+  typed. A field that comes from a client (a request path, say) can therefore neither
+  start a forged line in the log nor drive the terminal that shows it. The same
   escaped text goes into both formats: the JSON `message` reads as the plain line does.
   A traceback keeps its line breaks; in plain text its lines after the first are
   indented with `CONTINUATION`, so that only a record's first line starts with `[`.
@@ -41,9 +42,11 @@ _URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]+@")
 
 # C0, DEL, C1, LINE SEPARATOR, PARAGRAPH SEPARATOR: every character str.splitlines()
 # breaks on is among them.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# The backslash too, so that an escape in the log is never what a client typed: a
+# literal "\x1b" in a path is logged as "\\x1b", an ESC as "\x1b".
+_CONTROL = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\\\\\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 _secret_sources: list[Callable[[], str | None]] = []
 

@@ -1,13 +1,11 @@
-"""The tables: new-api's `users` and `logs` (read, created only when absent), and ours.
-
-Ours hold the usage rollup:
-- hourly_usage / daily_usage: one row per (bucket start, user, model), for /api/data/self
-  and the admin's per-user view;
-- hourly_model_usage / daily_model_usage: one row per (bucket start, model), so the
-  site-wide answer never sums thousands of user rows;
+"""The tables: new-api's `users` and `logs` (read, created only when absent), and the
+rollup's bookkeeping:
 - rollup_state: how far the rollup has got (one row);
 - rollup_gap: log id ranges the rollup passed while they were not visible, because their
   transaction had not committed yet (or never will); see shared.rollup.
+
+The summary tables are declared in shared.aggregation, beside the definition of what
+they hold.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -97,59 +94,8 @@ logs = Table(
 LOG_TOPUP, LOG_CONSUME, LOG_MANAGE, LOG_SYSTEM, LOG_ERROR, LOG_REFUND = 1, 2, 3, 4, 5, 6
 
 # --- ours ----------------------------------------------------------------------------
-
-MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
-
-
-def _measures():
-    return [Column(name, BigInteger, nullable=False, server_default="0") for name in MEASURES]
-
-
-# Stored in hourly_usage's primary key leaves beside the key (PostgreSQL's INCLUDE).
-PER_USER_VALUES = ("username", *MEASURES)
-
-
-def _per_user_usage(name: str, *, covering: bool) -> Table:
-    # Primary key led by user_id: /api/data/self reads one user's range of buckets.
-    # `covering` (hourly_usage, migration 0002): the rows are written in time order, all
-    # users mixed, so one user's month of hours lies on as many heap pages as it has
-    # rows; with the values in the key's leaves the read is an index-only scan of a few
-    # adjacent pages. Not for daily_usage: ticks update today's rows all day long, and
-    # with the values in the key no such update can stay on its heap page (HOT), which
-    # nearly doubled the cost of a tick's daily upsert -- for reads of a few hundred rows.
-    return Table(
-        name,
-        metadata,
-        Column("user_id", BigInteger, nullable=False),
-        Column("created_at", BigInteger, nullable=False),
-        Column("model_name", Text, nullable=False),
-        Column("username", Text, nullable=False, server_default=""),
-        *_measures(),
-        PrimaryKeyConstraint(
-            "user_id",
-            "created_at",
-            "model_name",
-            name=f"{name}_pkey",
-            **({"postgresql_include": list(PER_USER_VALUES)} if covering else {}),
-        ),
-        Index(f"ix_{name}_created_at", "created_at"),
-    )
-
-
-def _per_model_usage(name: str) -> Table:
-    return Table(
-        name,
-        metadata,
-        Column("created_at", BigInteger, primary_key=True),
-        Column("model_name", Text, primary_key=True),
-        *_measures(),
-    )
-
-
-hourly_usage = _per_user_usage("hourly_usage", covering=True)
-daily_usage = _per_user_usage("daily_usage", covering=False)
-hourly_model_usage = _per_model_usage("hourly_model_usage")
-daily_model_usage = _per_model_usage("daily_model_usage")
+# The summary tables (hourly_usage, daily_usage, hourly_model_usage, daily_model_usage) are
+# declared in shared.aggregation, from the dimensions and measures they hold.
 
 rollup_state = Table(
     "rollup_state",

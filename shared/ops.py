@@ -47,7 +47,3 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
     result = _retention.run_retention(engine, settings, now=now if now is not None else int(time.time()))
     metrics.observe_retention(result.deleted)
     return result
-
-
-# The former name, still imported by tests/test_ops_retention.py.
-retention = run_retention

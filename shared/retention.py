@@ -7,7 +7,7 @@
   rollup has counted: id <= rollup_state.last_log_id and in no rollup_gap range (a log in
   a gap may still be counted later; a log above the watermark is not counted yet).
 
-Everything runs under the rollup's lock (shared.rollup.exclusive, waiting for it), so it
+Everything runs under the rollup's lock (shared.rollup.locked, waiting for it), so it
 never interleaves with a tick or a re-aggregation chunk; raw logs go in batches of
 ROLLUP_BATCH_SIZE ids, one transaction each, so that ticks run in between.
 
@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import aggregation as agg
 from . import models as m
 from .buckets import HOUR
 from .config import Settings
-from .rollup import exclusive
+from .rollup import locked
 
 DAY = 86400
 log = logging.getLogger("usage_stats.retention")
@@ -76,9 +77,8 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
         log.info("retention: off (RETAIN_HOURLY_DAYS and RETAIN_LOGS_DAYS are unset)")
         return result
     if result.hourly_before is not None:
-        with exclusive(engine, wait=True) as conn:
-            assert conn is not None  # waiting, it always gets the lock
-            for table in (m.hourly_usage, m.hourly_model_usage):
+        with locked(engine) as conn:
+            for table in (s.table for s in agg.SUMMARIES if s.grain == "hour"):
                 n = conn.execute(sa.delete(table).where(table.c.created_at < result.hourly_before)).rowcount
                 result.deleted[table.name] = n
     if result.logs_before is not None:
@@ -97,8 +97,7 @@ def _delete_counted_logs(engine: Engine, settings: Settings, before: int) -> int
     lg, g = m.logs.c, m.rollup_gap.c
     total = 0
     while True:
-        with exclusive(engine, wait=True) as conn:
-            assert conn is not None  # waiting, it always gets the lock
+        with locked(engine) as conn:
             w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar() or 0
             counted = sa.and_(
                 lg.created_at < before,

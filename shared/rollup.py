@@ -1,9 +1,13 @@
-"""The rollup: every consume log counted once, and only once, into hourly and daily rows.
+"""The rollup: every consume log counted once, and only once, into the summary tables.
 
 In one sentence: under a lock and in one snapshot, aggregate the logs whose ids lie in
 (`rollup_state.last_log_id`, H] -- plus any that have since committed inside a
-remembered gap -- with one INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE that
-adds, and move `last_log_id` to H in the same transaction.
+remembered gap -- with the one aggregation of shared.aggregation, fold the result into
+every summary table (INSERT ... ON CONFLICT DO UPDATE that adds), and move
+`last_log_id` to H in the same transaction.
+
+What counts, the buckets, the dimensions, the measures and the summary tables are
+shared.aggregation's; this module decides only which logs, when, and under what lock.
 
 Why this design (pg_incremental's sequence pipeline, without its wait):
 - Cost follows the new rows: a tick reads logs by primary key above a watermark, so ten
@@ -43,17 +47,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import Label
 
+from . import aggregation as agg
 from . import models as m
-from .buckets import HOUR, day_start, hour_start, local_midnight, next_local_midnight
+from .aggregation import AnySelect
+from .buckets import HOUR, local_midnight, next_local_midnight
 from .config import Settings
 from .db import write_connection
 
@@ -90,18 +100,15 @@ class ReaggregateResult:
     days: list[int] = field(default_factory=list, repr=False)
 
 
-# The delta of one transaction, at the finest grain both summaries need: per log's hour,
-# local day, user and model. Everything else is folded from it.
-_DELTA_DDL = """
-CREATE TEMPORARY TABLE IF NOT EXISTS rollup_delta (
-    hour BIGINT NOT NULL, day BIGINT NOT NULL, user_id BIGINT NOT NULL,
-    model_name TEXT NOT NULL, username TEXT NOT NULL,
-    count BIGINT NOT NULL, quota BIGINT NOT NULL, token_used BIGINT NOT NULL,
-    prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL)
-"""
-delta = sa.table(
+# The delta of one transaction, at the finest grain of every summary: per log's hour,
+# local day and every dimension. Each summary table is folded from it.
+DELTA_GRAINS = ("hour", "day")
+delta = sa.Table(
     "rollup_delta",
-    *(sa.column(c) for c in ("hour", "day", "user_id", "model_name", "username", *m.MEASURES)),
+    sa.MetaData(),
+    *(sa.Column(grain, sa.BigInteger, nullable=False) for grain in DELTA_GRAINS),
+    *(sa.Column(f.name, f.type, nullable=False) for f in (*agg.DIMENSIONS, *agg.ATTRIBUTES, *agg.MEASURES)),
+    prefixes=["TEMPORARY"],
 )
 
 
@@ -121,7 +128,7 @@ def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
             conn.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
             got = True
         else:
-            got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar()
+            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar())
         conn.commit()
         if not got:
             yield None
@@ -140,74 +147,40 @@ def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
                 conn.invalidate()
 
 
+@contextmanager
+def locked(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the rollup's lock, waiting for it."""
+    with exclusive(engine, wait=True) as conn:
+        assert conn is not None  # a waiting caller always gets the lock
+        yield conn
+
+
 # --- the shared query shapes ---------------------------------------------------------
 
 
-def _insert(conn: Connection):
+def _insert(conn: Connection) -> Callable[[sa.Table], Any]:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def consume_log_values() -> dict:
-    """A consume log's key and measure values as the rollup counts them: a missing value
-    counts as 0 or ''. The real-time tail (shared.queries) reads logs through these too,
-    so that a log counts the same before and after a tick."""
-    lg = m.logs.c
-    return {
-        "user_id": sa.func.coalesce(lg.user_id, 0),
-        "model_name": sa.func.coalesce(lg.model_name, ""),
-        "username": sa.func.coalesce(lg.username, ""),
-        "quota": sa.func.coalesce(lg.quota, 0),
-        "prompt_tokens": sa.func.coalesce(lg.prompt_tokens, 0),
-        "completion_tokens": sa.func.coalesce(lg.completion_tokens, 0),
-    }
+def _counted_rows(where: Any, tz: str, from_: Any = None) -> AnySelect:
+    """One row per consume log matching `where`: its hour, its local day in `tz`, and
+    the aggregation's dimensions, attributes and measures."""
+    buckets = agg.grain_buckets(tz)
+    return agg.log_rows(where, {g: buckets[g] for g in DELTA_GRAINS}, from_)
 
 
-def _consume_rows(where, tz: str, from_=m.logs):
-    """Per-log bucket columns of the consume logs matching `where`."""
-    lg = m.logs.c
-    return (
-        sa.select(
-            hour_start(lg.created_at).label("hour"),
-            day_start(lg.created_at, tz).label("day"),
-            *(value.label(name) for name, value in consume_log_values().items()),
-        )
-        .select_from(from_)
-        .where(
-            lg.type == m.LOG_CONSUME,
-            # A log without a time has no bucket (new-api always sets it); skipping it here
-            # keeps one corrupt row from stopping every tick, and re-aggregation agrees.
-            lg.created_at.is_not(None),
-            where,
-        )
+def _delta_select(rows: Any) -> AnySelect:
+    """`rows` (a select or union of _counted_rows) grouped by hour, day and every
+    dimension, in rollup_delta's column order."""
+    r = rows.subquery("r")
+    return agg.aggregate(
+        r, [*DELTA_GRAINS, *(f.name for f in agg.DIMENSIONS)], [*(a.name for a in agg.ATTRIBUTES), *agg.MEASURE_NAMES]
     )
 
 
-def _delta_select(rows) -> sa.Select:
-    """GROUP BY (hour, day, user, model) over `rows` (a select or union of _consume_rows),
-    in rollup_delta's column order."""
-    r = rows.subquery("r")
-    return sa.select(
-        r.c.hour,
-        r.c.day,
-        r.c.user_id,
-        r.c.model_name,
-        sa.func.max(r.c.username).label("username"),
-        sa.func.count().label("count"),
-        *(
-            sa.cast(sa.func.sum(expr), sa.BigInteger).label(name)
-            for name, expr in (
-                ("quota", r.c.quota),
-                ("token_used", r.c.prompt_tokens + r.c.completion_tokens),
-                ("prompt_tokens", r.c.prompt_tokens),
-                ("completion_tokens", r.c.completion_tokens),
-            )
-        ),
-    ).group_by(r.c.hour, r.c.day, r.c.user_id, r.c.model_name)
-
-
-def _fill_delta(conn: Connection, rows) -> None:
+def _fill_delta(conn: Connection, rows: Any) -> None:
     """rollup_delta := _delta_select(rows), for a tick: a few thousand rows."""
-    conn.exec_driver_sql(_DELTA_DDL)
+    conn.execute(CreateTable(delta, if_not_exists=True))
     conn.execute(sa.delete(delta))
     conn.execute(sa.insert(delta).from_select(list(delta.c.keys()), _delta_select(rows)))
 
@@ -219,16 +192,16 @@ class _CreateTempTableAs(sa.sql.expression.Executable, sa.sql.expression.ClauseE
 
     inherit_cache = False
 
-    def __init__(self, name: str, select: sa.Select):
+    def __init__(self, name: str, select: AnySelect):
         self.name, self.select = name, select
 
 
 @compiles(_CreateTempTableAs)
-def _compile_ctas(element, compiler, **kw):
+def _compile_ctas(element: _CreateTempTableAs, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CREATE TEMPORARY TABLE {element.name} AS {compiler.process(element.select, **kw)}"
 
 
-def _temp_table_as(conn: Connection, name: str, select: sa.Select) -> sa.TableClause:
+def _temp_table_as(conn: Connection, name: str, select: AnySelect) -> sa.TableClause:
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     conn.execute(_CreateTempTableAs(name, select))
     if conn.dialect.name == "postgresql":
@@ -241,55 +214,42 @@ def _temp_table_as(conn: Connection, name: str, select: sa.Select) -> sa.TableCl
     return sa.table(name, *(sa.column(c.name) for c in select.selected_columns))
 
 
-def _fold(conn: Connection, target: sa.Table, source: sa.Select) -> int:
+def _fold(conn: Connection, target: sa.Table, key: Sequence[str], source: AnySelect) -> int:
     """Add `source`'s rows (grouped, in target's column order) into `target`."""
-    key = [c.name for c in target.primary_key.columns]
     ins = _insert(conn)(target).from_select([c.name for c in target.columns], source)
-    adds = {name: target.c[name] + ins.excluded[name] for name in m.MEASURES}
-    if "username" in target.c:
-        # The bucket's largest username, as a GROUP BY over its logs gives: the same
-        # whether the bucket was built by ticks or by re-aggregation.
-        adds["username"] = sa.case(
-            (ins.excluded.username > target.c.username, ins.excluded.username), else_=target.c.username
-        )
-    return conn.execute(ins.on_conflict_do_update(index_elements=key, set_=adds)).rowcount
+    return conn.execute(
+        ins.on_conflict_do_update(index_elements=key, set_=agg.merge_into(target, ins.excluded))
+    ).rowcount
 
 
-def _sums(source):
-    # As BIGINT: PostgreSQL's SUM(bigint) is numeric, slow to compare and to hash.
-    return [sa.cast(sa.func.sum(source.c[name]), sa.BigInteger).label(name) for name in m.MEASURES]
+def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
+    """`summary`'s key as columns of `source` (a delta-shaped table with a column per grain)."""
+    return [source.c[summary.grain].label(agg.BUCKET) if k == agg.BUCKET else source.c[k] for k in summary.key]
 
 
 def _fold_delta(conn: Connection) -> int:
-    """Fold rollup_delta into the four summaries. Returns the hourly per-user rows touched."""
-    d = delta.c
-    touched = 0
-    for bucket, per_user, per_model in (
-        (d.hour, m.hourly_usage, m.hourly_model_usage),
-        (d.day, m.daily_usage, m.daily_model_usage),
-    ):
-        rows = _fold(
-            conn,
-            per_user,
-            sa.select(d.user_id, bucket, d.model_name, sa.func.max(d.username), *_sums(delta))
-            .group_by(d.user_id, bucket, d.model_name)
-            # In key order: the upsert walks the primary key left to right, not at random.
-            .order_by(d.user_id, bucket, d.model_name),
+    """Fold rollup_delta into every summary table. Returns the rows of the first (the
+    finest hourly one) touched."""
+    touched = []
+    for summary in agg.SUMMARIES:
+        key = _key_columns(summary, delta)
+        # In key order: the upsert walks the primary key left to right, not at random.
+        source = agg.aggregate(delta, key, summary.values).order_by(
+            *(k.element if isinstance(k, Label) else k for k in key)
         )
-        touched = touched or rows
-        _fold(conn, per_model, sa.select(bucket, d.model_name, *_sums(delta)).group_by(bucket, d.model_name))
-    return touched
+        touched.append(_fold(conn, summary.table, summary.key, source))
+    return touched[0]
 
 
 def _delta_logs(conn: Connection) -> int:
     """Consume logs in rollup_delta."""
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(delta.c.count), 0))).scalar())
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(delta.c[agg.LOG_COUNT]), 0))).scalar_one())
 
 
 # --- state ---------------------------------------------------------------------------
 
 
-def _state(conn: Connection, settings: Settings):
+def _state(conn: Connection, settings: Settings) -> sa.Row[Any]:
     state = conn.execute(sa.select(m.rollup_state).where(m.rollup_state.c.id == 1)).one_or_none()
     if state is None:
         raise RollupError("rollup_state is empty: run `usage-stats db upgrade` first")
@@ -311,6 +271,23 @@ def _state(conn: Connection, settings: Settings):
             f"run `usage-stats reaggregate --all` to rebuild them in {settings.stats_timezone}"
         )
     return state
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the rollup has got: every log with id <= last_log_id is counted, except
+    those inside a gap ([lo, hi] ranges, all below last_log_id)."""
+
+    last_log_id: int
+    gaps: list[tuple[int, int]]
+
+
+def read_progress(conn: Connection) -> Progress:
+    """rollup_state.last_log_id and the rollup_gap ranges, read on `conn` (in its snapshot)."""
+    w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar()
+    g = m.rollup_gap.c
+    gaps = [(int(lo), int(hi)) for lo, hi in conn.execute(sa.select(g.lo, g.hi).order_by(g.lo))]
+    return Progress(int(w or 0), gaps)
 
 
 # --- gaps (PostgreSQL only) ----------------------------------------------------------
@@ -393,7 +370,7 @@ def _check_ids_not_restarted(conn: Connection, w: int) -> None:
         )
 
 
-def _gap_join():
+def _gap_join() -> sa.Join:
     g = m.rollup_gap.c
     return m.logs.join(m.rollup_gap, m.logs.c.id.between(g.lo, g.hi))
 
@@ -406,7 +383,7 @@ def _split_gaps_around_found(conn: Connection) -> None:
         .select_from(_gap_join())
         .order_by(g.lo, m.logs.c.id)
     ).all()
-    by_gap: dict = {}
+    by_gap: dict[tuple[Any, ...], list[int]] = {}
     for lo, hi, discovered, settled, log_id in found:
         by_gap.setdefault((lo, hi, discovered, settled), []).append(log_id)
     for (lo, hi, discovered, settled), ids in by_gap.items():
@@ -425,7 +402,7 @@ def _split_gaps_around_found(conn: Connection) -> None:
             )
 
 
-def _not_in_gap():
+def _not_in_gap() -> Any:
     g = m.rollup_gap.c
     return ~sa.exists().where(m.logs.c.id.between(g.lo, g.hi))
 
@@ -455,14 +432,14 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
         h, n_ids = conn.execute(sa.select(sa.func.max(batch.c.id), sa.func.count(batch.c.id))).one()
         if h is None and w > 0:
             _check_ids_not_restarted(conn, w)
-        has_gaps = pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar() > 0
+        has_gaps = pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar_one() > 0
 
         result = TickResult(batches=1, last_log_id=h if h is not None else w, more=n_ids >= settings.rollup_batch_size)
         sources = []
         if h is not None:
-            sources.append(_consume_rows(sa.and_(m.logs.c.id > w, m.logs.c.id <= h), settings.stats_timezone))
+            sources.append(_counted_rows(sa.and_(m.logs.c.id > w, m.logs.c.id <= h), settings.stats_timezone))
         if has_gaps:
-            sources.append(_consume_rows(sa.true(), settings.stats_timezone, from_=_gap_join()))
+            sources.append(_counted_rows(sa.true(), settings.stats_timezone, from_=_gap_join()))
         if sources:
             _fill_delta(conn, sources[0] if len(sources) == 1 else sa.union_all(*sources))
             result.logs = _delta_logs(conn)
@@ -530,7 +507,7 @@ def backlog(engine: Engine, cap: int = 1_000_000) -> tuple[int, int]:
     with engine.connect() as conn:
         w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar() or 0
         pending = sa.select(lg.id).where(lg.id > w).limit(cap).subquery()
-        behind = conn.execute(sa.select(sa.func.count()).select_from(pending)).scalar()
+        behind = conn.execute(sa.select(sa.func.count()).select_from(pending)).scalar_one()
         oldest = conn.execute(sa.select(lg.created_at).where(lg.id > w).order_by(lg.id).limit(1)).scalar()
     lag = max(0, int(time.time()) - oldest) if oldest is not None else 0
     return behind, lag
@@ -543,12 +520,13 @@ def adopt_timezone(engine: Engine, settings: Settings) -> bool:
     """When the daily rows were built in another zone than STATS_TIMEZONE: drop them all
     and record the new zone, so that ticks go on and a re-aggregation of the whole history
     (`usage-stats reaggregate --all`) rebuilds them. True when something changed."""
-    with exclusive(engine, wait=True) as conn:
+    with locked(engine) as conn:
         current = conn.execute(sa.select(m.rollup_state.c.timezone).where(m.rollup_state.c.id == 1)).scalar()
         if current in (None, settings.stats_timezone):
             return False
-        for table in (m.daily_usage, m.daily_model_usage):
-            conn.execute(sa.delete(table))
+        for summary in agg.SUMMARIES:
+            if summary.grain == "day":
+                conn.execute(sa.delete(summary.table))
         conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
     log.info("daily rows dropped: built in %s, STATS_TIMEZONE is now %s", current, settings.stats_timezone)
     return True
@@ -616,10 +594,10 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
     h_lo, h_hi = d_lo - d_lo % HOUR, -(-d_hi // HOUR) * HOUR
     lg = m.logs.c
     pg = engine.dialect.name == "postgresql"
-    with exclusive(engine, wait=True) as conn:
+    with locked(engine) as conn:
         state = _state(conn, settings)
         if pg:
-            # Compiling these few statements costs more than it saves (a second or so).
+            # JIT compiling these few statements costs more than it saves.
             conn.exec_driver_sql("SET LOCAL jit = off")
             conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         counted = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi, lg.id <= state.last_log_id)
@@ -627,84 +605,64 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
             counted = sa.and_(counted, _not_in_gap())
         if user_id is not None:
             counted = sa.and_(counted, lg.user_id == user_id)
-        fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_consume_rows(counted, settings.stats_timezone)))
+        fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_counted_rows(counted, settings.stats_timezone)))
         f = fresh.c
-        # rollup_fresh is keyed by (hour, day, user, model). Where every local midnight
+        # rollup_fresh is keyed by (hour, day, dimensions). Where every local midnight
         # falls on a UTC hour (all zones but a few half-hour ones), an hour lies in one
-        # day, so the key without `day` is already unique: its hourly rows need no
-        # second GROUP BY over hundreds of thousands of rows.
+        # day, so its rows are unique by (hour, dimensions) already: the finest hourly
+        # table takes them as they are, without a second GROUP BY over hundreds of
+        # thousands of rows.
         hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
-        for bucket, lo, hi, per_user, per_model in (
-            (f.hour, h_lo, h_hi, m.hourly_usage, m.hourly_model_usage),
-            (f.day, d_lo, d_hi, m.daily_usage, m.daily_model_usage),
-        ):
-            in_range = sa.and_(bucket >= lo, bucket < hi)
-            if bucket is f.hour and hours_in_one_day:
-                per_user_rows = sa.select(
-                    f.user_id, bucket.label("created_at"), f.model_name, f.username, *(f[n] for n in m.MEASURES)
-                ).where(in_range)
+        all_dimensions = {d.name for d in agg.DIMENSIONS}
+        ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
+        finest: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
+        for summary in agg.SUMMARIES:
+            lo, hi = ranges[summary.grain]
+            target = summary.table
+            in_range = sa.and_(f[summary.grain] >= lo, f[summary.grain] < hi)
+            key = _key_columns(summary, fresh)
+            if summary.grain == "hour" and hours_in_one_day and set(summary.dimensions) == all_dimensions:
+                rows = sa.select(*key, *(f[v] for v in summary.values)).where(in_range)
             else:
-                per_user_rows = (
-                    sa.select(
-                        f.user_id,
-                        bucket.label("created_at"),
-                        f.model_name,
-                        sa.func.max(f.username).label("username"),
-                        *_sums(fresh),
-                    )
-                    .where(in_range)
-                    .group_by(f.user_id, bucket, f.model_name)
-                )
-            changed = _sync(
-                conn,
-                per_user,
-                per_user_rows,
-                sa.and_(
-                    per_user.c.created_at >= lo,
-                    per_user.c.created_at < hi,
-                    sa.true() if user_id is None else per_user.c.user_id == user_id,
-                ),
-            )
-            if user_id is None:
-                # Every log of these buckets is in rollup_fresh: recompute the site-wide rows too.
-                _sync(
-                    conn,
-                    per_model,
-                    sa.select(bucket.label("created_at"), f.model_name, *_sums(fresh))
-                    .where(in_range)
-                    .group_by(bucket, f.model_name),
-                    sa.and_(per_model.c.created_at >= lo, per_model.c.created_at < hi),
-                )
+                rows = agg.aggregate(fresh, key, summary.values).where(in_range)
+            stored = sa.and_(target.c[agg.BUCKET] >= lo, target.c[agg.BUCKET] < hi)
+            if user_id is None or "user_id" in summary.dimensions:
+                # Every log of these rows is in rollup_fresh: make the stored rows equal them.
+                if user_id is not None:
+                    stored = sa.and_(stored, target.c.user_id == user_id)
+                change = _sync(conn, summary, rows, stored)
+                finest.setdefault(summary.grain, (summary, change))
             else:
-                # Only one user's logs were read: move the site-wide rows by that user's change.
-                c = changed.c
+                # Only one user's logs were read: move these rows by the change of the
+                # finest table of the same grain, which holds that user's rows.
+                source, change = finest[summary.grain]
+                assert set(summary.dimensions) < set(source.dimensions), (summary, source)
+                c = change.c
+                by = [c[k] for k in summary.key]
                 _fold(
                     conn,
-                    per_model,
+                    target,
+                    summary.key,
                     sa.select(
-                        c.created_at, c.model_name, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]) for n in m.MEASURES)
-                    ).group_by(c.created_at, c.model_name),
+                        *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
+                    ).group_by(*by),
                 )
-                conn.execute(
-                    sa.delete(per_model).where(
-                        per_model.c.count == 0, per_model.c.created_at >= lo, per_model.c.created_at < hi
-                    )
-                )
+                conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
         return int(
             conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(f.count), 0)).where(f.day >= d_lo, f.day < d_hi)
-            ).scalar()
+                sa.select(sa.func.coalesce(sa.func.sum(f[agg.LOG_COUNT]), 0)).where(f.day >= d_lo, f.day < d_hi)
+            ).scalar_one()
         )
 
 
-def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.TableClause:
-    """Make target's rows matching `where` equal `fresh` (rows in target's column order),
-    writing only what differs: a re-aggregation of unchanged logs reads, compares and
-    writes nothing, where deleting and re-inserting every row would cost several times
-    the aggregation itself. Returns rollup_change: one row per key that differed, with
-    old_* and new_* measures (0 where the row was absent)."""
-    key = [c.name for c in target.primary_key.columns]
-    values = [c.name for c in target.columns if c.name not in key]  # username (per user) and the measures
+def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) -> sa.TableClause:
+    """Make the summary's rows matching `where` equal `fresh` (rows in the table's
+    column order), writing only what differs: a re-aggregation of unchanged logs reads,
+    compares and writes nothing, where deleting and re-inserting every row would cost
+    several times the aggregation itself. Returns rollup_change: one row per key that
+    differed, with its attributes and the old_* and new_* measures (0 where the row was
+    absent)."""
+    target, key, values = summary.table, list(summary.key), list(summary.values)
     n = fresh.subquery("n")
     o = sa.select(target).where(where).subquery("o")
     on = sa.and_(*(n.c[k] == o.c[k] for k in key))
@@ -715,9 +673,9 @@ def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.Tab
         sa.select(
             *(sa.func.coalesce(n.c[k], o.c[k]).label(k) for k in key),
             (n.c[key[0]].is_not(None)).label("present"),
-            *([n.c.username] if "username" in values else []),
-            *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in m.MEASURES),
-            *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in m.MEASURES),
+            *(n.c[a] for a in summary.attributes),
+            *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in agg.MEASURE_NAMES),
+            *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in agg.MEASURE_NAMES),
         )
         .select_from(n.outerjoin(o, on, full=True))
         .where(differs),
@@ -728,7 +686,7 @@ def _sync(conn: Connection, target: sa.Table, fresh: sa.Select, where) -> sa.Tab
     ins = _insert(conn)(target).from_select(
         key + values,
         sa.select(
-            *(c[k] for k in key), *([c.username] if "username" in values else []), *(c[f"new_{v}"] for v in m.MEASURES)
+            *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
         ).where(c.present),
     )
     conn.execute(ins.on_conflict_do_update(index_elements=key, set_={v: ins.excluded[v] for v in values}))

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 
 HOUR = 3600
@@ -182,13 +183,13 @@ def actual_tables(engine, *, usernames: bool = True) -> dict[str, dict]:
     """The four summary tables as they are, in the shape of `expected_tables`."""
     result = {}
     with engine.connect() as conn:
-        for table in (m.hourly_usage, m.daily_usage):
+        for table in (agg.hourly_usage, agg.daily_usage):
             c = table.c
             cols = [c.user_id, c.created_at, c.model_name, *(c[x] for x in MEASURES)]
             if usernames:
                 cols.append(c.username)
             result[table.name] = {(r[0], r[1], r[2]): tuple(r[3:]) for r in conn.execute(sa.select(*cols))}
-        for table in (m.hourly_model_usage, m.daily_model_usage):
+        for table in (agg.hourly_model_usage, agg.daily_model_usage):
             c = table.c
             result[table.name] = {
                 (r[0], r[1]): tuple(r[2:])

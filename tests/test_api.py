@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from api import create_app
 from api.config import ApiLimits
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import ConfigError, Settings
 from shared.db import make_engine
@@ -196,10 +197,10 @@ def usage(engine, people):
         model_row(T0 + H, "claude", count=1002),
     ]
     daily_site = [model_row(T0, "gpt-4o", count=2000), model_row(T0 + D, "claude", count=2001)]
-    add_rows(engine, m.hourly_usage, hourly)
-    add_rows(engine, m.daily_usage, daily)
-    add_rows(engine, m.hourly_model_usage, hourly_site)
-    add_rows(engine, m.daily_model_usage, daily_site)
+    add_rows(engine, agg.hourly_usage, hourly)
+    add_rows(engine, agg.daily_usage, daily)
+    add_rows(engine, agg.hourly_model_usage, hourly_site)
+    add_rows(engine, agg.daily_model_usage, daily_site)
     return {"hour": hourly, "day": daily, "hour_site": hourly_site, "day_site": daily_site}
 
 
@@ -270,7 +271,7 @@ def test_admin_username_narrows_to_that_user(api, people, usage, granularity):
 def test_admin_username_unknown_or_deleted_is_empty(api, people, usage, engine):
     # dave is soft-deleted (treated as absent) even though he has rows; "ghost" has rows
     # but is no user; names match exactly.
-    add_rows(engine, m.hourly_usage, [user_row(6, T0, "gpt-4o", "dave")])
+    add_rows(engine, agg.hourly_usage, [user_row(6, T0, "gpt-4o", "dave")])
     for name in ("nobody", "ghost", "dave", "ALICE", "alice "):
         assert ok_data(api.get(ALL, **as_(people, "root"), username=name, **WINDOW)) == [], name
     # An empty username is no filter, like every empty parameter.
@@ -284,7 +285,7 @@ def test_admin_username_follows_the_user_not_the_recorded_name(engine, people):
     # user 1, all of user 1's rows, and nobody else's.
     add_rows(
         engine,
-        m.hourly_usage,
+        agg.hourly_usage,
         [
             user_row(1, T0, "gpt-4o", "al"),
             user_row(1, T0 + H, "gpt-4o", "alice"),
@@ -337,7 +338,7 @@ def test_timestamps_beyond_int64_are_400(sq_api, root, name):
 def test_largest_int64_timestamps_are_accepted(engine):
     # At the edge of BIGINT on both databases.
     token = add_user(engine, 3, "root", role=m.ROLE_ROOT)
-    add_rows(engine, m.hourly_model_usage, [model_row(INT64_MAX - 10, "edge")])
+    add_rows(engine, agg.hourly_model_usage, [model_row(INT64_MAX - 10, "edge")])
     data = ok_data(make_api(engine).get(ALL, token, 3, start_timestamp=INT64_MAX - 100, end_timestamp=INT64_MAX))
     assert [r["created_at"] for r in data] == [INT64_MAX - 10]
     # Leading zeros do not make a number large.
@@ -351,7 +352,7 @@ def test_start_after_end_is_400(sq_api, root):
 
 
 def test_start_equal_to_end_is_one_instant(sq_api, root, sqlite_engine):
-    add_rows(sqlite_engine, m.hourly_model_usage, [model_row(T0, "a"), model_row(T0 + H, "b")])
+    add_rows(sqlite_engine, agg.hourly_model_usage, [model_row(T0, "a"), model_row(T0 + H, "b")])
     data = ok_data(sq_api.get(ALL, **root, start_timestamp=T0 + H, end_timestamp=T0 + H))
     assert [r["model_name"] for r in data] == ["b"]
 
@@ -412,13 +413,13 @@ def test_repeated_username_is_400(sq_api, root):
 
 def test_empty_values_count_as_absent(sq_api, root, sqlite_engine):
     now = int(time.time())
-    add_rows(sqlite_engine, m.hourly_model_usage, [model_row(now - now % H - 2 * H, "recent")])
+    add_rows(sqlite_engine, agg.hourly_model_usage, [model_row(now - now % H - 2 * H, "recent")])
     data = ok_data(sq_api.get(ALL, **root, start_timestamp="", end_timestamp="", granularity=""))
     assert [r["model_name"] for r in data] == ["recent"]
 
 
 def test_bounds_are_inclusive(sq_api, root, sqlite_engine):
-    add_rows(sqlite_engine, m.hourly_model_usage, [model_row(T0 + i * H, f"m{i}") for i in range(4)])
+    add_rows(sqlite_engine, agg.hourly_model_usage, [model_row(T0 + i * H, f"m{i}") for i in range(4)])
 
     def names(start, end):
         return [r["model_name"] for r in ok_data(sq_api.get(ALL, **root, start_timestamp=start, end_timestamp=end))]
@@ -435,7 +436,7 @@ def test_defaults_are_the_last_day_of_hours_and_the_last_week_of_days(sqlite_eng
     day = now - now % D
     add_rows(
         sqlite_engine,
-        m.hourly_model_usage,
+        agg.hourly_model_usage,
         [
             model_row(hour - 2 * H, "2h-ago"),
             model_row(hour - 30 * H, "30h-ago"),
@@ -444,7 +445,7 @@ def test_defaults_are_the_last_day_of_hours_and_the_last_week_of_days(sqlite_eng
     )
     add_rows(
         sqlite_engine,
-        m.daily_model_usage,
+        agg.daily_model_usage,
         [
             model_row(day - 3 * D, "3d-ago"),
             model_row(day - 10 * D, "10d-ago"),
@@ -469,7 +470,7 @@ def test_rows_are_ordered_by_created_at_then_model(sq_api, root, sqlite_engine):
         model_row(T0, "a"),
         model_row(T0 + 2 * H, ""),
     ]
-    add_rows(sqlite_engine, m.hourly_model_usage, rows)
+    add_rows(sqlite_engine, agg.hourly_model_usage, rows)
     data = ok_data(sq_api.get(ALL, **root, **WINDOW))
     assert [(r["created_at"] - T0, r["model_name"]) for r in data] == [
         (0, "a"),
@@ -491,8 +492,8 @@ def test_model_order_does_not_follow_the_database_locale(pg_engine):
     collation = next((c for c in ("und-x-icu", "en-x-icu", "en_US.utf8", "en_US.UTF-8") if c in available), None)
     token = add_user(pg_engine, 3, "root", role=m.ROLE_ROOT)
     names = ["a", "B", "_z", "gpt4", "gpt-4o", ""]
-    add_rows(pg_engine, m.hourly_model_usage, [model_row(T0, n) for n in names])
-    add_rows(pg_engine, m.hourly_usage, [user_row(3, T0, n, "root") for n in names])
+    add_rows(pg_engine, agg.hourly_model_usage, [model_row(T0, n) for n in names])
+    add_rows(pg_engine, agg.hourly_usage, [user_row(3, T0, n, "root") for n in names])
     tables = ("hourly_model_usage", "hourly_usage")
     try:
         if collation:
@@ -528,8 +529,8 @@ def test_large_measures_are_exact_json_integers(engine):
     # exact beyond 2**53.
     token = add_user(engine, 3, "root", role=m.ROLE_ROOT)
     big = 2**62 + 1
-    add_rows(engine, m.hourly_model_usage, [model_row(T0, "big", quota=big, count=big)])
-    add_rows(engine, m.hourly_usage, [user_row(3, T0, "big", "root", quota=big)])
+    add_rows(engine, agg.hourly_model_usage, [model_row(T0, "big", quota=big, count=big)])
+    add_rows(engine, agg.hourly_usage, [user_row(3, T0, "big", "root", quota=big)])
     api = make_api(engine)
     raw = api.get(ALL, token, 3, **WINDOW).get_data(as_text=True)
     assert f'"quota":{big}' in raw and f'"count":{big}' in raw

@@ -14,6 +14,7 @@ from referencing.jsonschema import DRAFT202012
 
 from api import create_app, params
 from api.config import ApiLimits
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
 from shared.db import make_engine
@@ -67,10 +68,10 @@ def setup(engine):
         "root": add_user(engine, 3, "root", role=m.ROLE_ROOT),
         "off": add_user(engine, 5, "carol", status=m.STATUS_DISABLED),
     }
-    add_rows(engine, m.hourly_usage, [user_row(1, T0, "gpt-4o", "alice"), user_row(1, T0 + 3600, "", "alice")])
-    add_rows(engine, m.daily_usage, [user_row(1, T0, "gpt-4o", "alice", count=2)])
-    add_rows(engine, m.hourly_model_usage, [model_row(T0, "gpt-4o", quota=2**62)])
-    add_rows(engine, m.daily_model_usage, [model_row(T0, "gpt-4o", count=3)])
+    add_rows(engine, agg.hourly_usage, [user_row(1, T0, "gpt-4o", "alice"), user_row(1, T0 + 3600, "", "alice")])
+    add_rows(engine, agg.daily_usage, [user_row(1, T0, "gpt-4o", "alice", count=2)])
+    add_rows(engine, agg.hourly_model_usage, [model_row(T0, "gpt-4o", quota=2**62)])
+    add_rows(engine, agg.daily_model_usage, [model_row(T0, "gpt-4o", count=3)])
     api = make_api(engine)
     contract = Contract(api.client.get("/api/openapi.json").get_json())
     return api, contract, tokens

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from api.config import ApiLimits
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import rollup
@@ -92,7 +93,7 @@ def test_months_summed_from_the_daily_rows(engine):
     token = add_user(engine, ROOT, "root", role=m.ROLE_ROOT)
     add_rows(
         engine,
-        m.daily_usage,
+        agg.daily_usage,
         [
             user_row(ROOT, at(tz, 2024, 11, 1), "a", "root", count=1, quota=10),
             user_row(ROOT, at(tz, 2024, 11, 3), "a", "root2", count=2, quota=20),  # the 25-hour day
@@ -102,7 +103,7 @@ def test_months_summed_from_the_daily_rows(engine):
     )
     add_rows(
         engine,
-        m.daily_model_usage,
+        agg.daily_model_usage,
         [
             {
                 "created_at": at(tz, 2024, 11, 4),
@@ -161,7 +162,7 @@ def test_default_ranges(sqlite_engine):
     month = int(datetime.fromtimestamp(now, ZoneInfo("UTC")).replace(day=1, hour=0, minute=0, second=0).timestamp())
     add_rows(
         sqlite_engine,
-        m.daily_model_usage,
+        agg.daily_model_usage,
         [
             {
                 "created_at": t,

@@ -15,6 +15,7 @@ import random
 import pytest
 
 from api.config import ApiLimits
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import rollup
@@ -97,7 +98,7 @@ def test_stats_timezone_days_come_from_the_daily_rows(engine):
     # Rows written directly, no logs: what the API folds is visibly the daily table.
     tokens = {ROOT: add_user(engine, ROOT, "u3", role=m.ROLE_ROOT)}
     day1, day2 = at(NY, 2024, 11, 3), at(NY, 2024, 11, 4)  # 25 hours apart
-    add_rows(engine, m.daily_usage, [user_row(ROOT, day1, "a", count=2), user_row(ROOT, day2, "a", count=3)])
+    add_rows(engine, agg.daily_usage, [user_row(ROOT, day1, "a", count=2), user_row(ROOT, day2, "a", count=3)])
     api = make_api(engine, tz=NY)
     q = {"granularity": "day", "start_timestamp": day1, "end_timestamp": day2}
     for extra in ({}, {"tz": NY}):
@@ -106,7 +107,7 @@ def test_stats_timezone_days_come_from_the_daily_rows(engine):
         ] == [(day1, 2), (day2, 3)]
     # Another zone does not read them (its days differ), but the hourly rows.
     assert ok_data(api.get("/api/data/self", tokens[ROOT], ROOT, tz="Asia/Shanghai", **q)) == []
-    add_rows(engine, m.hourly_usage, [user_row(ROOT, day1 + 5 * H, "a", count=7)])  # 05:00 NY = 18:00 Shanghai
+    add_rows(engine, agg.hourly_usage, [user_row(ROOT, day1 + 5 * H, "a", count=7)])  # 05:00 NY = 18:00 Shanghai
     shanghai_day = at("Asia/Shanghai", 2024, 11, 3)
     data = ok_data(
         api.get(

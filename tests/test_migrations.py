@@ -18,6 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
+from shared import aggregation  # noqa: F401  (declares the summary tables on models.metadata)
 from shared import models as m
 from shared.config import Settings
 from shared.db import make_engine

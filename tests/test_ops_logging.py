@@ -190,6 +190,18 @@ def test_control_characters_in_a_path_are_escaped_in_the_json_line(sqlite_engine
 
 
 @pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_typed_escape_is_not_taken_for_an_escaped_character(sqlite_engine, fmt, capture):
+    # A client that types the four characters \x1b must not pass for one that sent ESC.
+    app = create_app(Settings(database_url="sqlite://", log_format=fmt), engine=sqlite_engine)
+    buf = capture(fmt)
+    assert app.test_client().get("/a%5Cx1b/b%1b").status_code == 404
+    lines = _lines(buf)
+    assert len(lines) == 1
+    path = json.loads(lines[0])["path"] if fmt == "json" else lines[0]
+    assert "/a\\\\x1b/b\\x1b" in path
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
 def test_a_forged_path_still_loses_its_token(sqlite_engine, capture, fmt):
     app = create_app(Settings(database_url="sqlite://", log_format=fmt), engine=sqlite_engine)
     token = add_user(sqlite_engine, 1, "alice")

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from api import create_app
+from shared import aggregation as agg
 from shared import jobs
 from shared import models as m
 from shared.config import Settings
@@ -202,8 +203,8 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
     run_rollup(pg_engine, settings, wait=True)
     # Damage the summaries, as a bug or a manual edit would; re-aggregation repairs them.
     with pg_engine.begin() as conn:
-        conn.execute(sa.update(m.hourly_usage).values(count=999, quota=0))
-        conn.execute(sa.delete(m.daily_usage).where(m.daily_usage.c.user_id == 3))
+        conn.execute(sa.update(agg.hourly_usage).values(count=999, quota=0))
+        conn.execute(sa.delete(agg.daily_usage).where(agg.daily_usage.c.user_id == 3))
     assert _rows(pg_engine, ACTUAL) != _rows(pg_engine, EXPECTED)
 
     env = dict(os.environ, DATABASE_URL=pg_url, CELERY_BROKER_URL=redis_url, ROLLUP_INTERVAL_SECONDS="3600")

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
-from shared.ops import retention, run_rollup
+from shared.ops import run_retention, run_rollup
 from shared.retention import check_reaggregate_range
 
 D = 86400
@@ -63,24 +64,24 @@ def history(engine):
 def test_off_by_default(history):
     settings = Settings.from_env({})
     assert settings.retain_hourly_days == 0 and settings.retain_logs_days == 0
-    hourly, logs, daily = _count(history, m.hourly_usage), _count(history, m.logs), _daily(history)
-    r = retention(history, settings, now=NOW)
+    hourly, logs, daily = _count(history, agg.hourly_usage), _count(history, m.logs), _daily(history)
+    r = run_retention(history, settings, now=NOW)
     assert not r.enabled and r.deleted == {}
-    assert (_count(history, m.hourly_usage), _count(history, m.logs), _daily(history)) == (hourly, logs, daily)
+    assert (_count(history, agg.hourly_usage), _count(history, m.logs), _daily(history)) == (hourly, logs, daily)
 
 
 def test_hourly_rows_past_the_horizon_go_daily_rows_stay(history):
     daily, logs = _daily(history), _count(history, m.logs)
     horizon = NOW - 3 * D
-    old = m.hourly_usage.c.created_at < horizon
-    expected_gone = _count(history, m.hourly_usage, old)
+    old = agg.hourly_usage.c.created_at < horizon
+    expected_gone = _count(history, agg.hourly_usage, old)
     assert expected_gone > 0
-    r = retention(history, Settings(database_url="sqlite://", retain_hourly_days=3), now=NOW)
+    r = run_retention(history, Settings(database_url="sqlite://", retain_hourly_days=3), now=NOW)
     assert r.deleted["hourly_usage"] == expected_gone
     assert r.deleted["hourly_model_usage"] > 0
-    assert _count(history, m.hourly_usage, old) == 0
-    assert _count(history, m.hourly_model_usage, m.hourly_model_usage.c.created_at < horizon) == 0
-    assert _count(history, m.hourly_usage) == 2 * 12 + 2  # hours in the last 3 days, the horizon's hour included
+    assert _count(history, agg.hourly_usage, old) == 0
+    assert _count(history, agg.hourly_model_usage, agg.hourly_model_usage.c.created_at < horizon) == 0
+    assert _count(history, agg.hourly_usage) == 2 * 12 + 2  # hours in the last 3 days, the horizon's hour included
     assert _daily(history) == daily
     assert _count(history, m.logs) == logs
 
@@ -100,7 +101,7 @@ def test_only_counted_logs_are_deleted(history):
     old = m.logs.c.created_at < NOW - 5 * D
     n_old = _count(engine, m.logs, old)
 
-    r = retention(engine, settings, now=NOW)
+    r = run_retention(engine, settings, now=NOW)
 
     kept = {late_id} | ({gap_id} if engine.dialect.name == "postgresql" else set())
     assert r.deleted == {"logs": n_old - len(kept)}
@@ -113,14 +114,14 @@ def test_only_counted_logs_are_deleted(history):
         with engine.begin() as conn:
             conn.execute(sa.delete(m.rollup_gap))
     run_rollup(engine, settings, wait=True)  # counts the late log ...
-    assert retention(engine, settings, now=NOW).deleted == {"logs": len(kept)}  # ... and then it may go
+    assert run_retention(engine, settings, now=NOW).deleted == {"logs": len(kept)}  # ... and then it may go
     assert _count(engine, m.logs, old) == 0
 
 
 def test_logs_go_in_batches(history):
     settings = Settings(database_url="sqlite://", retain_logs_days=1, rollup_batch_size=7)
     n_old = _count(history, m.logs, m.logs.c.created_at < NOW - D)
-    assert retention(history, settings, now=NOW).deleted == {"logs": n_old}
+    assert run_retention(history, settings, now=NOW).deleted == {"logs": n_old}
     assert _count(history, m.logs, m.logs.c.created_at < NOW - D) == 0
 
 

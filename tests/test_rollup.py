@@ -18,6 +18,7 @@ from datetime import UTC
 import pytest
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import RollupError, reaggregate, rollup, tick
@@ -394,7 +395,7 @@ def test_rollup_stops_after_max_seconds_and_reports_the_backlog(engine):
 
 def _corrupt(engine, factor=3):
     with engine.begin() as conn:
-        for t in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage):
+        for t in (agg.hourly_usage, agg.daily_usage, agg.hourly_model_usage, agg.daily_model_usage):
             conn.execute(sa.update(t).values(quota=t.c.quota * factor + 1, count=t.c.count + 1))
 
 
@@ -588,7 +589,7 @@ def test_reaggregate_rewrites_only_the_rows_that_differ(pg_engine):
                         sa.select(*t.primary_key.columns, sa.literal_column("xmin::text")).select_from(t)
                     )
                 }
-                for t in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage)
+                for t in (agg.hourly_usage, agg.daily_usage, agg.hourly_model_usage, agg.daily_model_usage)
             }
 
     before = versions()
@@ -711,7 +712,7 @@ def test_one_engine_serves_two_time_zones(sqlite_engine):
     rollup(engine, cfg(engine, "UTC"))
     assert keys(engine, "daily_model_usage") == [(utc(2024, 5, 10), "gpt-4o")]
     with engine.begin() as conn:  # start again, as `reaggregate --all` in a new zone would
-        for table in (m.hourly_usage, m.daily_usage, m.hourly_model_usage, m.daily_model_usage):
+        for table in (agg.hourly_usage, agg.daily_usage, agg.hourly_model_usage, agg.daily_model_usage):
             conn.execute(sa.delete(table))
         conn.execute(sa.update(m.rollup_state).values(last_log_id=0, timezone=None))
     rollup(engine, cfg(engine, "Asia/Shanghai"))

@@ -124,7 +124,7 @@ def _metrics_process_dead(pid: int | None = None, **_: Any) -> None:
     if metrics.multiprocess_enabled():
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 # Connected by call rather than as decorators, which would leave the handlers untyped.

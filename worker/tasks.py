@@ -19,7 +19,7 @@ def _settings() -> Settings:
     return settings
 
 
-@shared_task(name=jobs.ROLLUP_TASK, ignore_result=True, soft_time_limit=600, time_limit=660)  # type: ignore[untyped-decorator]
+@shared_task(name=jobs.ROLLUP_TASK, ignore_result=True, soft_time_limit=600, time_limit=660)
 def rollup() -> dict[str, Any]:
     """One scheduled run: catch up, batch by batch, for at most one interval, so that a
     long backlog yields to the next run instead of running into the time limit. A run
@@ -31,7 +31,7 @@ def rollup() -> dict[str, Any]:
     return asdict(result)
 
 
-@shared_task(name=jobs.REAGGREGATE_TASK, bind=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)  # type: ignore[untyped-decorator]
+@shared_task(name=jobs.REAGGREGATE_TASK, bind=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
 def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> dict[str, Any]:
     """Its record (shared.jobs): PROGRESS with done / total / started while it runs,
     then the result record; GET /api/data/reaggregate/<id> reads it."""
@@ -48,9 +48,7 @@ def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> 
     return jobs.result_record(result, started, time.time())
 
 
-@shared_task(  # type: ignore[untyped-decorator]
-    name=jobs.RETENTION_TASK, ignore_result=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60
-)
+@shared_task(name=jobs.RETENTION_TASK, ignore_result=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60)
 def retention() -> dict[str, Any]:
     settings = _settings()
     result = ops.run_retention(get_engine(settings.database_url), settings)

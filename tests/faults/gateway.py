@@ -11,6 +11,7 @@ import time
 
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 from tests.logdata import actual_tables, diff, expected_tables, insert, log
 
@@ -80,7 +81,7 @@ class Gateway:
 
     def counted(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(m.hourly_usage.c.count), 0))).scalar())
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(agg.hourly_usage.c.count), 0))).scalar())
 
     def consume_logs(self) -> int:
         with self.engine.connect() as conn:

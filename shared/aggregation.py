@@ -1,0 +1,255 @@
+"""The one definition of usage: which logs count, what each adds, the buckets and the summary tables.
+
+Like the view definition behind a continuous aggregate, this module states once
+
+    SELECT <bucket>, <dimensions>, MAX(<attributes>), SUM(<measures>)
+    FROM logs WHERE <a consume log with a time>
+    GROUP BY <bucket>, <dimensions>
+
+and everything that turns logs into usage is composed from it:
+- the tick (shared.rollup) folds the new logs' rows into every summary table (`fold`);
+- the re-aggregation (shared.rollup) recomputes a range's rows from the raw logs and makes
+  the tables equal them;
+- the real-time tail (shared.queries) reads the logs not yet folded as rows of a summary
+  table's columns (`summary_rows`), so that an answer sums them like stored rows;
+- the benchmark's raw comparator (bench/raw_api.py) runs the same rows over every log.
+
+Adding a dimension or a measure is an entry here (and a migration for its columns);
+nothing else on the write path names them.
+
+The fold rules, the same wherever rows merge (a tick adding to a stored row, a
+re-aggregation, an answer summing several rows): measures add up, as BIGINT (PostgreSQL's
+SUM(bigint) is numeric, slow to compare and to hash); attributes take the largest value,
+as a GROUP BY over the bucket's logs gives, so a row is the same whether ticks or a
+re-aggregation built it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement, Label
+from sqlalchemy.sql.expression import FromClause
+
+from . import models as m
+from .buckets import day_start, hour_start
+
+Grain = Literal["hour", "day"]
+# A SELECT of any columns (SQLAlchemy 2.1 types a Select by its column types).
+AnySelect: TypeAlias = "sa.Select[*tuple[Any, ...]]"
+SqlType = type[sa.BigInteger] | type[sa.Text]
+Expr = ColumnElement[Any]
+
+
+@dataclass(frozen=True)
+class Field:
+    """A column of the usage rows: its name, its SQL type and its value for one log
+    (a missing value counts as 0 or '')."""
+
+    name: str
+    type: SqlType
+    value: Callable[[Any], Expr]  # logs.c -> the log's value
+
+
+def _coalesce(column: str, default: object) -> Callable[[Any], Expr]:
+    return lambda lg: sa.func.coalesce(lg[column], default)
+
+
+# What a usage row is keyed by, besides its bucket.
+DIMENSIONS: tuple[Field, ...] = (
+    Field("user_id", sa.BigInteger, _coalesce("user_id", 0)),
+    Field("model_name", sa.Text, _coalesce("model_name", "")),
+)
+
+
+@dataclass(frozen=True)
+class Attribute(Field):
+    """A value that belongs to one of the dimensions (a user's name), stored beside it
+    and folded by MAX: where a user was renamed within a bucket, the largest name."""
+
+    of: str = ""  # the dimension it describes
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (Attribute("username", sa.Text, _coalesce("username", ""), of="user_id"),)
+
+# What a usage row adds up. `count` is one per log; token_used is new-api's sum of the two.
+MEASURES: tuple[Field, ...] = (
+    Field("count", sa.BigInteger, lambda lg: sa.literal_column("1")),
+    Field("quota", sa.BigInteger, _coalesce("quota", 0)),
+    Field(
+        "token_used",
+        sa.BigInteger,
+        lambda lg: sa.func.coalesce(lg.prompt_tokens, 0) + sa.func.coalesce(lg.completion_tokens, 0),
+    ),
+    Field("prompt_tokens", sa.BigInteger, _coalesce("prompt_tokens", 0)),
+    Field("completion_tokens", sa.BigInteger, _coalesce("completion_tokens", 0)),
+)
+MEASURE_NAMES: tuple[str, ...] = tuple(f.name for f in MEASURES)
+# The measure that counts logs: a row whose count is 0 holds no usage.
+LOG_COUNT = "count"
+FIELDS: dict[str, Field] = {f.name: f for f in (*DIMENSIONS, *ATTRIBUTES, *MEASURES)}
+
+# The bucket column of every summary table (the API's name for a bucket's start).
+BUCKET = "created_at"
+
+
+def grain_buckets(tz: str) -> dict[str, Callable[[Expr], Expr]]:
+    """The bucket expression of each grain the summaries are stored at: hours as new-api
+    cuts them, days at local midnight in STATS_TIMEZONE `tz`."""
+    return {"hour": hour_start, "day": lambda created_at: day_start(created_at, tz)}
+
+
+# --- the summary tables ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A summary table: the usage rows at one grain, keyed by the bucket and `dimensions`."""
+
+    table: sa.Table
+    grain: Grain
+    dimensions: tuple[str, ...]
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(a.name for a in ATTRIBUTES if a.of in self.dimensions)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.table.primary_key.columns)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """Every column outside the key: attributes, then measures."""
+        return (*self.attributes, *MEASURE_NAMES)
+
+
+def _include(columns: list[str]) -> dict[str, Any]:
+    return {"postgresql_include": columns} if columns else {}
+
+
+def _summary_table(name: str, key: Sequence[str], *, covering: bool = False, time_index: bool = False) -> sa.Table:
+    dims = [k for k in key if k != BUCKET]
+    attributes = [a for a in ATTRIBUTES if a.of in dims]
+    values = [*(a.name for a in attributes), *MEASURE_NAMES]
+    return sa.Table(
+        name,
+        m.metadata,
+        *(sa.Column(k, sa.BigInteger if k == BUCKET else FIELDS[k].type, nullable=False) for k in key),
+        *(sa.Column(a.name, a.type, nullable=False, server_default="") for a in attributes),
+        *(sa.Column(f.name, f.type, nullable=False, server_default="0") for f in MEASURES),
+        sa.PrimaryKeyConstraint(*key, name=f"{name}_pkey", **_include(values if covering else [])),
+        *([sa.Index(f"ix_{name}_created_at", BUCKET)] if time_index else []),
+    )
+
+
+# Per user: keyed by user_id first, so /api/data/self reads one user's range of buckets.
+# hourly_usage carries its values in the key's leaves (PostgreSQL's INCLUDE, migration 0002):
+# its rows are written in time order, all users mixed, so one user's month of hours lies on
+# as many heap pages as it has rows; with the values in the key the read is an index-only
+# scan of a few adjacent pages. Not daily_usage: ticks update today's rows all day long, and
+# with the values in the key no such update could stay on its heap page (HOT).
+hourly_usage = _summary_table("hourly_usage", ("user_id", BUCKET, "model_name"), covering=True, time_index=True)
+daily_usage = _summary_table("daily_usage", ("user_id", BUCKET, "model_name"), time_index=True)
+# Per model: the site-wide answer never sums thousands of user rows.
+hourly_model_usage = _summary_table("hourly_model_usage", (BUCKET, "model_name"))
+daily_model_usage = _summary_table("daily_model_usage", (BUCKET, "model_name"))
+
+# Every summary, the finest of each grain first (a per-user re-aggregation moves the
+# coarser tables by the finer one's change).
+SUMMARIES: tuple[Summary, ...] = (
+    Summary(hourly_usage, "hour", ("user_id", "model_name")),
+    Summary(hourly_model_usage, "hour", ("model_name",)),
+    Summary(daily_usage, "day", ("user_id", "model_name")),
+    Summary(daily_model_usage, "day", ("model_name",)),
+)
+
+
+def summary(grain: str, dimensions: Iterable[str]) -> Summary:
+    """The summary table at `grain` keyed by exactly `dimensions`."""
+    wanted = tuple(dimensions)
+    for s in SUMMARIES:
+        if s.grain == grain and set(s.dimensions) == set(wanted):
+            return s
+    raise LookupError(f"no summary table at grain {grain!r} keyed by {wanted}")
+
+
+# --- the query shapes ------------------------------------------------------------------
+
+
+def unindexed(column: Expr) -> Expr:
+    # `column + 0`: the same value, which no index can serve.
+    return column + sa.literal_column("0")
+
+
+def counts(*, indexable: bool = True) -> Expr:
+    """Which logs count as usage: consume logs. A log without a time has no bucket
+    (new-api always sets it); skipping it keeps one corrupt row from stopping every tick.
+    Not `indexable`: the same test in a form no index can serve, for a reader that must
+    reach logs by id alone (the real-time tail)."""
+    lg = m.logs.c
+    type_, created_at = (unindexed(lg.type), unindexed(lg.created_at)) if not indexable else (lg.type, lg.created_at)
+    return sa.and_(type_ == m.LOG_CONSUME, created_at.is_not(None))
+
+
+def log_values(buckets: Mapping[str, Callable[[Expr], Expr]]) -> dict[str, Expr]:
+    """A counted log's columns: one per bucket expression in `buckets` (name ->
+    f(created_at)), then every dimension, attribute and measure."""
+    lg = m.logs.c
+    values = {name: bucket(lg.created_at) for name, bucket in buckets.items()}
+    values.update((f.name, f.value(lg)) for f in (*DIMENSIONS, *ATTRIBUTES, *MEASURES))
+    return values
+
+
+def log_rows(where: Expr, buckets: Mapping[str, Callable[[Expr], Expr]], from_: FromClause | None = None) -> AnySelect:
+    """One row per counted log matching `where`, with the columns of `log_values`.
+    `from_` defaults to logs (a join with it, for gaps)."""
+    return (
+        sa.select(*(value.label(name) for name, value in log_values(buckets).items()))
+        .select_from(m.logs if from_ is None else from_)
+        .where(counts(), where)
+    )
+
+
+def summary_log_rows(
+    columns: Sequence[str], where: Expr, bucket: Callable[[Expr], Expr], *, indexable: bool = True
+) -> AnySelect:
+    """One row per counted log matching `where` as a row of a summary table: `columns`
+    in that order (BUCKET from `bucket(created_at)`), each of its column's type, so that
+    a UNION ALL with the summary table passes outer filters into both halves. Not
+    `indexable`: the logs are reached by whatever `where` says of their ids alone."""
+    values = log_values({BUCKET: bucket})
+    return sa.select(
+        *(sa.cast(values[c], sa.BigInteger if c == BUCKET else FIELDS[c].type).label(c) for c in columns)
+    ).where(counts(indexable=indexable), where)
+
+
+def fold_column(source: FromClause, name: str) -> Expr:
+    """The aggregate that folds column `name` of `source` over a group: SUM for a
+    measure, MAX for an attribute."""
+    if name in MEASURE_NAMES:
+        return sa.cast(sa.func.sum(source.c[name]), sa.BigInteger).label(name)
+    if any(a.name == name for a in ATTRIBUTES):
+        return sa.func.max(source.c[name]).label(name)
+    raise KeyError(f"{name} is neither a measure nor an attribute")
+
+
+def aggregate(source: FromClause, by: Sequence[Expr | str], values: Iterable[str]) -> AnySelect:
+    """SELECT by..., folded values... FROM source GROUP BY by: the one GROUP BY of usage."""
+    keys = [source.c[k] if isinstance(k, str) else k for k in by]
+    return sa.select(*keys, *(fold_column(source, v) for v in values)).group_by(
+        *(k.element if isinstance(k, Label) else k for k in keys)
+    )
+
+
+def merge_into(target: sa.Table, incoming: Any) -> dict[str, Expr]:
+    """SET clauses that merge an incoming row (`excluded`) into a stored row of
+    `target` with the same key: measures add, attributes keep the larger."""
+    sets: dict[str, Expr] = {name: target.c[name] + incoming[name] for name in MEASURE_NAMES}
+    for a in ATTRIBUTES:
+        if a.name in target.c:
+            sets[a.name] = sa.case((incoming[a.name] > target.c[a.name], incoming[a.name]), else_=target.c[a.name])
+    return sets

@@ -1,0 +1,72 @@
+"""shared.aggregation is the one definition of usage; the rest composes from it.
+
+These tests pin the structure: the summary tables are made of the definition's fields,
+the write path names no field of its own, and the query layer refuses a view it cannot
+answer exactly (not only the API in front of it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shared import aggregation as agg
+from shared import queries
+from tests.logdata import utc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_summary_table_is_its_key_attributes_and_measures():
+    assert agg.SUMMARIES
+    for s in agg.SUMMARIES:
+        columns = [c.name for c in s.table.columns]
+        assert set(s.key) == {agg.BUCKET, *s.dimensions}, s
+        assert columns == [*s.key, *s.attributes, *agg.MEASURE_NAMES], s
+        assert all(not c.nullable for c in s.table.columns), s
+
+
+def test_the_finest_table_of_each_grain_comes_first_and_holds_every_dimension():
+    every = {d.name for d in agg.DIMENSIONS}
+    for grain in ("hour", "day"):
+        ours = [s for s in agg.SUMMARIES if s.grain == grain]
+        assert set(ours[0].dimensions) == every
+        assert all(set(s.dimensions) <= every for s in ours)
+
+
+def test_summary_lookup_by_grain_and_dimensions():
+    assert agg.summary("hour", ["model_name", "user_id"]).table is agg.hourly_usage
+    assert agg.summary("day", ["model_name"]).table is agg.daily_model_usage
+    with pytest.raises(LookupError):
+        agg.summary("week", ["model_name"])
+
+
+@pytest.mark.parametrize("module", ["shared/rollup.py", "bench/raw_api.py"])
+def test_the_write_path_and_the_raw_comparator_name_no_measure_or_attribute(module):
+    # They take every field from shared.aggregation, so that a new measure or attribute
+    # is one entry there, not an edit here.
+    source = (ROOT / module).read_text(encoding="utf-8")
+    names = [*agg.MEASURE_NAMES, *(a.name for a in agg.ATTRIBUTES)]
+    # As a column (`.c.quota`, `f.quota`, `c["quota"]`), not as a word or a function (count()).
+    named = [n for n in names if re.search(rf"""\.{n}\b(?!\()|\[["']{n}["']\]|["']{n}["']""", source)]
+    assert named == [], f"{module} names {named}: take them from shared.aggregation"
+
+
+def test_the_query_layer_refuses_days_it_cannot_sum_exactly(sqlite_engine):
+    # Asia/Kolkata's midnight falls inside a UTC hour: days there cannot be summed from
+    # hourly rows. The refusal is the query layer's own, whoever calls it.
+    view = queries.View(granularity="day", tz="Asia/Kolkata", stats_tz="UTC")
+    start = utc(2024, 5, 1)
+    with sqlite_engine.connect() as conn:
+        for call in (
+            lambda: queries.user_usage(conn, 1, view, start, start + 86400),
+            lambda: queries.site_usage(conn, view, start, start + 86400),
+            lambda: queries.source(conn, "site", view, start, start + 86400),
+        ):
+            with pytest.raises(queries.Unanswerable, match="Asia/Kolkata is at UTC\\+05:30"):
+                call()
+        # Hours in that zone, and days in a whole-hour zone, are answered.
+        assert queries.site_usage(conn, queries.View("hour", "Asia/Kolkata", "UTC"), start, start + 86400) == []
+        assert queries.site_usage(conn, queries.View("day", "Asia/Shanghai", "UTC"), start, start + 86400) == []
