@@ -47,33 +47,43 @@ Expr = ColumnElement[Any]
 @dataclass(frozen=True)
 class Field:
     """A column of the usage rows: its name, its SQL type and its value for one log
-    (a missing value counts as 0 or '')."""
+    (a missing value counts as 0 or ''). A field that `describes` another dimension (a
+    user's name, a key's name) is a dimension of the tables that hold both, so a rename
+    splits their rows exactly; in a table without it, but with the dimension it
+    describes, it is an attribute folded by MAX (where a user was renamed within a
+    bucket, the largest name)."""
 
     name: str
     type: SqlType
     value: Callable[[Any], Expr]  # logs.c -> the log's value
+    describes: str | None = None
 
 
 def _coalesce(column: str, default: object) -> Callable[[Any], Expr]:
     return lambda lg: sa.func.coalesce(lg[column], default)
 
 
-# What a usage row is keyed by, besides its bucket.
+# What a usage row is keyed by, besides its bucket: who (the user and their name at the
+# time), which model, through which API key (its id, and its name as the log recorded
+# it), over which channel, in which group (the one actually used: new-api's use_group).
 DIMENSIONS: tuple[Field, ...] = (
     Field("user_id", sa.BigInteger, _coalesce("user_id", 0)),
+    Field("username", sa.Text, _coalesce("username", ""), describes="user_id"),
     Field("model_name", sa.Text, _coalesce("model_name", "")),
+    Field("token_id", sa.BigInteger, _coalesce("token_id", 0)),
+    Field("token_name", sa.Text, _coalesce("token_name", ""), describes="token_id"),
+    Field("channel_id", sa.BigInteger, _coalesce("channel_id", 0)),
+    Field("use_group", sa.Text, _coalesce("group", "")),
 )
+DIMENSION_NAMES: tuple[str, ...] = tuple(f.name for f in DIMENSIONS)
+DESCRIBING: tuple[Field, ...] = tuple(f for f in DIMENSIONS if f.describes)
 
 
-@dataclass(frozen=True)
-class Attribute(Field):
-    """A value that belongs to one of the dimensions (a user's name), stored beside it
-    and folded by MAX: where a user was renamed within a bucket, the largest name."""
+def attributes_of(dimensions: Iterable[str]) -> tuple[str, ...]:
+    """The describing fields a table keyed by `dimensions` holds as attributes."""
+    dims = set(dimensions)
+    return tuple(f.name for f in DESCRIBING if f.describes in dims and f.name not in dims)
 
-    of: str = ""  # the dimension it describes
-
-
-ATTRIBUTES: tuple[Attribute, ...] = (Attribute("username", sa.Text, _coalesce("username", ""), of="user_id"),)
 
 # What a usage row adds up. `count` is one per log; token_used is new-api's sum of the two.
 MEASURES: tuple[Field, ...] = (
@@ -90,7 +100,7 @@ MEASURES: tuple[Field, ...] = (
 MEASURE_NAMES: tuple[str, ...] = tuple(f.name for f in MEASURES)
 # The measure that counts logs: a row whose count is 0 holds no usage.
 LOG_COUNT = "count"
-FIELDS: dict[str, Field] = {f.name: f for f in (*DIMENSIONS, *ATTRIBUTES, *MEASURES)}
+FIELDS: dict[str, Field] = {f.name: f for f in (*DIMENSIONS, *MEASURES)}
 
 # The bucket column of every summary table (the API's name for a bucket's start).
 BUCKET = "created_at"
@@ -107,19 +117,24 @@ def grain_buckets(tz: str) -> dict[str, Callable[[Expr], Expr]]:
 
 @dataclass(frozen=True)
 class Summary:
-    """A summary table: the usage rows at one grain, keyed by the bucket and `dimensions`."""
+    """A summary table: the usage rows at one grain, keyed by the bucket and some of the
+    dimensions; its other columns are the attributes those dimensions carry, then the
+    measures."""
 
     table: sa.Table
     grain: Grain
-    dimensions: tuple[str, ...]
-
-    @property
-    def attributes(self) -> tuple[str, ...]:
-        return tuple(a.name for a in ATTRIBUTES if a.of in self.dimensions)
 
     @property
     def key(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.table.primary_key.columns)
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(k for k in self.key if k != BUCKET)
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return attributes_of(self.dimensions)
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -127,44 +142,54 @@ class Summary:
         return (*self.attributes, *MEASURE_NAMES)
 
 
-def _include(columns: list[str]) -> dict[str, Any]:
-    return {"postgresql_include": columns} if columns else {}
+def _include(columns: Sequence[str]) -> dict[str, Any]:
+    return {"postgresql_include": list(columns)} if columns else {}
 
 
 def _summary_table(name: str, key: Sequence[str], *, covering: bool = False, time_index: bool = False) -> sa.Table:
-    dims = [k for k in key if k != BUCKET]
-    attributes = [a for a in ATTRIBUTES if a.of in dims]
-    values = [*(a.name for a in attributes), *MEASURE_NAMES]
+    attributes = attributes_of(k for k in key if k != BUCKET)
     return sa.Table(
         name,
         m.metadata,
         *(sa.Column(k, sa.BigInteger if k == BUCKET else FIELDS[k].type, nullable=False) for k in key),
-        *(sa.Column(a.name, a.type, nullable=False, server_default="") for a in attributes),
+        *(sa.Column(a, FIELDS[a].type, nullable=False, server_default="") for a in attributes),
         *(sa.Column(f.name, f.type, nullable=False, server_default="0") for f in MEASURES),
-        sa.PrimaryKeyConstraint(*key, name=f"{name}_pkey", **_include(values if covering else [])),
+        sa.PrimaryKeyConstraint(
+            *key, name=f"{name}_pkey", **_include([*attributes, *MEASURE_NAMES] if covering else [])
+        ),
         *([sa.Index(f"ix_{name}_created_at", BUCKET)] if time_index else []),
     )
 
 
-# Per user: keyed by user_id first, so /api/data/self reads one user's range of buckets.
-# hourly_usage carries its values in the key's leaves (PostgreSQL's INCLUDE, migration 0002):
-# its rows are written in time order, all users mixed, so one user's month of hours lies on
-# as many heap pages as it has rows; with the values in the key the read is an index-only
-# scan of a few adjacent pages. Not daily_usage: ticks update today's rows all day long, and
-# with the values in the key no such update could stay on its heap page (HOT).
+# Per user and model: keyed by user_id first, so /api/data/self reads one user's range of
+# buckets. hourly_usage carries its values in the key's leaves (PostgreSQL's INCLUDE,
+# migration 0002): its rows are written in time order, all users mixed, so one user's month
+# of hours lies on as many heap pages as it has rows; with the values in the key the read
+# is an index-only scan of a few adjacent pages. Not daily_usage: ticks update today's rows
+# all day long, and with the values in the key no such update could stay on its heap page
+# (HOT).
 hourly_usage = _summary_table("hourly_usage", ("user_id", BUCKET, "model_name"), covering=True, time_index=True)
 daily_usage = _summary_table("daily_usage", ("user_id", BUCKET, "model_name"), time_index=True)
 # Per model: the site-wide answer never sums thousands of user rows.
 hourly_model_usage = _summary_table("hourly_model_usage", (BUCKET, "model_name"))
 daily_model_usage = _summary_table("daily_model_usage", (BUCKET, "model_name"))
+# Per every dimension (migration 0003): answers by API key, channel or group, and with
+# their filters, are summed from these; the tables above keep serving the answers that
+# need none of them, reading no more rows than before. Keyed by user first, like
+# hourly_usage, with an index on the bucket for site-wide ranges.
+DETAIL_KEY = ("user_id", BUCKET, "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
+hourly_detail_usage = _summary_table("hourly_detail_usage", DETAIL_KEY, time_index=True)
+daily_detail_usage = _summary_table("daily_detail_usage", DETAIL_KEY, time_index=True)
 
 # Every summary, the finest of each grain first (a per-user re-aggregation moves the
-# coarser tables by the finer one's change).
+# tables without users by the finest one's change).
 SUMMARIES: tuple[Summary, ...] = (
-    Summary(hourly_usage, "hour", ("user_id", "model_name")),
-    Summary(hourly_model_usage, "hour", ("model_name",)),
-    Summary(daily_usage, "day", ("user_id", "model_name")),
-    Summary(daily_model_usage, "day", ("model_name",)),
+    Summary(hourly_detail_usage, "hour"),
+    Summary(hourly_usage, "hour"),
+    Summary(hourly_model_usage, "hour"),
+    Summary(daily_detail_usage, "day"),
+    Summary(daily_usage, "day"),
+    Summary(daily_model_usage, "day"),
 )
 
 
@@ -200,7 +225,7 @@ def log_values(buckets: Mapping[str, Callable[[Expr], Expr]]) -> dict[str, Expr]
     f(created_at)), then every dimension, attribute and measure."""
     lg = m.logs.c
     values = {name: bucket(lg.created_at) for name, bucket in buckets.items()}
-    values.update((f.name, f.value(lg)) for f in (*DIMENSIONS, *ATTRIBUTES, *MEASURES))
+    values.update((f.name, f.value(lg)) for f in (*DIMENSIONS, *MEASURES))
     return values
 
 
@@ -232,7 +257,7 @@ def fold_column(source: FromClause, name: str) -> Expr:
     measure, MAX for an attribute."""
     if name in MEASURE_NAMES:
         return sa.cast(sa.func.sum(source.c[name]), sa.BigInteger).label(name)
-    if any(a.name == name for a in ATTRIBUTES):
+    if any(f.name == name for f in DESCRIBING):
         return sa.func.max(source.c[name]).label(name)
     raise KeyError(f"{name} is neither a measure nor an attribute")
 
@@ -249,7 +274,7 @@ def merge_into(target: sa.Table, incoming: Any) -> dict[str, Expr]:
     """SET clauses that merge an incoming row (`excluded`) into a stored row of
     `target` with the same key: measures add, attributes keep the larger."""
     sets: dict[str, Expr] = {name: target.c[name] + incoming[name] for name in MEASURE_NAMES}
-    for a in ATTRIBUTES:
-        if a.name in target.c:
+    for a in DESCRIBING:
+        if a.name in target.c and a.name not in target.primary_key.columns:
             sets[a.name] = sa.case((incoming[a.name] > target.c[a.name], incoming[a.name]), else_=target.c[a.name])
     return sets

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from .demo import DemoUsers
+    from .migrate import UpgradeResult
 
 # Where a user finds the token the API and the chart page ask for.
 TOKEN_HELP = (
@@ -52,8 +53,23 @@ def _jobs_client(settings: Settings, connect_timeout: float = 3.0) -> Celery:
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from .migrate import upgrade
 
-    print(f"database {_safe_url(settings.database_url)}: schema {upgrade(_engine(settings))}")
+    engine = _engine(settings)
+    upgraded = upgrade(engine)
+    print(f"database {_safe_url(settings.database_url)}: schema {upgraded}")
+    _fill_added_summaries(engine, settings, upgraded)
     return 0
+
+
+def _fill_added_summaries(engine: Engine, settings: Settings, upgraded: UpgradeResult) -> None:
+    """New summary tables start empty: fill them from the counted raw logs, saying so."""
+    from .ops import fill_added_summaries
+
+    r = fill_added_summaries(engine, settings, upgraded)
+    if r is not None:
+        print(
+            f"new summary tables filled from the raw logs: [{r.start}, {r.end}), {r.logs} consume logs, "
+            f"{r.chunks} chunk(s), {r.seconds:.1f}s"
+        )
 
 
 def cmd_rollup(settings: Settings, args: argparse.Namespace) -> int:
@@ -313,7 +329,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # each line as it happens, also into a pipe
     engine = _engine(settings)
     try:
-        print(f"database {_safe_url(settings.database_url)}: schema {upgrade(engine)}")
+        upgraded = upgrade(engine)
+        print(f"database {_safe_url(settings.database_url)}: schema {upgraded}")
+        _fill_added_summaries(engine, settings, upgraded)
         creds = _seed_demo(engine, args.days) if args.demo else None
         _roll_up_at_start(engine, settings)
     except KeyboardInterrupt:

@@ -13,6 +13,9 @@ from sqlalchemy.engine import Connection, Engine
 # Our own version table, so that we never collide with anything in a gateway's database.
 VERSION_TABLE = "usage_stats_alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Revisions that add summary tables: they start empty, and an upgrade across one fills
+# them from the raw logs the rollup has counted (shared.ops.fill_added_summaries).
+ADDS_SUMMARIES = ("0003",)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,14 @@ class UpgradeResult:
 
     before: str | None
     after: str | None
+
+    @property
+    def added_summaries(self) -> bool:
+        """True when this upgrade ran a revision that added summary tables to a schema
+        that existed before (on a new schema the rollup fills every table from scratch)."""
+        if self.before is None or self.after is None:
+            return False
+        return any(self.before < revision <= self.after for revision in ADDS_SUMMARIES)
 
     def __str__(self) -> str:
         if self.before == self.after:

@@ -1,5 +1,5 @@
-"""The tables: new-api's `users` and `logs` (read, created only when absent), and the
-rollup's bookkeeping:
+"""The tables: new-api's `users`, `logs`, `tokens` and `channels` (read, created only
+when absent), and the rollup's bookkeeping:
 - rollup_state: how far the rollup has got (one row);
 - rollup_gap: log id ranges the rollup passed while they were not visible, because their
   transaction had not committed yet (or never will); see shared.rollup.
@@ -90,12 +90,40 @@ logs = Table(
     sqlite_autoincrement=True,
 )
 
+# The API keys users call the gateway with. `key` is the secret: created for a standalone
+# install, never read. logs.token_id refers to id; logs.token_name copies name.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, index=True),
+    Column("key", String(128), unique=True),
+    Column("name", Text, index=True),
+    Column("status", BigInteger, server_default="1"),
+    Column("group", Text, server_default=""),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# The upstream providers a request was routed to. `key` holds upstream secrets: created
+# for a standalone install, never read (only id and name are).
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", Text, index=True),
+    Column("key", Text, nullable=False, server_default=""),
+    Column("status", BigInteger, server_default="1"),
+    sqlite_autoincrement=True,
+)
+
 # Log types; only consume logs count as usage.
 LOG_TOPUP, LOG_CONSUME, LOG_MANAGE, LOG_SYSTEM, LOG_ERROR, LOG_REFUND = 1, 2, 3, 4, 5, 6
 
 # --- ours ----------------------------------------------------------------------------
-# The summary tables (hourly_usage, daily_usage, hourly_model_usage, daily_model_usage) are
-# declared in shared.aggregation, from the dimensions and measures they hold.
+# The summary tables (hourly_usage, daily_usage, hourly_model_usage, daily_model_usage,
+# hourly_detail_usage, daily_detail_usage) are declared in shared.aggregation, from the
+# dimensions and measures they hold.
 
 rollup_state = Table(
     "rollup_state",

@@ -12,6 +12,7 @@ from . import metrics
 from . import retention as _retention
 from . import rollup as _rollup
 from .config import Settings
+from .migrate import UpgradeResult
 
 
 def run_rollup(
@@ -47,3 +48,28 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
     result = _retention.run_retention(engine, settings, now=now if now is not None else int(time.time()))
     metrics.observe_retention(result.deleted)
     return result
+
+
+def fill_added_summaries(
+    engine: Engine,
+    settings: Settings,
+    upgraded: UpgradeResult,
+    progress: Callable[[int, int], None] | None = None,
+) -> _rollup.ReaggregateResult | None:
+    """After an upgrade that added summary tables: fill them from the raw logs the rollup
+    has counted, by a re-aggregation of the whole history (the tables that were already
+    there compare equal and are not rewritten). None when there was nothing to fill.
+    With RETAIN_LOGS_DAYS set, history older than the raw logs kept stays out of the new
+    tables, as it must: its logs are gone."""
+    if not upgraded.added_summaries:
+        return None
+    bounds = _rollup.history_bounds(engine)
+    if bounds is None:
+        return None
+    start, end = bounds
+    horizon = _retention.logs_horizon(settings, int(time.time()))
+    if horizon is not None:
+        start = max(start, horizon + 86400)
+    if end <= start:
+        return None
+    return run_reaggregate(engine, settings, start, end, progress=progress)

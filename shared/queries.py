@@ -42,7 +42,7 @@ up (about a tick's worth when the rollup keeps up; all of the backlog when it do
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -139,50 +139,102 @@ def _code_point_order_pg(element: code_point_order, compiler: SQLCompiler, **kw:
     return f'({compiler.process(element.clauses, **kw)}) COLLATE "C"'
 
 
-def per_user_select(source: FromClause, user_id: Any, start: Any, end: Any) -> AnySelect:
-    """One user's rows in [start, end] from `source` (a per-user table, or a union of it
-    with tail rows of the same columns). `user_id` is a value or a scalar SQL expression.
-    Columns in the contract's order: model_name, count, quota, token_used, created_at,
-    user_id, username, then the two token splits."""
+# The seed's two answers, in the contract's column order.
+PER_USER_COLUMNS = (
+    "model_name",
+    "count",
+    "quota",
+    "token_used",
+    agg.BUCKET,
+    "user_id",
+    "username",
+    "prompt_tokens",
+    "completion_tokens",
+)
+SITE_WIDE_COLUMNS = ("model_name", "count", "quota", "token_used", agg.BUCKET, "prompt_tokens", "completion_tokens")
+
+# The dimensions an answer may be grouped by, and the name each carries along (folded
+# as the rollup folds it: the largest where rows merge).
+GROUP_KEYS: tuple[str, ...] = tuple(f.name for f in agg.DIMENSIONS if not f.describes)
+CARRIED: dict[str, str] = {str(f.describes): f.name for f in agg.DESCRIBING}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What an answer holds: its `columns` in order (the bucket, dimensions it is grouped
+    by, the names they carry, measures), the dimensions it is `filtered` on (each equal
+    to a value bound per request as f_<name>), and how its user is given: `user="id"`
+    (a user_id value), `user="name"` (the live user of a username), or None."""
+
+    columns: tuple[str, ...]
+    filtered: tuple[str, ...] = ()
+    user: Literal["id", "name"] | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The columns grouped by: the bucket and the dimensions."""
+        return tuple(c for c in self.columns if c == agg.BUCKET or c in GROUP_KEYS)
+
+    def summary(self, grain: str) -> agg.Summary:
+        """The smallest summary table at `grain` that holds this answer exactly: every key
+        and filter a dimension of it, every carried name a column of it."""
+        dims = {*self.keys, *self.filtered, *(["user_id"] if self.user else [])} - {agg.BUCKET}
+        names = {c for c in self.columns if c in CARRIED.values()}
+        fits = [
+            s
+            for s in agg.SUMMARIES
+            if s.grain == grain and dims <= set(s.dimensions) and names <= {*s.dimensions, *s.attributes}
+        ]
+        if not fits:
+            raise LookupError(f"no summary table at grain {grain!r} holds {sorted(dims | names)}")
+        return min(fits, key=lambda s: len(s.table.columns))
+
+
+PER_USER = Shape(PER_USER_COLUMNS, user="id")
+PER_USER_BY_NAME = Shape(PER_USER_COLUMNS, user="name")
+SITE_WIDE = Shape(SITE_WIDE_COLUMNS)
+
+
+def grouped_columns(by: Sequence[str]) -> tuple[str, ...]:
+    """The columns of an answer grouped by the dimensions `by` (in GROUP_KEYS' order):
+    the bucket, each dimension followed by the name it carries, the measures."""
+    dims = [d for d in GROUP_KEYS if d in by]
+    carried = [[d, CARRIED[d]] if d in CARRIED else [d] for d in dims]
+    return (agg.BUCKET, *(c for pair in carried for c in pair), *agg.MEASURE_NAMES)
+
+
+def answer_select(
+    source: FromClause, shape: Shape, start: Any, end: Any, user: Any = None, filters: Mapping[str, Any] | None = None
+) -> AnySelect:
+    """The answer of `shape` in [start, end] from `source` (a summary table, or a union
+    of it with tail rows of the same columns): grouped by its keys, names and measures
+    folded as the rollup folds them, ordered by bucket then keys (text in code point
+    order). `user` is the user_id to keep (a value or a scalar SQL expression) and
+    `filters` the value of each filtered dimension."""
     c = source.c
+    keys = shape.keys
+    where = [c.created_at.between(start, end), *(c[d] == v for d, v in (filters or {}).items())]
+    if user is not None:
+        where.append(c.user_id == user)
+    order = [c.created_at] + [
+        code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET
+    ]
     return (
-        sa.select(
-            c.model_name,
-            agg.fold_column(source, "count"),
-            agg.fold_column(source, "quota"),
-            agg.fold_column(source, "token_used"),
-            c.created_at,
-            c.user_id,
-            # The name at the time of the requests (as in new-api's quota_data), folded as
-            # the rollup folds it where rows merge (re-bucketed rows, tail rows after a rename).
-            agg.fold_column(source, "username"),
-            agg.fold_column(source, "prompt_tokens"),
-            agg.fold_column(source, "completion_tokens"),
-        )
-        .where(c.user_id == user_id, c.created_at.between(start, end))
-        .group_by(c.created_at, c.model_name, c.user_id)
-        .order_by(c.created_at, code_point_order(c.model_name))
+        sa.select(*(c[n] if n in keys else agg.fold_column(source, n) for n in shape.columns))
+        .where(*where)
+        .group_by(*(c[k] for k in keys))
+        .order_by(*order)
     )
+
+
+def per_user_select(source: FromClause, user_id: Any, start: Any, end: Any) -> AnySelect:
+    """One user's rows in [start, end], in the seed's per-user shape."""
+    return answer_select(source, PER_USER, start, end, user=user_id)
 
 
 def site_wide_select(source: FromClause, start: Any, end: Any) -> AnySelect:
-    """Site-wide rows in [start, end] from `source` (a per-model table, or a union of it
-    with tail rows of the same columns)."""
-    c = source.c
-    return (
-        sa.select(
-            c.model_name,
-            agg.fold_column(source, "count"),
-            agg.fold_column(source, "quota"),
-            agg.fold_column(source, "token_used"),
-            c.created_at,
-            agg.fold_column(source, "prompt_tokens"),
-            agg.fold_column(source, "completion_tokens"),
-        )
-        .where(c.created_at.between(start, end))
-        .group_by(c.created_at, c.model_name)
-        .order_by(c.created_at, code_point_order(c.model_name))
-    )
+    """Site-wide rows in [start, end], in the seed's site-wide shape."""
+    return answer_select(source, SITE_WIDE, start, end)
 
 
 def active_user_id(username: Any) -> Any:
@@ -215,12 +267,11 @@ def created_before(view: View, end: int) -> int:
     return min(end + LONGEST[view.granularity] - 1, INT64_MAX)
 
 
-def _summary(kind: str, view: View) -> agg.Summary:
-    return agg.summary("day" if view.from_daily else "hour", KIND_DIMENSIONS[kind])
+def _grain(view: View) -> str:
+    return "day" if view.from_daily else "hour"
 
 
-def _summary_rows(kind: str, view: View, start: Any, end: Any, bound: Any) -> AnySelect:
-    summary = _summary(kind, view)
+def _summary_rows(summary: agg.Summary, view: View, start: Any, end: Any, bound: Any) -> AnySelect:
     table = summary.table
     if view.granularity == summary.grain:
         # Already one row per bucket: the table as it is, so the outer range filter
@@ -236,13 +287,13 @@ def _summary_rows(kind: str, view: View, start: Any, end: Any, bound: Any) -> An
 
 
 def _tail_rows(
-    kind: str, view: View, w: Any, gaps: Sequence[tuple[Any, Any]], start: Any, bound: Any
+    summary: agg.Summary, view: View, w: Any, gaps: Sequence[tuple[Any, Any]], start: Any, bound: Any
 ) -> list[AnySelect]:
     """The consume logs not counted yet, one row each in the summary's columns, bucketed
     as the rollup buckets them: ids above the watermark `w`, and ids inside the `gaps`
     ([lo, hi] ranges, all below `w`)."""
     lg = m.logs.c
-    columns = [c.name for c in _summary(kind, view).table.c]
+    columns = [c.name for c in summary.table.c]
 
     def bucket(created_at: Any) -> Any:
         return bucket_start(created_at, view.granularity, view.bucket_tz)
@@ -260,11 +311,17 @@ def _tail_rows(
 
 
 def _source(
-    kind: str, view: View, start: Any, end: Any, bound: Any, w: Any = None, gaps: Sequence[tuple[Any, Any]] = ()
+    summary: agg.Summary,
+    view: View,
+    start: Any,
+    end: Any,
+    bound: Any,
+    w: Any = None,
+    gaps: Sequence[tuple[Any, Any]] = (),
 ) -> sa.Subquery:
-    parts = [_summary_rows(kind, view, start, end, bound)]
+    parts = [_summary_rows(summary, view, start, end, bound)]
     if w is not None:
-        parts += _tail_rows(kind, view, w, gaps, start, bound)
+        parts += _tail_rows(summary, view, w, gaps, start, bound)
     return sa.union_all(*parts).subquery("usage") if len(parts) > 1 else parts[0].subquery("usage")
 
 
@@ -290,45 +347,71 @@ def _check_answerable(view: View, start: int, bound: int) -> None:
 def source(conn: Connection, kind: Kind, view: View, start: int, end: int) -> sa.Subquery:
     """The rows an answer is summed from, for buckets starting in [start, end]: the
     summary rows, re-bucketed where the view asks for coarser buckets, plus (realtime)
-    the tail. A subquery with the columns of the summary table of that kind."""
+    the tail. A subquery with the columns of the summary table of that kind (per user
+    and model, or per model)."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
+    summary = agg.summary(_grain(view), KIND_DIMENSIONS[kind])
     progress = read_progress(conn) if view.realtime else None
     if progress is None:
-        return _source(kind, view, start, end, bound)
-    return _source(kind, view, start, end, bound, progress.last_log_id, progress.gaps)
+        return _source(summary, view, start, end, bound)
+    return _source(summary, view, start, end, bound, progress.last_log_id, progress.gaps)
 
 
-def _param(name: str) -> BindParameter[int]:
-    return sa.bindparam(name, type_=sa.BigInteger)
+def _param(name: str, type_: Any = sa.BigInteger) -> BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
 
 
-@lru_cache(maxsize=256)
-def _statement(kind: str, view: View, n_gaps: int, by_name: bool) -> AnySelect:
+@lru_cache(maxsize=512)
+def _statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
     """The statement of an answer, built once per shape with its values as bound
     parameters: building the expression and its cache key costs more than executing
     it on a small answer, so each request only binds values."""
     start, end = _param("start"), _param("end")
     w = _param("w") if view.realtime else None
     gaps = [(_param(f"gap_lo_{i}"), _param(f"gap_hi_{i}")) for i in range(n_gaps)]
-    src = _source(kind, view, start, end, _param("bound"), w, gaps)
-    if kind == "site":
-        return site_wide_select(src, start, end)
-    user = active_user_id(sa.bindparam("username", type_=sa.Text)) if by_name else _param("user_id")
-    return per_user_select(src, user, start, end)
+    src = _source(shape.summary(_grain(view)), view, start, end, _param("bound"), w, gaps)
+    user: Any = None
+    if shape.user == "name":
+        user = active_user_id(_param("username", sa.Text))
+    elif shape.user == "id":
+        user = _param("user_id")
+    filters = {d: _param(f"f_{d}", agg.FIELDS[d].type) for d in shape.filtered}
+    return answer_select(src, shape, start, end, user=user, filters=filters)
 
 
-def _answer(conn: Connection, kind: str, view: View, start: int, end: int, **who: Any) -> list[dict[str, Any]]:
+def prepare(
+    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None = None
+) -> tuple[AnySelect, dict[str, Any]]:
+    """The statement of an answer and its parameters, read on `conn` (whose snapshot the
+    caller then executes it in): `values` holds user_id or username as `shape.user` asks,
+    and one value per filtered dimension. Refuses a view it cannot answer exactly."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
-    params = {"start": start, "end": end, "bound": bound, **who}
+    values = dict(values or {})
+    params: dict[str, Any] = {"start": start, "end": end, "bound": bound}
+    if shape.user == "id":
+        params["user_id"] = values.pop("user_id")
+    elif shape.user == "name":
+        params["username"] = values.pop("username")
+    for d in shape.filtered:
+        params[f"f_{d}"] = values.pop(d)
+    if values:
+        raise TypeError(f"values not in the shape: {sorted(values)}")
     gaps: list[tuple[int, int]] = []
     if view.realtime:
         progress = read_progress(conn)
         params["w"], gaps = progress.last_log_id, progress.gaps
         for i, (lo, hi) in enumerate(gaps):
             params[f"gap_lo_{i}"], params[f"gap_hi_{i}"] = lo, hi
-    return rows(conn, _statement(kind, view, len(gaps), "username" in who), params)
+    return _statement(shape, view, len(gaps)), params
+
+
+def usage(
+    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of an answer of `shape` whose bucket starts in [start, end]."""
+    return rows(conn, *prepare(conn, shape, view, start, end, values))
 
 
 def rows(conn: Connection, query: AnySelect, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -339,9 +422,20 @@ def rows(conn: Connection, query: AnySelect, params: dict[str, Any] | None = Non
     return [dict(zip(names, row)) for row in result.all()]
 
 
+def stream_rows(
+    conn: Connection, query: AnySelect, params: dict[str, Any] | None = None, chunk: int = 1000
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of `query` as dicts, `chunk` at a time, fetched as they are consumed (a
+    server-side cursor on PostgreSQL): memory stays bounded however long the answer."""
+    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query, params or {})
+    names = list(map(str, result.keys()))
+    for part in result.partitions():
+        yield [dict(zip(names, row)) for row in part]
+
+
 def user_usage(conn: Connection, user_id: int, view: View | Granularity, start: int, end: int) -> list[dict[str, Any]]:
     """/api/data/self: the rows of user `user_id` whose bucket starts in [start, end]."""
-    return _answer(conn, "user", _view(view), start, end, user_id=user_id)
+    return usage(conn, PER_USER, _view(view), start, end, {"user_id": user_id})
 
 
 def user_usage_by_name(
@@ -351,9 +445,9 @@ def user_usage_by_name(
     unknown or deleted name). Resolved to the user's id rather than matched against the
     summary's username column, so that the primary key (user_id, created_at, ...) serves
     the range, and a user's rows from before a rename are still theirs."""
-    return _answer(conn, "user", _view(view), start, end, username=username)
+    return usage(conn, PER_USER_BY_NAME, _view(view), start, end, {"username": username})
 
 
 def site_usage(conn: Connection, view: View | Granularity, start: int, end: int) -> list[dict[str, Any]]:
     """/api/data/: site-wide rows by (bucket, model) whose bucket starts in [start, end]."""
-    return _answer(conn, "site", _view(view), start, end)
+    return usage(conn, SITE_WIDE, _view(view), start, end)

@@ -107,7 +107,7 @@ delta = sa.Table(
     "rollup_delta",
     sa.MetaData(),
     *(sa.Column(grain, sa.BigInteger, nullable=False) for grain in DELTA_GRAINS),
-    *(sa.Column(f.name, f.type, nullable=False) for f in (*agg.DIMENSIONS, *agg.ATTRIBUTES, *agg.MEASURES)),
+    *(sa.Column(f.name, f.type, nullable=False) for f in (*agg.DIMENSIONS, *agg.MEASURES)),
     prefixes=["TEMPORARY"],
 )
 
@@ -173,9 +173,7 @@ def _delta_select(rows: Any) -> AnySelect:
     """`rows` (a select or union of _counted_rows) grouped by hour, day and every
     dimension, in rollup_delta's column order."""
     r = rows.subquery("r")
-    return agg.aggregate(
-        r, [*DELTA_GRAINS, *(f.name for f in agg.DIMENSIONS)], [*(a.name for a in agg.ATTRIBUTES), *agg.MEASURE_NAMES]
-    )
+    return agg.aggregate(r, [*DELTA_GRAINS, *agg.DIMENSION_NAMES], agg.MEASURE_NAMES)
 
 
 def _fill_delta(conn: Connection, rows: Any) -> None:
@@ -613,7 +611,7 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
         # table takes them as they are, without a second GROUP BY over hundreds of
         # thousands of rows.
         hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
-        all_dimensions = {d.name for d in agg.DIMENSIONS}
+        all_dimensions = set(agg.DIMENSION_NAMES)
         ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
         finest: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
         for summary in agg.SUMMARIES:

@@ -26,7 +26,15 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("USAGE_STATS_REQUIRE_SERVICES") == "1"
 
-OUR_TABLES = ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage", "rollup_gap")
+OUR_TABLES = (
+    "hourly_usage",
+    "daily_usage",
+    "hourly_model_usage",
+    "daily_model_usage",
+    "hourly_detail_usage",
+    "daily_detail_usage",
+    "rollup_gap",
+)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -47,10 +55,10 @@ def reset(engine) -> None:
     """Empty every table and put the rollup back at the start."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{n}"' for n in ("logs", "users") + OUR_TABLES)
+            names = ", ".join(f'"{n}"' for n in ("logs", "users", "tokens", "channels") + OUR_TABLES)
             conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
         else:
-            for name in ("logs", "users") + OUR_TABLES:
+            for name in ("logs", "users", "tokens", "channels") + OUR_TABLES:
                 conn.exec_driver_sql(f'DELETE FROM "{name}"')
             conn.exec_driver_sql("DELETE FROM sqlite_sequence")
         conn.execute(sa.update(models.rollup_state).values(last_log_id=0, timezone=None, last_tick_at=None))

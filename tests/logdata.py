@@ -24,6 +24,10 @@ from shared import models as m
 HOUR = 3600
 DAY = 86400
 MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
+SUMMARY_TABLES = ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
+DETAIL_TABLES = ("hourly_detail_usage", "daily_detail_usage")
+# The oracle's own statement of the detail tables' key (not taken from shared.aggregation).
+DETAIL_KEY = ("user_id", "created_at", "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
 
 _seq = itertools.count(1)
 
@@ -37,10 +41,16 @@ def log(
     completion=None,
     kind=m.LOG_CONSUME,
     username=None,
+    token_id=None,
+    token_name=None,
+    channel=None,
+    group=None,
 ):
     """One `logs` row as new-api writes it. Measures default to distinct-ish values so that
-    a sum over the wrong rows is unlikely to match by accident."""
+    a sum over the wrong rows is unlikely to match by accident; the key, channel and group
+    vary too (each user has two keys), so that every summary's dimensions are exercised."""
     n = next(_seq)
+    token_id = (user_id or 0) * 10 + n % 2 if token_id is None else token_id
     return {
         "user_id": user_id,
         "username": f"u{user_id}" if username is None else username,
@@ -51,8 +61,10 @@ def log(
         "prompt_tokens": 10 + n % 13 if prompt is None else prompt,
         "completion_tokens": 3 + n % 7 if completion is None else completion,
         "content": "",
-        "token_name": "t",
-        "channel_id": 1,
+        "token_id": token_id,
+        "token_name": f"key{token_id}" if token_name is None else token_name,
+        "channel_id": 1 + n % 3 if channel is None else channel,
+        "group": ("default", "vip")[n % 2] if group is None else group,
         "is_stream": False,
     }
 
@@ -135,6 +147,10 @@ def raw_consume_logs(engine) -> list:
                 lg.quota,
                 lg.prompt_tokens,
                 lg.completion_tokens,
+                lg.token_id,
+                lg.token_name,
+                lg.channel_id,
+                lg.group,
             )
             .where(lg.type == m.LOG_CONSUME)
             .order_by(lg.id)
@@ -142,13 +158,11 @@ def raw_consume_logs(engine) -> list:
 
 
 def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dict]:
-    """The four summary tables as a GROUP BY over the raw committed consume logs:
+    """The summary tables as a GROUP BY over the raw committed consume logs:
     {table: {key: measures}}; per-user keys are (user_id, bucket, model), site-wide keys
-    (bucket, model). With `usernames`, per-user values end with max(username)."""
-    out = {
-        name: defaultdict(lambda: [0] * 5)
-        for name in ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
-    }
+    (bucket, model), detail keys (user_id, bucket, model, token_id, channel_id, group,
+    username, token_name). With `usernames`, per-user values end with max(username)."""
+    out = {name: defaultdict(lambda: [0] * 5) for name in (*SUMMARY_TABLES, *DETAIL_TABLES)}
     names: dict = defaultdict(str)
     for r in raw_consume_logs(engine):
         if r.created_at is None:
@@ -157,11 +171,14 @@ def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dic
         q, p, c = r.quota or 0, r.prompt_tokens or 0, r.completion_tokens or 0
         vals = (1, q, p + c, p, c)
         hour, day = hour_of(r.created_at), day_of(r.created_at, tz)
+        detail = (r.token_id or 0, r.channel_id or 0, r.group or "", r.username or "", r.token_name or "")
         for table, key in (
             ("hourly_usage", (user, hour, model)),
             ("daily_usage", (user, day, model)),
             ("hourly_model_usage", (hour, model)),
             ("daily_model_usage", (day, model)),
+            ("hourly_detail_usage", (user, hour, model, *detail)),
+            ("daily_detail_usage", (user, day, model, *detail)),
         ):
             acc = out[table][key]
             for i, v in enumerate(vals):
@@ -195,6 +212,13 @@ def actual_tables(engine, *, usernames: bool = True) -> dict[str, dict]:
                 (r[0], r[1]): tuple(r[2:])
                 for r in conn.execute(sa.select(c.created_at, c.model_name, *(c[x] for x in MEASURES)))
             }
+        for table in (agg.hourly_detail_usage, agg.daily_detail_usage):
+            c = table.c
+            key = [c[k] for k in DETAIL_KEY]
+            result[table.name] = {
+                tuple(r[: len(key)]): tuple(r[len(key) :])
+                for r in conn.execute(sa.select(*key, *(c[x] for x in MEASURES)))
+            }
     return result
 
 
@@ -213,7 +237,7 @@ def diff(expected: dict, actual: dict, limit: int = 8) -> str:
 
 
 def assert_exact(engine, tz: str, *, usernames: bool = True, where: str = "") -> dict:
-    """All four summary tables equal the GROUP BY over the raw committed consume logs."""
+    """Every summary table equals the GROUP BY over the raw committed consume logs."""
     expected = expected_tables(engine, tz, usernames=usernames)
     actual = actual_tables(engine, usernames=usernames)
     problem = diff(expected, actual)

@@ -48,7 +48,7 @@ def test_the_write_path_and_the_raw_comparator_name_no_measure_or_attribute(modu
     # They take every field from shared.aggregation, so that a new measure or attribute
     # is one entry there, not an edit here.
     source = (ROOT / module).read_text(encoding="utf-8")
-    names = [*agg.MEASURE_NAMES, *(a.name for a in agg.ATTRIBUTES)]
+    names = [*agg.MEASURE_NAMES, *(f.name for f in agg.DESCRIBING)]
     # As a column (`.c.quota`, `f.quota`, `c["quota"]`), not as a word or a function (count()).
     named = [n for n in names if re.search(rf"""\.{n}\b(?!\()|\[["']{n}["']\]|["']{n}["']""", source)]
     assert named == [], f"{module} names {named}: take them from shared.aggregation"

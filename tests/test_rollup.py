@@ -23,7 +23,9 @@ from shared import models as m
 from shared.config import Settings
 from shared.rollup import RollupError, reaggregate, rollup, tick
 from tests.logdata import (
+    DETAIL_TABLES,
     HOUR,
+    SUMMARY_TABLES,
     actual_tables,
     assert_exact,
     at,
@@ -68,9 +70,7 @@ def random_logs(rnd: random.Random, n: int, lo: int, hi: int, users=(1, 2, 3), m
 def test_empty_database_tick_changes_nothing(engine):
     r = tick(engine, cfg(engine))
     assert (r.logs, r.last_log_id, r.skipped) == (0, 0, False)
-    assert actual_tables(engine) == {
-        t: {} for t in ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
-    }
+    assert actual_tables(engine) == {t: {} for t in (*SUMMARY_TABLES, *DETAIL_TABLES)}
 
 
 def test_only_consume_logs_count(engine):

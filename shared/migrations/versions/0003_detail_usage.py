@@ -1,0 +1,71 @@
+"""Usage by API key, channel and group: hourly_detail_usage and daily_detail_usage, keyed
+by every dimension (user, name at the time, model, key id and name, channel, group); and
+new-api's `tokens` and `channels` where absent (a standalone install), for their names.
+
+The new tables start empty. `usage-stats db upgrade` fills them from the raw logs the
+rollup has counted, by a re-aggregation of the whole history, once this revision has run
+(shared.cli); until then answers grouped by key, channel or group lack the history.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+DETAIL_TABLES = ("hourly_detail_usage", "daily_detail_usage")
+KEY = ("user_id", "created_at", "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
+MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_meta = sa.MetaData(naming_convention={"ix": "idx_%(table_name)s_%(column_0_name)s"})
+# new-api's tables, as new-api has them (spelled out: the models may change later).
+_tokens = sa.Table(
+    "tokens",
+    _meta,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.BigInteger, index=True),
+    sa.Column("key", sa.String(128), unique=True),
+    sa.Column("name", sa.Text, index=True),
+    sa.Column("status", sa.BigInteger, server_default="1"),
+    sa.Column("group", sa.Text, server_default=""),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sqlite_autoincrement=True,
+)
+_channels = sa.Table(
+    "channels",
+    _meta,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, index=True),
+    sa.Column("key", sa.Text, nullable=False, server_default=""),
+    sa.Column("status", sa.BigInteger, server_default="1"),
+    sqlite_autoincrement=True,
+)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    existing = set(sa.inspect(bind).get_table_names())
+    for table in (_tokens, _channels):
+        if table.name not in existing:
+            table.create(bind)
+    text_columns = {"model_name", "use_group", "username", "token_name"}
+    for name in DETAIL_TABLES:
+        op.create_table(
+            name,
+            *(sa.Column(k, sa.Text if k in text_columns else sa.BigInteger, nullable=False) for k in KEY),
+            *(sa.Column(v, sa.BigInteger, nullable=False, server_default="0") for v in MEASURES),
+            sa.PrimaryKeyConstraint(*KEY, name=f"{name}_pkey"),
+        )
+        op.create_index(f"ix_{name}_created_at", name, ["created_at"])
+
+
+def downgrade() -> None:
+    # Only ours: the gateway's tables and their rows are never dropped.
+    for name in DETAIL_TABLES:
+        op.drop_table(name)
