@@ -65,10 +65,14 @@ from .rollup import read_progress
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
 
-Kind = Literal["user", "site"]
-# The dimensions of each kind of answer: per user (/api/data/self and the admin's
-# username= view) and site-wide.
-KIND_DIMENSIONS: dict[str, tuple[str, ...]] = {"user": ("user_id", "model_name"), "site": ("model_name",)}
+Kind = Literal["user", "site", "detail"]
+# The dimensions of each kind of source: per user and model (/api/data/self and the
+# admin's username= view), per model (site-wide), and per every dimension.
+KIND_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "user": ("user_id", "model_name"),
+    "site": ("model_name",),
+    "detail": tuple(f.name for f in agg.DIMENSIONS),
+}
 
 
 class Unanswerable(ValueError):
@@ -169,6 +173,8 @@ class Shape:
     columns: tuple[str, ...]
     filtered: tuple[str, ...] = ()
     user: Literal["id", "name"] | None = None
+    # A measure to rank by, largest first (before the keys); None: by bucket and keys.
+    rank_by: str | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -216,9 +222,9 @@ def answer_select(
     where = [c.created_at.between(start, end), *(c[d] == v for d, v in (filters or {}).items())]
     if user is not None:
         where.append(c.user_id == user)
-    order = [c.created_at] + [
-        code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET
-    ]
+    order: list[Any] = [sa.desc(agg.fold_column(source, shape.rank_by))] if shape.rank_by else []
+    order += [c.created_at] if agg.BUCKET in keys else []
+    order += [code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET]
     return (
         sa.select(*(c[n] if n in keys else agg.fold_column(source, n) for n in shape.columns))
         .where(*where)

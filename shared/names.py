@@ -1,0 +1,78 @@
+"""Names of API keys and channels for answers grouped by them, from new-api's `tokens`
+and `channels` tables when those exist.
+
+Only `id`, `name` (and tokens' `deleted_at`) are ever read: both tables hold secrets
+(`key`). A key's name is its live name; a soft-deleted key is "Deleted (<id>)", as
+new-api's dashboard labels it; a key the table does not know keeps the name its logs
+recorded (the rows' token_name). A channel's name is channels.name, or "channel-<id>" for
+one that is gone (new-api's label). Without the tables, keys keep their recorded names
+and channels are "channel-<id>".
+
+A lookup is one query per answer (or per chunk of a streamed one) over the ids in it, so
+that the answer's own SQL never joins the gateway's tables: with new-api's LOG_SQL_DSN
+those live in another database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import models as m
+
+
+def _has_table(conn: Connection, name: str) -> bool:
+    return sa.inspect(conn).has_table(name)
+
+
+def deleted_token_name(token_id: int) -> str:
+    return f"Deleted ({token_id})"
+
+
+def missing_channel_name(channel_id: int) -> str:
+    return f"channel-{channel_id}"
+
+
+def token_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """Live or "Deleted (<id>)" names of the keys among `ids` that `tokens` knows."""
+    wanted = sorted({int(i) for i in ids})
+    if not wanted or not _has_table(conn, "tokens"):
+        return {}
+    t = m.tokens.c
+    found = conn.execute(sa.select(t.id, t.name, t.deleted_at).where(t.id.in_(wanted)))
+    return {int(i): deleted_token_name(int(i)) if deleted is not None else (name or "") for i, name, deleted in found}
+
+
+def channel_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """channels.name of every id in `ids`, "channel-<id>" where it is unknown."""
+    wanted = sorted({int(i) for i in ids})
+    names = {i: missing_channel_name(i) for i in wanted}
+    if wanted and _has_table(conn, "channels"):
+        c = m.channels.c
+        names.update((int(i), name or "") for i, name in conn.execute(sa.select(c.id, c.name).where(c.id.in_(wanted))))
+    return names
+
+
+def name_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with token_name set from `tokens` where a row has token_id, and a
+    channel_name inserted after channel_id where a row has channel_id."""
+    if not rows:
+        return list(rows)
+    has_token = "token_id" in rows[0] and "token_name" in rows[0]
+    has_channel = "channel_id" in rows[0]
+    tokens = token_names(conn, (r["token_id"] for r in rows)) if has_token else {}
+    channels = channel_names(conn, (r["channel_id"] for r in rows)) if has_channel else {}
+    if not tokens and not channels:
+        return list(rows)
+    named = []
+    for row in rows:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            out[key] = tokens.get(row["token_id"], value) if key == "token_name" and has_token else value
+            if key == "channel_id":
+                out["channel_name"] = channels[int(value)]
+        named.append(out)
+    return named
