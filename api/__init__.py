@@ -2,10 +2,11 @@
 
     gunicorn 'api:create_app()'
 
-Modules: routes (endpoints), ops (re-aggregation over HTTP, /metrics, request
-metrics and access log lines), auth (headers -> user), params (query string), errors (the
-JSON failure shape), openapi (the document), config (the span limits, from Settings).
-The SQL lives in shared.queries, the token lookup in shared.auth.
+Modules: routes (the data endpoints and the chart page), rankings (/api/rankings), ops
+(re-aggregation over HTTP, /metrics, request metrics and access log lines), auth (headers
+-> user), params (query string), csvexport (CSV answers), errors (the JSON failure shape),
+openapi (the document), config (the span limits, from Settings). The SQL lives in
+shared.queries (and shared.rankings), the token lookup in shared.auth.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def create_app(
     No connection is opened here, so gunicorn --preload forks an empty pool."""
     from shared.logging_setup import configure
 
-    from . import errors, ops, routes
+    from . import errors, ops, rankings, routes
 
     settings = settings if settings is not None else Settings.from_env()
     # No Flask static route: the chart page's few files are served by routes.page_file.
@@ -61,5 +62,6 @@ def create_app(
         configure(settings.log_format)
     errors.ensure_log_output()
     app.register_blueprint(routes.bp)
+    app.register_blueprint(rankings.bp)
     ops.register(app)
     return app

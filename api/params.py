@@ -21,7 +21,38 @@ from .config import DAY, ApiLimits
 from .errors import ApiError
 
 INT64_MAX = 2**63 - 1
-SELF_PARAMETERS = ("start_timestamp", "end_timestamp", "granularity", "tz", "realtime")
+# group_by: the dimensions an answer may be grouped by (their names in the answer).
+GROUP_BY = {
+    "model": "model_name",
+    "user": "user_id",
+    "token": "token_id",
+    "channel": "channel_id",
+    "group": "use_group",
+}
+SELF_GROUP_BY = tuple(g for g in GROUP_BY if g != "user")
+# Filters: parameter -> (dimension, whether its value is an integer). `channel` is an id,
+# as in new-api's log filters; `group` is the group the request used (use_group).
+FILTERS = {
+    "model_name": ("model_name", False),
+    "token_id": ("token_id", True),
+    "token_name": ("token_name", False),
+    "channel": ("channel_id", True),
+    "group": ("use_group", False),
+}
+FORMATS = ("json", "csv")
+# Sent by new-api's dashboards, which no code of new-api reads: here an alias of granularity.
+GRANULARITY_ALIAS = "default_time"
+SELF_PARAMETERS = (
+    "start_timestamp",
+    "end_timestamp",
+    "granularity",
+    GRANULARITY_ALIAS,
+    "tz",
+    "realtime",
+    "group_by",
+    "format",
+    *FILTERS,
+)
 ADMIN_PARAMETERS = SELF_PARAMETERS + ("username",)
 # When the range is not given: the last day of hours, week of days, 12 weeks, year of months.
 DEFAULT_SPAN_DAYS = {"hour": 1, "day": 7, "week": 84, "month": 365}
@@ -77,7 +108,10 @@ def parse_window(
     `realtime_enabled` is API_REALTIME."""
     for name in names:
         _single(args, name)  # repeated parameters, before anything else
-    granularity = _single(args, "granularity") or "hour"
+    granularity, alias = _single(args, "granularity"), _single(args, GRANULARITY_ALIAS)
+    if granularity is not None and alias is not None and granularity != alias:
+        raise ApiError(400, f"granularity and {GRANULARITY_ALIAS} (its alias) disagree: give one of them")
+    granularity = granularity or alias or "hour"
     if granularity not in GRANULARITIES:
         raise ApiError(400, "granularity must be hour, day, week or month")
     tz = parse_tz(_single(args, "tz"), stats_tz)
@@ -147,3 +181,56 @@ def parse_username(args: MultiDict) -> str | None:
         # No user can have it, and PostgreSQL refuses NUL in a text parameter.
         raise ApiError(400, "username must not contain NUL characters")
     return username
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows and in what form: `by` the dimensions to group by (None: not asked,
+    the seed's shape), `filters` a value per filtered dimension, `username` (admin) and
+    whether the answer is CSV."""
+
+    by: tuple[str, ...] | None
+    filters: dict[str, int | str]
+    username: str | None
+    csv: bool
+
+
+def _text(name: str, raw: str) -> str:
+    if "\x00" in raw:
+        # Nothing can match it, and PostgreSQL refuses NUL in a text parameter.
+        raise ApiError(400, f"{name} must not contain NUL characters")
+    return raw
+
+
+def _whole_number(name: str, raw: str) -> int:
+    if _DIGITS.fullmatch(raw) and len(raw.lstrip("0")) <= 19 and int(raw) <= INT64_MAX:
+        return int(raw)
+    raise ApiError(400, f"{name} must be a whole number from 0 to {INT64_MAX}")
+
+
+def parse_group_by(raw: str | None, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    """`group_by=model,channel`: the dimensions, in GROUP_BY's order, once each."""
+    if raw is None:
+        return None
+    asked = [part.strip() for part in raw.split(",")]
+    unknown = [part for part in asked if part not in allowed]
+    if unknown or not asked:
+        what = ", ".join(repr(u) for u in unknown) or "nothing"
+        raise ApiError(400, f"group_by takes a comma-separated list of {', '.join(allowed)}; got {what}")
+    return tuple(GROUP_BY[g] for g in GROUP_BY if g in asked)
+
+
+def parse_selection(args: MultiDict, *, admin: bool, prefers_csv: bool) -> Selection:
+    """group_by, the filters, username (admin) and the format; raises ApiError(400).
+    `prefers_csv`: the request's Accept header ranks text/csv above JSON."""
+    by = parse_group_by(_single(args, "group_by"), tuple(GROUP_BY) if admin else SELF_GROUP_BY)
+    filters: dict[str, int | str] = {}
+    for name, (dimension, numeric) in FILTERS.items():
+        raw = _single(args, name)
+        if raw is not None:
+            filters[dimension] = _whole_number(name, raw) if numeric else _text(name, raw)
+    fmt = _single(args, "format")
+    if fmt is not None and fmt not in FORMATS:
+        raise ApiError(400, "format must be json or csv")
+    csv = fmt == "csv" if fmt is not None else prefers_csv
+    return Selection(by, filters, parse_username(args) if admin else None, csv)

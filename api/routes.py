@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, stream_with_context
 from markupsafe import escape
 
 from shared import models as m
-from shared import queries
+from shared import names, queries
 
-from . import params
+from . import csvexport, params
 from .auth import authenticate
 from .errors import failure, is_unavailable, log
 
@@ -42,33 +44,79 @@ def request_window(state, names=params.SELF_PARAMETERS) -> params.Window:
 # summary rows and the real-time tail agree on what the rollup has counted.
 
 
-@bp.get("/api/data/self")
-def data_self():
+def _shape(selection: params.Selection, *, per_user: bool) -> queries.Shape:
+    """The answer's shape: without group_by the seed's (per user, or site-wide), with it
+    the bucket, the grouped dimensions and their names, the measures."""
+    columns: tuple[str, ...]
+    if selection.by is None:
+        columns = queries.PER_USER_COLUMNS if per_user else queries.SITE_WIDE_COLUMNS
+    else:
+        columns = queries.grouped_columns(selection.by)
+    user: Literal["id", "name"] | None = None
+    if per_user:
+        user = "id" if selection.username is None else "name"
+    filtered = tuple(d for d in queries.GROUP_KEYS + tuple(queries.CARRIED.values()) if d in selection.filters)
+    return queries.Shape(columns, filtered=filtered, user=user)
+
+
+def _answer(*, admin: bool) -> Response:
     state = app_state()
     with queries.snapshot(state.engine) as conn:
         # Authentication before parameters, as new-api's middleware does: a caller
         # without a valid token learns nothing about what the endpoint accepts.
-        # /self is for any user in new-api's sense of "User": role common (1) or above.
-        user = authenticate(conn, m.ROLE_USER)
-        window = request_window(state)
-        rows = queries.user_usage(conn, user.id, window.view, window.start, window.end)
+        user = authenticate(conn, m.ROLE_ADMIN if admin else m.ROLE_USER)
+        window = request_window(state, params.ADMIN_PARAMETERS if admin else params.SELF_PARAMETERS)
+        selection = params.parse_selection(request.args, admin=admin, prefers_csv=csvexport.prefers_csv(request))
+        # /self is one user's own rows, whatever the filters say: another user's key
+        # id or name matches nothing of theirs.
+        per_user = not admin or selection.username is not None
+        shape = _shape(selection, per_user=per_user)
+        values: dict[str, Any] = {d: selection.filters[d] for d in shape.filtered}
+        if shape.user == "id":
+            values["user_id"] = user.id
+        elif shape.user == "name":
+            values["username"] = selection.username
+        if selection.csv:
+            queries.check_answerable(window.view, window.start, window.end)
+        else:
+            rows = names.name_rows(conn, queries.usage(conn, shape, window.view, window.start, window.end, values))
+    if selection.csv:
+        return _csv(state.engine, shape, window, values, "self" if not admin else "site")
     return success(rows)
+
+
+def _csv(engine: Any, shape: queries.Shape, window: params.Window, values: dict[str, Any], what: str) -> Response:
+    """The answer as CSV, streamed from its own snapshot: rows are read, named and
+    written a chunk at a time, so a long export holds one chunk in memory."""
+    header = [*shape.columns]
+    if "channel_id" in header:
+        header.insert(header.index("channel_id") + 1, "channel_name")
+
+    def chunks() -> Iterator[list[dict[str, Any]]]:
+        with queries.snapshot(engine) as conn:
+            statement, bound = queries.prepare(conn, shape, window.view, window.start, window.end, values)
+            for chunk in queries.stream_rows(conn, statement, bound):
+                yield names.name_rows(conn, chunk)
+
+    filename = f"usage-{what}-{window.granularity}-{window.start}-{window.end}.csv"
+    return Response(
+        stream_with_context(csvexport.lines(header, chunks())),
+        mimetype=csvexport.MIMETYPE,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@bp.get("/api/data/self")
+def data_self() -> Response:
+    """/self is for any user in new-api's sense of "User": role common (1) or above."""
+    return _answer(admin=False)
 
 
 # strict_slashes=False: /api/data answers too, without a redirect (a redirect would drop
 # the Authorization header in some clients, and its body would be HTML).
 @bp.get("/api/data/", strict_slashes=False)
-def data_all():
-    state = app_state()
-    with queries.snapshot(state.engine) as conn:
-        authenticate(conn, m.ROLE_ADMIN)
-        window = request_window(state, params.ADMIN_PARAMETERS)
-        username = params.parse_username(request.args)
-        if username is None:
-            rows = queries.site_usage(conn, window.view, window.start, window.end)
-        else:
-            rows = queries.user_usage_by_name(conn, username, window.view, window.start, window.end)
-    return success(rows)
+def data_all() -> Response:
+    return _answer(admin=True)
 
 
 @bp.get("/healthz")

@@ -1,6 +1,6 @@
-"""The figures of bench/results/<size>.json as the Markdown tables of BENCHMARKS.md.
+"""The figures of bench/results/<name>.json as the Markdown tables of BENCHMARKS.md.
 
-python -m bench.report 1m 10m
+python -m bench.report dense_1m sparse_2m   # or no names: every results file
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -17,16 +18,63 @@ def _ok(good: bool) -> str:
     return "met" if good else "**not met**"
 
 
-def render(size: str) -> str:
-    r = json.loads((RESULTS / f"{size}.json").read_text())
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def storage_table(storage: dict[str, Any]) -> list[str]:
+    """The storage of `logs` and each summary table (bench.data.storage) as Markdown."""
+    out = [
+        f"Storage after the build and its first rollup ({storage['consume_logs']:,} consume logs; "
+        "sizes from `pg_total_relation_size`, per million consume logs):",
+        "",
+        "| table | rows | rows per 1M logs | heap | indexes | total | **per 1M logs** |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in storage["tables"].items():
+        out.append(
+            f"| `{name}` | {t['rows']:,} | {t['rows_per_million_logs']:,} | {_mib(t['table_bytes'])} | "
+            f"{_mib(t['index_bytes'])} | {_mib(t['total_bytes'])} | **{_mib(t['bytes_per_million_logs'])}** |"
+        )
+    summaries = [t for name, t in storage["tables"].items() if name != "logs"]
+    total = {k: sum(t[k] for t in summaries) for k in ("table_bytes", "index_bytes", "total_bytes")}
+    per_million = sum(t["bytes_per_million_logs"] for t in summaries)
+    out.append(
+        f"| all summary tables | | | {_mib(total['table_bytes'])} | {_mib(total['index_bytes'])} | "
+        f"{_mib(total['total_bytes'])} | **{_mib(per_million)}** |"
+    )
+    return out
+
+
+def distribution_line(d: dict[str, Any]) -> str:
+    """The data shape's facts (bench.shapes.describe) in one sentence."""
+    b = d["logs_per_bucket"]["user_model_hour"]
+    fine = d["logs_per_bucket"]["user_model_token_channel_group_hour"]
+    n = d["distinct"]
+    return (
+        f"Logs per non-empty (user, model, hour) bucket: median {b['median']}, mean {b['mean']}, "
+        f"p99 {b['p99']}, max {b['max']} ({b['buckets']:,} buckets, {b['share_single']:.0%} of them a single log); "
+        f"with key, channel and group as well: mean {fine['mean']} ({fine['buckets']:,} buckets). "
+        f"{n['user_model_pairs']:,} (user, model) pairs, {n['tokens']:,} keys, {n['channels']} channels, "
+        f"{n['groups']} groups."
+    )
+
+
+def render(name: str) -> str:
+    r = json.loads((RESULTS / f"{name}.json").read_text())
     v = r["versions"]
+    # No shape: results of the dense data before it carried keys, channels and groups.
+    shape = r["data"].get("shape")
     runs = r.get("figure_runs")
     when = (
         f"run {r['started']} UTC, {r['seconds']:.0f} s in all"
         if not runs
         else "figures re-run separately: " + ", ".join(f"{k} at {v}" for k, v in sorted(runs.items()))
     )
-    out = [f"### {r['rows']:,} logs (`python -m bench.run --rows {size.upper()}`, {when})", ""]
+    size = name.rsplit("_", 1)[-1].upper()
+    command = f"python -m bench.run --shape {shape} --rows {size}" if shape else f"python -m bench.run --rows {size}"
+    title = f"{r['rows']:,} logs, {shape} shape" if shape else f"{r['rows']:,} logs"
+    out = [f"### {title} (`{command}`, {when})", ""]
     init = r["data"].get("initial_rollup")
     if init:
         out += [
@@ -36,6 +84,8 @@ def render(size: str) -> str:
             f"({init['logs_per_second']:,} logs/s, {init['batches']} transactions).",
             "",
         ]
+    if r["data"].get("distribution"):
+        out += [distribution_line(r["data"]["distribution"]), ""]
     out += ["| # | figure | measured | target | |", "|---|---|---|---|---|"]
     if "fig1" in r:
         f = r["fig1"]
@@ -130,8 +180,18 @@ def render(size: str) -> str:
         f"{v['wrk']}.",
         "",
     ]
+    storage = r.get("storage") or r["data"].get("storage")
+    if storage:
+        out += [*storage_table(storage), ""]
     return "\n".join(out)
 
 
+def _order(name: str) -> tuple[str, int]:
+    """Results files by shape, then size: dense_1m, dense_10m, sparse_2m."""
+    r = json.loads((RESULTS / f"{name}.json").read_text())
+    return r["data"].get("shape", "dense"), r["rows"]
+
+
 if __name__ == "__main__":
-    print("\n".join(render(size) for size in (sys.argv[1:] or ["1m", "10m"])))
+    names = sys.argv[1:] or sorted((p.stem for p in RESULTS.glob("*.json")), key=_order)
+    print("\n".join(render(name) for name in names))

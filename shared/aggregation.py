@@ -63,13 +63,13 @@ def _coalesce(column: str, default: object) -> Callable[[Any], Expr]:
     return lambda lg: sa.func.coalesce(lg[column], default)
 
 
-# What a usage row is keyed by, besides its bucket: who (the user and their name at the
-# time), which model, through which API key (its id, and its name as the log recorded
+# What a usage row is keyed by, besides its bucket (in the order grouped answers show
+# them): which model, who (the user and their name at the time), through which API key (its id, and its name as the log recorded
 # it), over which channel, in which group (the one actually used: new-api's use_group).
 DIMENSIONS: tuple[Field, ...] = (
+    Field("model_name", sa.Text, _coalesce("model_name", "")),
     Field("user_id", sa.BigInteger, _coalesce("user_id", 0)),
     Field("username", sa.Text, _coalesce("username", ""), describes="user_id"),
-    Field("model_name", sa.Text, _coalesce("model_name", "")),
     Field("token_id", sa.BigInteger, _coalesce("token_id", 0)),
     Field("token_name", sa.Text, _coalesce("token_name", ""), describes="token_id"),
     Field("channel_id", sa.BigInteger, _coalesce("channel_id", 0)),

@@ -7,6 +7,7 @@ DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,10 +92,16 @@ class Settings:
     # API answers add the consume logs the rollup has not counted yet (shared.queries);
     # false: summary rows only, and a request's realtime=true is refused.
     api_realtime: bool = True
+    # GET /api/rankings: public (no login), auth (any enabled user's access token) or off (403).
+    rankings: str = "public"
+    # The operator's model -> vendor entries over shared.vendors' default table, as
+    # (model name or prefix, vendor) pairs: the JSON file at RANKINGS_VENDORS, read once.
+    rankings_vendors: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # Here rather than in from_env, so that a Settings built in code is checked too.
         _check_timezone(self.stats_timezone)
+        _check_rankings(self.rankings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +126,8 @@ class Settings:
             retain_hourly_days=_int(environ, "RETAIN_HOURLY_DAYS", cls.retain_hourly_days, minimum=0),
             retain_logs_days=_int(environ, "RETAIN_LOGS_DAYS", cls.retain_logs_days, minimum=0),
             api_realtime=_bool(environ, "API_REALTIME", cls.api_realtime),
+            rankings=(environ.get("RANKINGS") or cls.rankings).strip().lower(),
+            rankings_vendors=_rankings_vendors(environ.get("RANKINGS_VENDORS", "").strip()),
         )
 
 
@@ -141,3 +150,43 @@ def _log_format(environ: Mapping[str, str]) -> str:
     if raw not in ("plain", "json"):
         raise ConfigError(f"LOG_FORMAT must be plain or json, got {raw!r}")
     return raw
+
+
+RANKINGS_MODES = ("public", "auth", "off")
+
+
+def _check_rankings(mode: str) -> None:
+    if mode not in RANKINGS_MODES:
+        raise ConfigError(f"RANKINGS must be public, auth or off, got {mode!r}")
+
+
+def _rankings_vendors(path: str) -> tuple[tuple[str, str], ...]:
+    """The pairs of the JSON object in the file at `path` ('' = none): every key a model
+    name or prefix, every value a vendor name, both non-empty strings."""
+    if not path:
+        return ()
+    example = '{"gpt-": "OpenAI", "my-model": "My Vendor"}'
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"RANKINGS_VENDORS: cannot read {path!r}: {reason}") from None
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"RANKINGS_VENDORS: {path!r} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"RANKINGS_VENDORS: {path!r} must hold one JSON object of model name or prefix -> vendor, e.g. {example}"
+        )
+    for key, vendor in table.items():
+        if not key.strip():
+            raise ConfigError(f"RANKINGS_VENDORS: {path!r} has an empty model name or prefix")
+        if not isinstance(vendor, str) or not vendor.strip():
+            raise ConfigError(
+                f"RANKINGS_VENDORS: {path!r} maps {key!r} to {vendor!r}; a vendor must be a non-empty string"
+            )
+    return tuple((key, vendor) for key, vendor in table.items())

@@ -350,6 +350,13 @@ def _check_answerable(view: View, start: int, bound: int) -> None:
     )
 
 
+def check_answerable(view: View, start: int, end: int) -> None:
+    """Raise Unanswerable when buckets starting in [start, end] of `view` cannot be
+    answered exactly (what every answer checks first; a streamed answer checks it before
+    it starts)."""
+    _check_answerable(view, start, created_before(view, end))
+
+
 def source(conn: Connection, kind: Kind, view: View, start: int, end: int) -> sa.Subquery:
     """The rows an answer is summed from, for buckets starting in [start, end]: the
     summary rows, re-bucketed where the view asks for coarser buckets, plus (realtime)
