@@ -2,7 +2,8 @@
 
     gunicorn 'api:create_app()'
 
-Modules: routes (the data endpoints and the chart page), rankings (/api/rankings), ops
+Modules: routes (the data endpoints and the chart page), flow (/api/data/users and the
+flow views), rankings (/api/rankings), ops
 (re-aggregation over HTTP, /metrics, request metrics and access log lines), auth (headers
 -> user), params (query string), csvexport (CSV answers), errors (the JSON failure shape),
 openapi (the document), config (the span limits, from Settings). The SQL lives in
@@ -40,7 +41,7 @@ def create_app(
     No connection is opened here, so gunicorn --preload forks an empty pool."""
     from shared.logging_setup import configure
 
-    from . import errors, ops, rankings, routes
+    from . import errors, flow, ops, rankings, routes
 
     settings = settings if settings is not None else Settings.from_env()
     # No Flask static route: the chart page's few files are served by routes.page_file.
@@ -63,5 +64,6 @@ def create_app(
     errors.ensure_log_output()
     app.register_blueprint(routes.bp)
     app.register_blueprint(rankings.bp)
+    app.register_blueprint(flow.bp)
     ops.register(app)
     return app

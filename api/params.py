@@ -74,7 +74,7 @@ class Window:
     view: View
 
 
-def _single(args: MultiDict, name: str) -> str | None:
+def single(args: MultiDict, name: str) -> str | None:
     values = args.getlist(name)
     if len(values) > 1:
         raise ApiError(400, f"{name} may be given only once")
@@ -107,17 +107,17 @@ def parse_window(
     ApiError(400). `stats_tz` is the server's STATS_TIMEZONE, the zone of the daily rows;
     `realtime_enabled` is API_REALTIME."""
     for name in names:
-        _single(args, name)  # repeated parameters, before anything else
-    granularity, alias = _single(args, "granularity"), _single(args, GRANULARITY_ALIAS)
+        single(args, name)  # repeated parameters, before anything else
+    granularity, alias = single(args, "granularity"), single(args, GRANULARITY_ALIAS)
     if granularity is not None and alias is not None and granularity != alias:
         raise ApiError(400, f"granularity and {GRANULARITY_ALIAS} (its alias) disagree: give one of them")
     granularity = granularity or alias or "hour"
     if granularity not in GRANULARITIES:
         raise ApiError(400, "granularity must be hour, day, week or month")
-    tz = parse_tz(_single(args, "tz"), stats_tz)
-    realtime = parse_realtime(_single(args, "realtime"), realtime_enabled)
+    tz = parse_tz(single(args, "tz"), stats_tz)
+    realtime = parse_realtime(single(args, "realtime"), realtime_enabled)
     view = View(granularity=granularity, tz=tz, stats_tz=stats_tz, realtime=realtime)
-    raw_start, raw_end = _single(args, "start_timestamp"), _single(args, "end_timestamp")
+    raw_start, raw_end = single(args, "start_timestamp"), single(args, "end_timestamp")
     start = _timestamp("start_timestamp", raw_start) if raw_start is not None else None
     end = _timestamp("end_timestamp", raw_end) if raw_end is not None else None
 
@@ -176,7 +176,7 @@ def parse_realtime(raw: str | None, enabled: bool) -> bool:
 
 
 def parse_username(args: MultiDict) -> str | None:
-    username = _single(args, "username")
+    username = single(args, "username")
     if username is not None and "\x00" in username:
         # No user can have it, and PostgreSQL refuses NUL in a text parameter.
         raise ApiError(400, "username must not contain NUL characters")
@@ -223,14 +223,21 @@ def parse_group_by(raw: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]
 def parse_selection(args: MultiDict, *, admin: bool, prefers_csv: bool) -> Selection:
     """group_by, the filters, username (admin) and the format; raises ApiError(400).
     `prefers_csv`: the request's Accept header ranks text/csv above JSON."""
-    by = parse_group_by(_single(args, "group_by"), tuple(GROUP_BY) if admin else SELF_GROUP_BY)
+    by = parse_group_by(single(args, "group_by"), tuple(GROUP_BY) if admin else SELF_GROUP_BY)
     filters: dict[str, int | str] = {}
     for name, (dimension, numeric) in FILTERS.items():
-        raw = _single(args, name)
+        raw = single(args, name)
         if raw is not None:
             filters[dimension] = _whole_number(name, raw) if numeric else _text(name, raw)
-    fmt = _single(args, "format")
+    return Selection(by, filters, parse_username(args) if admin else None, parse_format(args, prefers_csv))
+
+
+def parse_format(args: MultiDict, prefers_csv: bool) -> bool:
+    """True for CSV: format=csv, or no format and an Accept header that prefers it."""
+    fmt = single(args, "format")
     if fmt is not None and fmt not in FORMATS:
         raise ApiError(400, "format must be json or csv")
-    csv = fmt == "csv" if fmt is not None else prefers_csv
-    return Selection(by, filters, parse_username(args) if admin else None, csv)
+    return fmt == "csv" if fmt is not None else prefers_csv
+
+
+_single = single  # the former name, until api/logstat.py imports the public one

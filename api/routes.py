@@ -79,26 +79,39 @@ def _answer(*, admin: bool) -> Response:
         if selection.csv:
             queries.check_answerable(window.view, window.start, window.end)
         else:
-            rows = names.name_rows(conn, queries.usage(conn, shape, window.view, window.start, window.end, values))
+            answer = queries.usage(conn, shape, window.view, window.start, window.end, values)
+            rows = names.name_rows(conn, answer, owner=None if admin else user.id)
     if selection.csv:
-        return _csv(state.engine, shape, window, values, "self" if not admin else "site")
+        filename = f"usage-{'site' if admin else 'self'}-{window.granularity}-{window.start}-{window.end}.csv"
+        owner = None if admin else user.id
+        return csv_answer(state.engine, shape, window.view, window.start, window.end, values, filename, owner)
     return success(rows)
 
 
-def _csv(engine: Any, shape: queries.Shape, window: params.Window, values: dict[str, Any], what: str) -> Response:
+def csv_answer(
+    engine: Any,
+    shape: queries.Shape,
+    view: queries.View,
+    start: int,
+    end: int,
+    values: dict[str, Any],
+    filename: str,
+    owner: int | None = None,
+) -> Response:
     """The answer as CSV, streamed from its own snapshot: rows are read, named and
-    written a chunk at a time, so a long export holds one chunk in memory."""
+    written a chunk at a time, so a long export holds one chunk in memory. The caller
+    has checked everything that can be refused (queries.check_answerable included):
+    once streaming, a failure can only cut the stream short. `owner`: see names.name_rows."""
     header = [*shape.columns]
     if "channel_id" in header:
         header.insert(header.index("channel_id") + 1, "channel_name")
 
     def chunks() -> Iterator[list[dict[str, Any]]]:
         with queries.snapshot(engine) as conn:
-            statement, bound = queries.prepare(conn, shape, window.view, window.start, window.end, values)
+            statement, bound = queries.prepare(conn, shape, view, start, end, values)
             for chunk in queries.stream_rows(conn, statement, bound):
-                yield names.name_rows(conn, chunk)
+                yield names.name_rows(conn, chunk, owner=owner)
 
-    filename = f"usage-{what}-{window.granularity}-{window.start}-{window.end}.csv"
     return Response(
         stream_with_context(csvexport.lines(header, chunks())),
         mimetype=csvexport.MIMETYPE,

@@ -17,15 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from . import models as m
 
+# The tables each engine's database is known to have: a gateway does not drop them, so
+# each is looked up once per engine rather than on every answer.
+_existing: WeakKeyDictionary[Engine, set[str]] = WeakKeyDictionary()
+
 
 def _has_table(conn: Connection, name: str) -> bool:
-    return sa.inspect(conn).has_table(name)
+    known = _existing.setdefault(conn.engine, set())
+    if name not in known and sa.inspect(conn).has_table(name):
+        known.add(name)
+    return name in known
 
 
 def deleted_token_name(token_id: int) -> str:
@@ -36,13 +44,18 @@ def missing_channel_name(channel_id: int) -> str:
     return f"channel-{channel_id}"
 
 
-def token_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
-    """Live or "Deleted (<id>)" names of the keys among `ids` that `tokens` knows."""
+def token_names(conn: Connection, ids: Iterable[int], owner: int | None = None) -> dict[int, str]:
+    """Live or "Deleted (<id>)" names of the keys among `ids` that `tokens` knows; with
+    `owner`, only of keys that user owns (a user's answer never shows another user's
+    key name, should new-api ever hand an id out again)."""
     wanted = sorted({int(i) for i in ids})
     if not wanted or not _has_table(conn, "tokens"):
         return {}
     t = m.tokens.c
-    found = conn.execute(sa.select(t.id, t.name, t.deleted_at).where(t.id.in_(wanted)))
+    query = sa.select(t.id, t.name, t.deleted_at).where(t.id.in_(wanted))
+    if owner is not None:
+        query = query.where(t.user_id == owner)
+    found = conn.execute(query)
     return {int(i): deleted_token_name(int(i)) if deleted is not None else (name or "") for i, name, deleted in found}
 
 
@@ -56,14 +69,15 @@ def channel_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
     return names
 
 
-def name_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`rows` with token_name set from `tokens` where a row has token_id, and a
-    channel_name inserted after channel_id where a row has channel_id."""
+def name_rows(conn: Connection, rows: Sequence[dict[str, Any]], owner: int | None = None) -> list[dict[str, Any]]:
+    """`rows` with token_name set from `tokens` where a row has token_id (with `owner`:
+    from that user's keys only), and a channel_name inserted after channel_id where a
+    row has channel_id."""
     if not rows:
         return list(rows)
     has_token = "token_id" in rows[0] and "token_name" in rows[0]
     has_channel = "channel_id" in rows[0]
-    tokens = token_names(conn, (r["token_id"] for r in rows)) if has_token else {}
+    tokens = token_names(conn, (r["token_id"] for r in rows), owner) if has_token else {}
     channels = channel_names(conn, (r["channel_id"] for r in rows)) if has_channel else {}
     if not tokens and not channels:
         return list(rows)

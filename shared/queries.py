@@ -175,6 +175,8 @@ class Shape:
     user: Literal["id", "name"] | None = None
     # A measure to rank by, largest first (before the keys); None: by bucket and keys.
     rank_by: str | None = None
+    # Dimensions whose empty value ('') is left out (new-api's flow skips an empty group).
+    nonempty: tuple[str, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -184,7 +186,7 @@ class Shape:
     def summary(self, grain: str) -> agg.Summary:
         """The smallest summary table at `grain` that holds this answer exactly: every key
         and filter a dimension of it, every carried name a column of it."""
-        dims = {*self.keys, *self.filtered, *(["user_id"] if self.user else [])} - {agg.BUCKET}
+        dims = {*self.keys, *self.filtered, *self.nonempty, *(["user_id"] if self.user else [])} - {agg.BUCKET}
         names = {c for c in self.columns if c in CARRIED.values()}
         fits = [
             s
@@ -220,6 +222,7 @@ def answer_select(
     c = source.c
     keys = shape.keys
     where = [c.created_at.between(start, end), *(c[d] == v for d, v in (filters or {}).items())]
+    where += [c[d] != "" for d in shape.nonempty]
     if user is not None:
         where.append(c.user_id == user)
     order: list[Any] = [sa.desc(agg.fold_column(source, shape.rank_by))] if shape.rank_by else []

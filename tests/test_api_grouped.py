@@ -321,3 +321,32 @@ def test_errors_stay_json_when_csv_is_asked(world):
     assert_failure(api.get(SELF, tokens["alice"], 2, headers={"Accept": "text/csv"}, granularity="x"), 400)
     # Days in a half-hour zone are refused before the stream starts.
     assert_failure(api.get(SELF, tokens["alice"], 2, format="csv", granularity="day", tz="Asia/Kolkata"), 400)
+
+
+@pytest.mark.parametrize(
+    ("path", "who", "params"),
+    [
+        ("/api/data/users", "root", {"granularity": "day"}),
+        ("/api/data/flow", "root", {}),
+        ("/api/data/flow/self", "alice", {}),
+    ],
+)
+def test_users_and_flow_answer_csv_too(world, path, who, params):
+    api, tokens = world
+    uid = {"alice": 2, "root": 1}[who]
+    rows = ok_data(api.get(path, tokens[who], uid, **params, **WINDOW))
+    table = _csv(api.get(path, tokens[who], uid, format="csv", **params, **WINDOW))
+    assert rows and table[0] == list(rows[0])
+    assert table[1:] == [[_as_text(v) for v in r.values()] for r in rows]
+
+
+def test_a_users_answer_never_names_another_users_key(engine, world):
+    # Should a key id ever come back under another owner, a user's answer keeps the name
+    # its own logs recorded rather than showing the other user's key name.
+    api, tokens = world
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.tokens).where(m.tokens.c.id == 20).values(user_id=3))
+    mine = ok_data(api.get(SELF, tokens["alice"], 2, group_by="token", granularity="day", **WINDOW))
+    assert {r["token_name"] for r in mine if r["token_id"] == 20} == {"key20"}
+    site = ok_data(api.get(ALL, tokens["root"], 1, group_by="token", granularity="day", **WINDOW))
+    assert {r["token_name"] for r in site if r["token_id"] == 20} == {"alice-laptop"}

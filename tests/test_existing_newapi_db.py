@@ -17,6 +17,7 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 from shared.ops import run_rollup
+from tests.api_support import make_api, ok_data
 from tests.conftest import throwaway_database
 
 pytestmark = pytest.mark.integration
@@ -109,7 +110,41 @@ NEWAPI_DDL = [
     'CREATE INDEX "idx_logs_ip" ON "logs" ("ip")',
     'CREATE INDEX "idx_logs_request_id" ON "logs" ("request_id")',
     'CREATE INDEX "idx_logs_upstream_request_id" ON "logs" ("upstream_request_id")',
+    # tokens and channels, with more columns than usage-stats reads (it reads id and name,
+    # and tokens.deleted_at; never the secret `key`).
+    """CREATE TABLE "tokens" (
+        "id" bigserial,
+        "user_id" bigint,
+        "key" varchar(128),
+        "status" bigint DEFAULT 1,
+        "name" text,
+        "created_time" bigint,
+        "accessed_time" bigint,
+        "expired_time" bigint DEFAULT -1,
+        "remain_quota" bigint DEFAULT 0,
+        "unlimited_quota" boolean,
+        "used_quota" bigint DEFAULT 0,
+        "group" text DEFAULT '',
+        "deleted_at" timestamptz,
+        PRIMARY KEY ("id"),
+        CONSTRAINT "uni_tokens_key" UNIQUE ("key")
+    )""",
+    'CREATE INDEX "idx_tokens_user_id" ON "tokens" ("user_id")',
+    'CREATE INDEX "idx_tokens_name" ON "tokens" ("name")',
+    """CREATE TABLE "channels" (
+        "id" bigserial,
+        "type" bigint DEFAULT 0,
+        "key" text NOT NULL,
+        "status" bigint DEFAULT 1,
+        "name" text,
+        "base_url" text DEFAULT '',
+        "models" text,
+        "group" varchar(64) DEFAULT 'default',
+        PRIMARY KEY ("id")
+    )""",
+    'CREATE INDEX "idx_channels_name" ON "channels" ("name")',
 ]
+NEWAPI_TABLES = ("users", "logs", "tokens", "channels")
 
 T0 = 1_700_000_000
 MODELS = ("gpt-4o", "claude-3-5-sonnet", "deepseek-chat")
@@ -133,6 +168,16 @@ def _with_newapi_history(url: str) -> str:
                 '"group", created_at, setting, remark, stripe_customer) '
                 "VALUES (%(u)s, 'hash', %(u)s, %(role)s, 1, %(tok)s, %(aff)s, 'default', %(t)s, '{}', 'r', 'cus_x')",
                 {"u": f"user{i}", "role": 100 if i == 1 else 1, "tok": f"{i:032d}", "aff": f"AF{i}", "t": T0},
+            )
+        for i in range(4):
+            conn.exec_driver_sql(
+                "INSERT INTO tokens (user_id, key, name, created_time) VALUES (%(u)s, %(k)s, %(n)s, 0)",
+                {"u": 1 + i, "k": f"sk-secret-{i}", "n": f"key-{i}"},
+            )
+        for i in range(2):
+            conn.exec_driver_sql(
+                "INSERT INTO channels (key, name, models) VALUES ('upstream-secret', %(n)s, 'gpt-4o')",
+                {"n": f"channel-main-{i}"},
             )
         rows = []
         for n in range(600):
@@ -173,7 +218,7 @@ def _with_newapi_history(url: str) -> str:
 def _snapshot(engine) -> dict:
     with engine.connect() as conn:
         out = {}
-        for table in ("users", "logs"):
+        for table in NEWAPI_TABLES:
             out[table, "columns"] = conn.execute(
                 sa.text(
                     "SELECT column_name, data_type, character_maximum_length, column_default, is_nullable "
@@ -211,7 +256,7 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
     engine = make_engine(newapi_url)
     try:
         before = _snapshot(engine)
-        assert before["tables"] == ["logs", "users"]
+        assert before["tables"] == sorted(NEWAPI_TABLES)
         assert len(before["logs", "rows"]) == 600 and len(before["users", "rows"]) == 5
 
         upgrade(engine)
@@ -226,11 +271,13 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
             "daily_usage",
             "hourly_model_usage",
             "daily_model_usage",
+            "hourly_detail_usage",
+            "daily_detail_usage",
             "rollup_state",
             "rollup_gap",
             "usage_stats_alembic_version",
         }
-        assert set(after["tables"]) == {"logs", "users"} | ours
+        assert set(after["tables"]) == set(NEWAPI_TABLES) | ours
 
         settings = Settings(database_url=newapi_url, rollup_batch_size=128)
         result = run_rollup(engine, settings, wait=True)
@@ -252,9 +299,46 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
             daily = conn.execute(sa.text("SELECT sum(count), sum(quota) FROM daily_model_usage")).one()
             raw = conn.execute(sa.text("SELECT count(*), sum(quota) FROM logs WHERE type = 2")).one()
             assert tuple(daily) == tuple(raw)
-        # Rolling up read new-api's tables only: they are still exactly as they were.
+            by_channel = conn.execute(
+                sa.text(
+                    "SELECT channel_id, token_id, count(*), sum(quota) FROM logs WHERE type = 2 GROUP BY 1, 2 ORDER BY 1, 2"
+                )
+            ).all()
+            detail = conn.execute(
+                sa.text(
+                    "SELECT channel_id, token_id, sum(count), sum(quota) FROM hourly_detail_usage GROUP BY 1, 2 "
+                    "ORDER BY 1, 2"
+                )
+            ).all()
+            assert [tuple(r) for r in detail] == [tuple(r) for r in by_channel] and len(detail) == 4
+
+        # Per key and channel, named from new-api's own tables: key ids 1-3 are known, id 0
+        # (n % 4 == 0) keeps the name its logs recorded; both channels are named.
+        api = make_api(engine)
+        root_token = f"{1:032d}"
+        rows = ok_data(
+            api.get(
+                "/api/data/",
+                root_token,
+                1,
+                group_by="token,channel",
+                granularity="day",
+                start_timestamp=T0 - 86400,
+                end_timestamp=T0 + 8 * 86400,
+            )
+        )
+        assert {(r["token_id"], r["token_name"]) for r in rows} == {
+            (0, "default"),
+            (1, "key-0"),
+            (2, "key-1"),
+            (3, "key-2"),
+        }
+        assert {(r["channel_id"], r["channel_name"]) for r in rows} == {(1, "channel-main-0"), (2, "channel-main-1")}
+        assert sum(r["count"] for r in rows) == raw[0]
+
+        # Rolling up and answering read new-api's tables only: they are still as they were.
         final = _snapshot(engine)
-        for table in ("users", "logs"):
+        for table in NEWAPI_TABLES:
             assert final[table, "rows"] == before[table, "rows"]
     finally:
         engine.dispose()

@@ -1,0 +1,199 @@
+"""new-api's per-user and flow endpoints, over the summary rows and the real-time tail:
+
+- GET /api/data/users (admin): usage per bucket and user, with the parameters of
+  /api/data/ (start_timestamp, end_timestamp, granularity or its alias default_time, tz,
+  realtime, username);
+- GET /api/data/flow (admin) and GET /api/data/flow/self (any user): the flat rows
+  new-api's dashboard draws its flow (Sankey) chart from, summed over the whole range,
+  largest quota first. Administrators get user -> group -> model -> channel, root
+  (role >= 100) also the API key; /flow/self is the caller's own keys -> group -> model.
+  new-api's node_name is not in `logs`, so no row has it.
+
+Parameters of the flow routes follow new-api: start_timestamp and end_timestamp are
+required whole numbers above 0 with end >= start; /flow/self spans at most 30 days. The
+rows are summed from hourly rows (hours starting in [start, end]) while the range spans
+at most API_MAX_SPAN_HOURLY_DAYS, from daily rows (days of STATS_TIMEZONE starting in
+[start, end]) up to API_MAX_SPAN_DAILY_DAYS, and refused beyond.
+
+The SQL is shared.queries' (one answer statement over summary rows UNION ALL the tail),
+names of keys and channels come from shared.names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from flask import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
+
+from shared import models as m
+from shared import names, queries
+
+from . import csvexport, params
+from .auth import authenticate
+from .config import DAY, ApiLimits
+from .errors import ApiError
+from .routes import app_state, csv_answer, request_window, success
+
+bp = Blueprint("flow", __name__)
+
+# --- /api/data/users --------------------------------------------------------------------
+
+USERS_PARAMETERS = (
+    "start_timestamp",
+    "end_timestamp",
+    "granularity",
+    params.GRANULARITY_ALIAS,
+    "tz",
+    "realtime",
+    "format",
+    "username",
+)
+# Per bucket and user: created_at, user_id, username (the largest the user had in the
+# bucket), the measures.
+USERS_COLUMNS = queries.grouped_columns(("user_id",))
+USERS = queries.Shape(USERS_COLUMNS)
+USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user="name")
+
+
+@bp.get("/api/data/users")
+def data_users() -> Response:
+    state = app_state()
+    with queries.snapshot(state.engine) as conn:
+        authenticate(conn, m.ROLE_ADMIN)
+        window = request_window(state, USERS_PARAMETERS)
+        username = params.parse_username(request.args)
+        csv = params.parse_format(request.args, csvexport.prefers_csv(request))
+        shape, values = (USERS, {}) if username is None else (USERS_BY_NAME, {"username": username})
+        if csv:
+            queries.check_answerable(window.view, window.start, window.end)
+        else:
+            rows = queries.usage(conn, shape, window.view, window.start, window.end, values)
+    if csv:
+        filename = f"usage-users-{window.granularity}-{window.start}-{window.end}.csv"
+        return csv_answer(state.engine, shape, window.view, window.start, window.end, values, filename)
+    return success(rows)
+
+
+# --- /api/data/flow and /api/data/flow/self ---------------------------------------------
+
+# The rows of each role, in new-api's field order (FlowQuotaData, without node_name);
+# shared.names inserts channel_name after channel_id and sets token_name to the key's
+# live name.
+FLOW_MEASURES = ("token_used", "count", "quota")
+ROOT_FLOW = ("user_id", "username", "token_id", "token_name", "channel_id", "use_group", "model_name", *FLOW_MEASURES)
+ADMIN_FLOW = ("user_id", "username", "channel_id", "use_group", "model_name", *FLOW_MEASURES)
+SELF_FLOW = ("token_id", "token_name", "use_group", "model_name", *FLOW_MEASURES)
+# new-api's limit on /flow/self (and /api/data/self): one month of 30 days.
+SELF_FLOW_MAX_SPAN = 30 * DAY
+# The parameters each flow route reads, in that order; others are ignored.
+FLOW_SELF_PARAMETERS = ("start_timestamp", "end_timestamp", "realtime", "format")
+FLOW_PARAMETERS = FLOW_SELF_PARAMETERS + ("username",)
+
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+
+
+def flow_timestamp(args: MultiDict, name: str) -> int:
+    """start_timestamp or end_timestamp as new-api's flow routes take it: required, a
+    whole number above 0 (and within BIGINT); its refusal keeps new-api's message."""
+    raw = params.single(args, name)
+    if raw is not None and _DIGITS.fullmatch(raw) and len(raw.lstrip("0")) <= 19:
+        value = int(raw)
+        if 0 < value <= params.INT64_MAX:
+            return value
+    raise ApiError(400, f"invalid {name}: required, a whole number of unix seconds greater than 0")
+
+
+def flow_range(args: MultiDict, max_span: int | None = None) -> tuple[int, int]:
+    """[start, end] of a flow request, checked in new-api's order: start, end, their
+    order, then (self) the span."""
+    start = flow_timestamp(args, "start_timestamp")
+    end = flow_timestamp(args, "end_timestamp")
+    if end < start:
+        raise ApiError(400, "invalid time range: end_timestamp is before start_timestamp")
+    if max_span is not None and end - start > max_span:
+        raise ApiError(
+            400,
+            f"the range from start_timestamp to end_timestamp may span at most {max_span // DAY} days ({max_span} s)",
+        )
+    return start, end
+
+
+def flow_view(start: int, end: int, limits: ApiLimits, stats_tz: str, realtime: bool) -> queries.View:
+    """Hourly rows while the range spans at most the hourly limit, daily rows (days of
+    STATS_TIMEZONE, the zone they were built in) up to the daily limit; longer is a 400,
+    as on /api/data/."""
+    span = end - start
+    if span <= limits.max_span_hourly_days * DAY:
+        return queries.View("hour", stats_tz, stats_tz, realtime)
+    if span <= limits.max_span_daily_days * DAY:
+        return queries.View("day", stats_tz, stats_tz, realtime)
+    raise ApiError(
+        400, f"the range from start_timestamp to end_timestamp may span at most {limits.max_span_daily_days} days"
+    )
+
+
+def flow_shape(columns: tuple[str, ...], *, user: Literal["id", "name"] | None = None) -> queries.Shape:
+    """The flow rows of `columns`: summed over the whole range (no bucket column),
+    largest quota first (then by the grouped keys), without the rows of an empty group
+    (new-api excludes them, legacy rows included)."""
+    return queries.Shape(columns, user=user, rank_by="quota", nonempty=("use_group",))
+
+
+def _flow_answer(
+    state: Any,
+    shape: queries.Shape,
+    view: queries.View,
+    start: int,
+    end: int,
+    values: dict[str, Any],
+    owner: int | None,
+) -> Response:
+    """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV."""
+    if params.parse_format(request.args, csvexport.prefers_csv(request)):
+        filename = f"usage-flow-{start}-{end}.csv"
+        return csv_answer(state.engine, shape, view, start, end, values, filename, owner)
+    with queries.snapshot(state.engine) as conn:
+        rows = names.name_rows(conn, queries.usage(conn, shape, view, start, end, values), owner=owner)
+    return success(rows)
+
+
+def _realtime(args: MultiDict, enabled: bool) -> bool:
+    return params.parse_realtime(params.single(args, "realtime"), enabled)
+
+
+def _once(args: MultiDict, names: tuple[str, ...]) -> None:
+    """A repeated parameter is a 400 before anything else, as on /api/data/."""
+    for name in names:
+        params.single(args, name)
+
+
+@bp.get("/api/data/flow")
+def data_flow() -> Response:
+    state = app_state()
+    with queries.snapshot(state.engine) as conn:
+        user = authenticate(conn, m.ROLE_ADMIN)
+    _once(request.args, FLOW_PARAMETERS)
+    start, end = flow_range(request.args)
+    realtime = _realtime(request.args, state.settings.api_realtime)
+    username = params.parse_username(request.args)
+    view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
+    columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
+    if username is None:
+        return _flow_answer(state, flow_shape(columns), view, start, end, {}, None)
+    return _flow_answer(state, flow_shape(columns, user="name"), view, start, end, {"username": username}, None)
+
+
+@bp.get("/api/data/flow/self")
+def data_flow_self() -> Response:
+    state = app_state()
+    with queries.snapshot(state.engine) as conn:
+        user = authenticate(conn, m.ROLE_USER)
+    _once(request.args, FLOW_SELF_PARAMETERS)
+    start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
+    realtime = _realtime(request.args, state.settings.api_realtime)
+    view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
+    # The caller's own rows only: keys of other users never appear, and username is
+    # ignored, as new-api ignores it here.
+    return _flow_answer(state, flow_shape(SELF_FLOW, user="id"), view, start, end, {"user_id": user.id}, user.id)
