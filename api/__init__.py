@@ -3,7 +3,7 @@
     gunicorn 'api:create_app()'
 
 Modules: routes (the data endpoints and the chart page), flow (/api/data/users and the
-flow views), rankings (/api/rankings), ops
+flow views), logstat (/api/log/stat and /api/log/self/stat), rankings (/api/rankings), ops
 (re-aggregation over HTTP, /metrics, request metrics and access log lines), auth (headers
 -> user), params (query string), csvexport (CSV answers), errors (the JSON failure shape),
 openapi (the document), config (the span limits, from Settings). The SQL lives in
@@ -41,7 +41,7 @@ def create_app(
     No connection is opened here, so gunicorn --preload forks an empty pool."""
     from shared.logging_setup import configure
 
-    from . import errors, flow, ops, rankings, routes
+    from . import errors, flow, logstat, ops, rankings, routes
 
     settings = settings if settings is not None else Settings.from_env()
     # No Flask static route: the chart page's few files are served by routes.page_file.
@@ -65,5 +65,6 @@ def create_app(
     app.register_blueprint(routes.bp)
     app.register_blueprint(rankings.bp)
     app.register_blueprint(flow.bp)
+    app.register_blueprint(logstat.bp)
     ops.register(app)
     return app

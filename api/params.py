@@ -83,7 +83,7 @@ def single(args: MultiDict, name: str) -> str | None:
     return values[0]
 
 
-def _timestamp(name: str, raw: str) -> int:
+def timestamp(name: str, raw: str) -> int:
     if _DIGITS.fullmatch(raw):
         # Length first: int() of a 5,000-digit string is refused by Python itself.
         if len(raw.lstrip("0")) > 19 or int(raw) > INT64_MAX:
@@ -118,8 +118,8 @@ def parse_window(
     realtime = parse_realtime(single(args, "realtime"), realtime_enabled)
     view = View(granularity=granularity, tz=tz, stats_tz=stats_tz, realtime=realtime)
     raw_start, raw_end = single(args, "start_timestamp"), single(args, "end_timestamp")
-    start = _timestamp("start_timestamp", raw_start) if raw_start is not None else None
-    end = _timestamp("end_timestamp", raw_end) if raw_end is not None else None
+    start = timestamp("start_timestamp", raw_start) if raw_start is not None else None
+    end = timestamp("end_timestamp", raw_end) if raw_end is not None else None
 
     from_hourly = view.from_hourly
     limit_days = limits.max_span_days(granularity, from_hourly)
@@ -238,6 +238,3 @@ def parse_format(args: MultiDict, prefers_csv: bool) -> bool:
     if fmt is not None and fmt not in FORMATS:
         raise ApiError(400, "format must be json or csv")
     return fmt == "csv" if fmt is not None else prefers_csv
-
-
-_single = single  # the former name, until api/logstat.py imports the public one
