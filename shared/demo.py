@@ -2,8 +2,11 @@
 
 Traffic follows a daily cycle (quiet at night, busy in the afternoon), users differ in
 volume by orders of magnitude (a few heavy users, many light ones), prompt and
-completion tokens are log-normal, and each model has its own price. A few percent of
-rows are other log types (errors, top-ups) that the rollup must ignore.
+completion tokens are log-normal, and each model has its own price. Each user calls
+through one to three API keys (most traffic on the first) and belongs to a group; each
+model is served by one or two channels; `tokens` and `channels` get matching rows, so
+answers by key and channel are named. A few percent of rows are other log types
+(errors, top-ups) that the rollup must ignore.
 """
 
 from __future__ import annotations
@@ -31,6 +34,55 @@ MODELS = [
     ("qwen-max", 800, 3200),
     ("text-embedding-3-small", 10, 0),
 ]
+
+
+# Channels (id, name), and the channels serving each model family with their shares.
+CHANNELS = [
+    (1, "openai-main"),
+    (2, "openai-backup"),
+    (3, "anthropic"),
+    (4, "google-vertex"),
+    (5, "deepseek"),
+    (6, "aliyun"),
+]
+CHANNELS_OF = {
+    "gpt": [(1, 0.8), (2, 0.2)],
+    "text": [(1, 1.0)],
+    "claude": [(3, 1.0)],
+    "gemini": [(4, 1.0)],
+    "deepseek": [(5, 1.0)],
+    "qwen": [(6, 1.0)],
+}
+KEY_NAMES = ("default", "ci", "prod")
+KEY_SHARES = (0.7, 0.2, 0.1)
+GROUPS = ("default", "default", "vip", "svip")
+
+
+def keys_of(user_id: int) -> list[tuple[int, str]]:
+    """A demo user's API keys: (token id, name), one to three of them."""
+    return [(user_id * 10 + k, KEY_NAMES[k]) for k in range(1 + user_id % 3)]
+
+
+def group_of(user_id: int) -> str:
+    return GROUPS[user_id % len(GROUPS)]
+
+
+def _ensure_gateway(conn: Connection, people: list[tuple[int, str]]) -> None:
+    """tokens and channels rows for the demo's keys and channels, where missing (their
+    secret `key` columns get random text)."""
+    have_tokens = {i for (i,) in conn.execute(sa.select(m.tokens.c.id))}
+    tokens = [
+        {"id": token_id, "user_id": uid, "key": secrets.token_hex(24), "name": name, "group": group_of(uid)}
+        for uid, _ in people
+        for token_id, name in keys_of(uid)
+        if token_id not in have_tokens
+    ]
+    if tokens:
+        conn.execute(sa.insert(m.tokens), tokens)
+    have_channels = {i for (i,) in conn.execute(sa.select(m.channels.c.id))}
+    channels = [{"id": i, "name": name, "key": secrets.token_hex(24)} for i, name in CHANNELS if i not in have_channels]
+    if channels:
+        conn.execute(sa.insert(m.channels), channels)
 
 
 @dataclass(frozen=True)
@@ -94,6 +146,7 @@ def generate(
     start = end - days * 86400
     with engine.begin() as conn:
         creds, people = _ensure_users(conn, users)
+        _ensure_gateway(conn, people)
         # Zipf-like weights: user k is 1/k as busy as the busiest.
         weights = [1.0 / (k + 1) for k in range(len(people))]
         model_weights = [0.3, 0.25, 0.12, 0.08, 0.07, 0.1, 0.05, 0.03]
@@ -114,6 +167,9 @@ def generate(
             for ts in sorted(instants):
                 uid, uname = rnd.choices(people, weights)[0]
                 model, p_price, c_price = rnd.choices(MODELS, model_weights)[0]
+                token_id, token_name = rnd.choices(keys_of(uid), KEY_SHARES[: len(keys_of(uid))])[0]
+                served = CHANNELS_OF[model.split("-")[0]]
+                channel = rnd.choices([c for c, _ in served], [w for _, w in served])[0]
                 prompt = int(rnd.lognormvariate(6.5, 1.1))
                 completion = 0 if c_price == 0 else int(rnd.lognormvariate(5.0, 1.0))
                 kind = rnd.choices([m.LOG_CONSUME, m.LOG_ERROR, m.LOG_TOPUP], [0.95, 0.04, 0.01])[0]
@@ -130,10 +186,10 @@ def generate(
                         "completion_tokens": completion if kind == m.LOG_CONSUME else 0,
                         "use_time": max(1, completion // 50),
                         "is_stream": rnd.random() < 0.7,
-                        "channel_id": 1,
-                        "token_id": uid,
-                        "token_name": "default",
-                        "group": "default",
+                        "channel_id": channel,
+                        "token_id": token_id,
+                        "token_name": token_name,
+                        "group": group_of(uid),
                         "content": "",
                         "ip": "",
                         "other": "",
