@@ -163,6 +163,10 @@ def committed_logs(engine, max_id: int | None = None) -> list[dict]:
         lg.quota,
         lg.prompt_tokens,
         lg.completion_tokens,
+        lg.token_id,
+        lg.token_name,
+        lg.channel_id,
+        lg.group,
     ).order_by(lg.id)
     if max_id is not None:
         q = q.where(lg.id <= max_id)

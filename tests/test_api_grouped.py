@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import rollup
-from tests.api_support import add_user, assert_failure, bucket_of, make_api, ok_data
+from tests.api_support import add_user, assert_failure, bucket_of, committed_logs, make_api, ok_data
 from tests.logdata import HOUR, insert, log, utc
 
 SELF, ALL = "/api/data/self", "/api/data/"
@@ -79,9 +79,7 @@ def world(engine):
 
 
 def raw_logs(engine) -> list[dict]:
-    lg = m.logs.c
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.select(lg).where(lg.type == m.LOG_CONSUME))]
+    return [lg for lg in committed_logs(engine) if lg["type"] == m.LOG_CONSUME]
 
 
 def _token_name(token_id: int, recorded: str) -> str:

@@ -28,7 +28,7 @@ from api.config import ApiLimits
 from shared import models as m
 from shared.config import Settings
 from shared.rollup import tick
-from tests.api_support import Api, add_user, assert_failure, bucket_of, make_api, ok_data
+from tests.api_support import Api, add_user, assert_failure, bucket_of, committed_logs, make_api, ok_data
 from tests.logdata import HOUR, at, insert, last_log_id, log
 
 DAY = 86400
@@ -182,29 +182,6 @@ def as_(tokens, uid) -> dict:
 # --- the truth ----------------------------------------------------------------------------
 
 
-def raw_logs(engine, max_id: int | None = None) -> list[dict]:
-    lg = m.logs.c
-    q = sa.select(
-        lg.id,
-        lg.type,
-        lg.user_id,
-        lg.username,
-        lg.created_at,
-        lg.model_name,
-        lg.quota,
-        lg.prompt_tokens,
-        lg.completion_tokens,
-        lg.token_id,
-        lg.token_name,
-        lg.channel_id,
-        lg.group,
-    ).order_by(lg.id)
-    if max_id is not None:
-        q = q.where(lg.id <= max_id)
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
-
-
 def counted(logs, granularity: str, start: int, end: int):
     """The consume logs with a time whose bucket starts in [start, end]."""
     for lg in logs:
@@ -297,10 +274,10 @@ def test_users_equals_the_raw_logs(seeded, granularity):
     start, end = (LO + 2 * DAY + 7 * HOUR, LO + 5 * DAY) if granularity == "hour" else (LO - 40 * DAY, HI)
     q = {"granularity": granularity, "start_timestamp": start, "end_timestamp": end}
     everything = ok_data(api.get(USERS, **as_(tokens, ADMIN), **q))
-    assert everything == expected_users(raw_logs(engine), granularity, start, end)
+    assert everything == expected_users(committed_logs(engine), granularity, start, end)
     assert {r["user_id"] for r in everything} == {ALICE, BOB, ROOT, CAROL, STRANGER}
     rolled_up = ok_data(api.get(USERS, **as_(tokens, ROOT), **q, realtime="false"))
-    assert rolled_up == expected_users(raw_logs(engine, watermark), granularity, start, end)
+    assert rolled_up == expected_users(committed_logs(engine, watermark), granularity, start, end)
     assert rolled_up != everything
 
 
@@ -331,7 +308,7 @@ def test_users_username_is_the_live_user(seeded):
     engine, api, tokens, _ = seeded
     q = {"granularity": "day", "start_timestamp": LO - DAY, "end_timestamp": HI}
     alice = ok_data(api.get(USERS, **as_(tokens, ADMIN), **q, username="alice"))
-    assert alice == expected_users(raw_logs(engine), "day", q["start_timestamp"], HI, user_id=ALICE)
+    assert alice == expected_users(committed_logs(engine), "day", q["start_timestamp"], HI, user_id=ALICE)
     assert alice
     # A recorded name that is no user's now, a deleted user, nobody: no rows.
     for name in ("alice0", "carol", "nobody"):
@@ -380,7 +357,7 @@ def test_flow_by_role_equals_the_raw_logs(seeded):
     engine, api, tokens, _ = seeded
     start, end = LO + 3 * HOUR, HI  # under 31 days: hours starting in [start, end]
     q = {"start_timestamp": start, "end_timestamp": end}
-    logs = raw_logs(engine)
+    logs = committed_logs(engine)
     admin = ok_data(api.get(FLOW, **as_(tokens, ADMIN), **q))
     assert admin == expected_flow(logs, ADMIN_COLUMNS, "hour", start, end)
     root = ok_data(api.get(FLOW, **as_(tokens, ROOT), **q))
@@ -420,7 +397,7 @@ def test_flow_excludes_empty_groups(seeded):
         rows = ok_data(api.get(path, **as_(tokens, uid), **q))
         assert rows and all(r["use_group"] in ("default", "vip") for r in rows)
     # Logs with an empty or NULL group exist, and count elsewhere.
-    logs = [lg for lg in counted(raw_logs(engine), "hour", LO - DAY, HI) if lg["user_id"] == ALICE]
+    logs = [lg for lg in counted(committed_logs(engine), "hour", LO - DAY, HI) if lg["user_id"] == ALICE]
     assert {lg["group"] for lg in logs} >= {"", None}
     users = ok_data(api.get(USERS, **as_(tokens, ADMIN), granularity="hour", **q))
     flow = ok_data(api.get(FLOW_SELF, **as_(tokens, ALICE), **q))
@@ -444,7 +421,7 @@ def test_flow_self_never_shows_another_users_keys(seeded):
 def test_flow_username_is_the_live_user(seeded):
     engine, api, tokens, _ = seeded
     q = {"start_timestamp": LO - DAY, "end_timestamp": HI}
-    logs = raw_logs(engine)
+    logs = committed_logs(engine)
     for uid in (ADMIN, ROOT):
         columns = ROOT_COLUMNS if uid == ROOT else ADMIN_COLUMNS
         alice = ok_data(api.get(FLOW, **as_(tokens, uid), **q, username="alice"))
@@ -459,13 +436,13 @@ def test_flow_realtime_and_rolled_up(seeded):
     engine, api, tokens, watermark = seeded
     start, end = LO, HI
     q = {"start_timestamp": start, "end_timestamp": end}
-    rolled_up = expected_flow(raw_logs(engine, watermark), ROOT_COLUMNS, "hour", start, end)
-    everything = expected_flow(raw_logs(engine), ROOT_COLUMNS, "hour", start, end)
+    rolled_up = expected_flow(committed_logs(engine, watermark), ROOT_COLUMNS, "hour", start, end)
+    everything = expected_flow(committed_logs(engine), ROOT_COLUMNS, "hour", start, end)
     assert rolled_up != everything
     assert ok_data(api.get(FLOW, **as_(tokens, ROOT), **q)) == everything
     assert ok_data(api.get(FLOW, **as_(tokens, ROOT), **q, realtime="true")) == everything
     assert ok_data(api.get(FLOW, **as_(tokens, ROOT), **q, realtime="false")) == rolled_up
-    alice_rolled = expected_flow(raw_logs(engine, watermark), SELF_COLUMNS, "hour", start, end, user_id=ALICE)
+    alice_rolled = expected_flow(committed_logs(engine, watermark), SELF_COLUMNS, "hour", start, end, user_id=ALICE)
     assert ok_data(api.get(FLOW_SELF, **as_(tokens, ALICE), **q, realtime="0")) == alice_rolled
 
 
@@ -480,7 +457,7 @@ def test_flow_reads_days_beyond_the_hourly_span_limit(engine):
     tick(engine, settings_for(engine))
     insert(engine, random_logs(rnd, 60, LO - 2 * DAY, LO + 6 * DAY))
     api = with_flow(make_api(engine, tz=TZ, limits=ApiLimits(max_span_hourly_days=2, max_span_daily_days=4)))
-    logs = raw_logs(engine)
+    logs = committed_logs(engine)
     start = LO + 10 * HOUR + 30 * 60  # mid-day, mid-hour
     for end, granularity in ((start + 2 * DAY, "hour"), (start + 2 * DAY + 1, "day"), (start + 4 * DAY, "day")):
         q = {"start_timestamp": start, "end_timestamp": end}
