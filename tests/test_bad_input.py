@@ -1,9 +1,12 @@
 """Issue 6.5: a catalogue of bad requests against the running API (gunicorn, the real
 PostgreSQL): methods; headers missing, duplicated, oversized, non-ASCII; tokens empty,
 wrong, another user's, a disabled or deleted user's, SQL-looking; every invalid form of
-every parameter; odd paths; bad re-aggregation bodies. Each has its expected status, and
-each answer is the failure shape: JSON {"success": false, "message": "..."} -- never
-HTML, never a traceback, never the token sent.
+every parameter of every route (the data endpoints' group_by, filters, format and
+default_time, /api/data/users, the flow, the log statistics, the rankings' period; and
+one bad value and a repetition of every parameter the OpenAPI document lists); odd
+paths; bad re-aggregation bodies. Each has its expected status, and each answer is the
+failure shape: JSON {"success": false, "message": "..."} -- never HTML (nor CSV), never
+a traceback, never the token sent.
 
 Requests go over a real socket (http.client, or raw bytes where http.client would refuse
 to send them), so gunicorn's own refusals (header fields too large, request line too
@@ -19,11 +22,14 @@ import pytest
 import sqlalchemy as sa
 
 from tests.faults.http import Answer, get, raw
-from tests.faults.live import PEOPLE, live_api
+from tests.faults.live import PEOPLE, T0, live_api
 
 pytestmark = pytest.mark.integration
 
-SELF, ALL = "/api/data/self", "/api/data/"
+SELF, ALL, USERS = "/api/data/self", "/api/data/", "/api/data/users"
+FLOW, FLOW_SELF = "/api/data/flow", "/api/data/flow/self"
+LOG_STAT, LOG_SELF_STAT, RANKINGS = "/api/log/stat", "/api/log/self/stat", "/api/rankings"
+FLOW_RANGE = {"start_timestamp": T0, "end_timestamp": T0 + 3600}
 
 
 @dataclass
@@ -202,6 +208,183 @@ CATALOGUE = [
     Case("granularity twice", 400, SELF + "?granularity=hour&granularity=day", fragment="only once"),
     Case("username twice", 400, ALL + "?username=alice&username=bob", who="admin", fragment="only once"),
     Case("username with NUL", 400, q(ALL, username="alice\x00"), who="admin", fragment="NUL"),
+    # --- group_by, filters, format, default_time (issue 12)
+    *[
+        Case(f"group_by={value!r}", 400, q(path, group_by=value), who=who, fragment="group_by")
+        for path, who in ((SELF, "alice"), (ALL, "admin"))
+        for value in ("nope", "model,nope", ",", "model,", "MODEL", "user_id", "model;token", " ", SQL, "\x00")
+    ],
+    Case("group_by=user on /self", 400, q(SELF, group_by="user"), fragment="'user'"),
+    Case("group_by=model,user on /self", 400, q(SELF, group_by="model,user"), fragment="'user'"),
+    Case("group_by twice", 400, SELF + "?group_by=model&group_by=token", fragment="only once"),
+    *[
+        Case(f"{name}={value!r}", 400, q(path, **{name: value}), who=who, fragment=name)
+        for name in ("token_id", "channel")
+        for path, who in ((SELF, "alice"), (ALL, "admin"))
+        for value in (
+            "abc",
+            "-1",
+            "-9223372036854775808",
+            "1.5",
+            "1e3",
+            "0x10",
+            "+5",
+            " 5",
+            "١٢٣",
+            "9223372036854775808",
+            "9" * 30,
+            SQL,
+            "\x00",
+        )
+    ],
+    *[
+        Case(f"{name} with NUL", 400, q(path, **{name: "a\x00b"}), who=who, fragment="NUL")
+        for name in ("model_name", "token_name", "group")
+        for path, who in ((SELF, "alice"), (ALL, "admin"))
+    ],
+    *[
+        Case(f"{name} twice", 400, f"{SELF}?{name}=1&{name}=1", fragment="only once")
+        for name in ("model_name", "token_id", "token_name", "channel", "group", "format", "default_time", "tz")
+    ],
+    *[
+        Case(f"format={value!r}", 400, q(SELF, format=value), fragment="format")
+        for value in ("xml", "CSV", "json,csv", "text/csv", SQL, "\x00")
+    ],
+    *[
+        Case(f"default_time={value!r}", 400, q(SELF, default_time=value), fragment="granularity")
+        for value in ("decade", "Hour", SQL, "\x00")
+    ],
+    Case(
+        "granularity and default_time disagree",
+        400,
+        q(SELF, granularity="day", default_time="hour"),
+        fragment="disagree",
+    ),
+    Case(
+        "default_time=day over 400 days",
+        400,
+        q(ALL, default_time="day", start_timestamp=0, end_timestamp=400 * 86400),
+        who="admin",
+        fragment="at most",
+    ),
+    # Failures stay JSON when CSV is asked for; authentication still comes first.
+    Case("format=csv with a bad parameter", 400, q(SELF, format="csv", granularity="x"), fragment="granularity"),
+    Case(
+        "Accept: text/csv with a bad parameter",
+        400,
+        q(SELF, token_id="x"),
+        headers=[("Accept", "text/csv")],
+        fragment="token_id",
+    ),
+    Case(
+        "format=csv of days in a half-hour zone",
+        400,
+        q(SELF, format="csv", granularity="day", tz="Asia/Kolkata"),
+        fragment="Asia/Kolkata",
+    ),
+    Case("format=csv without a token", 401, q(SELF, format="csv"), who=None, fragment="access token required"),
+    Case("Accept: text/csv without a token", 401, SELF, who=None, headers=[("Accept", "text/csv")]),
+    Case("a bad group_by without a token", 401, q(SELF, group_by="nope"), who=None),
+    Case("a bad filter from a user on the admin route", 403, q(ALL, channel="x"), fragment="administrator"),
+    # --- /api/data/users (administrators)
+    Case("a user on /api/data/users", 403, USERS, fragment="administrator"),
+    Case("no token on /api/data/users", 401, USERS, who=None),
+    *[
+        Case(f"/api/data/users {name}={value!r}", 400, q(USERS, **{name: value}), who="admin", fragment=frag)
+        for name, value, frag in (
+            ("start_timestamp", "abc", "start_timestamp"),
+            ("end_timestamp", "-1", "end_timestamp"),
+            ("granularity", "decade", "granularity"),
+            ("default_time", "decade", "granularity"),
+            ("tz", "Mars/Olympus", "tz"),
+            ("realtime", "maybe", "realtime"),
+            ("username", "a\x00", "NUL"),
+            ("format", "xml", "format"),
+        )
+    ],
+    Case("/api/data/users username twice", 400, USERS + "?username=a&username=b", who="admin", fragment="only once"),
+    Case(
+        "/api/data/users granularity and default_time disagree",
+        400,
+        q(USERS, granularity="hour", default_time="week"),
+        who="admin",
+        fragment="disagree",
+    ),
+    # --- /api/data/flow (administrators) and /api/data/flow/self
+    Case("a user on /api/data/flow", 403, q(FLOW, **FLOW_RANGE), fragment="administrator"),
+    Case("no token on /api/data/flow/self", 401, FLOW_SELF, who=None),
+    *[
+        Case(f"{path} {label}", 400, q(path, **query), who=who, fragment=frag)
+        for path, who in ((FLOW, "admin"), (FLOW_SELF, "alice"))
+        for label, query, frag in (
+            ("without a range", {}, "invalid start_timestamp"),
+            ("without end_timestamp", {"start_timestamp": T0}, "invalid end_timestamp"),
+            ("start_timestamp=0", {**FLOW_RANGE, "start_timestamp": 0}, "invalid start_timestamp"),
+            ("start_timestamp=-1", {**FLOW_RANGE, "start_timestamp": -1}, "invalid start_timestamp"),
+            ("end_timestamp=abc", {**FLOW_RANGE, "end_timestamp": "abc"}, "invalid end_timestamp"),
+            ("end_timestamp beyond int64", {**FLOW_RANGE, "end_timestamp": "9" * 25}, "invalid end_timestamp"),
+            ("end before start", {"start_timestamp": T0, "end_timestamp": T0 - 1}, "invalid time range"),
+            ("realtime=maybe", {**FLOW_RANGE, "realtime": "maybe"}, "realtime"),
+            ("span of 400 days", {"start_timestamp": 1, "end_timestamp": 400 * 86400}, "at most"),
+            ("format=xml", {**FLOW_RANGE, "format": "xml"}, "format"),
+            ("format=csv without a range", {"format": "csv"}, "invalid start_timestamp"),
+        )
+    ],
+    Case(
+        "/api/data/flow/self over 30 days",
+        400,
+        q(FLOW_SELF, start_timestamp=1, end_timestamp=31 * 86400),
+        fragment="30 days",
+    ),
+    Case("/api/data/flow username with NUL", 400, q(FLOW, username="a\x00", **FLOW_RANGE), who="admin", fragment="NUL"),
+    Case(
+        "/api/data/flow start_timestamp twice",
+        400,
+        f"{FLOW_SELF}?start_timestamp=1&start_timestamp=2&end_timestamp=3",
+        fragment="only once",
+    ),
+    # --- /api/log/stat (administrators) and /api/log/self/stat
+    Case("a user on /api/log/stat", 403, LOG_STAT, fragment="administrator"),
+    Case("no token on /api/log/self/stat", 401, q(LOG_SELF_STAT, model_name="%%"), who=None),
+    *[
+        Case(f"{path} {name}={value!r}", 400, q(path, **{name: value}), who=who, fragment=frag)
+        for path, who in ((LOG_STAT, "admin"), (LOG_SELF_STAT, "alice"))
+        for name, value, frag in (
+            ("type", "abc", "type"),
+            ("type", "-2", "type"),
+            ("channel", "x", "channel"),
+            ("channel", "-1", "channel"),
+            ("channel", "9" * 30, "too large"),
+            ("start_timestamp", "1.5", "start_timestamp"),
+            ("end_timestamp", SQL, "end_timestamp"),
+            ("model_name", "gpt%%", "consecutive"),
+            ("model_name", "%g%p%", "at most 2"),
+            ("model_name", "g%", "at least 2"),
+            ("model_name", "\x00", "NUL"),
+            ("token_name", "a\x00", "NUL"),
+            ("group", "\x00", "NUL"),
+        )
+    ],
+    Case(
+        "/api/log/stat start after end",
+        400,
+        q(LOG_STAT, start_timestamp=2, end_timestamp=1),
+        who="admin",
+        fragment="after",
+    ),
+    Case("/api/log/stat username %%", 400, q(LOG_STAT, username="%%al"), who="admin", fragment="consecutive"),
+    Case("/api/log/stat username %a", 400, q(LOG_STAT, username="%a"), who="admin", fragment="at least 2"),
+    Case("/api/log/self/stat type twice", 400, LOG_SELF_STAT + "?type=2&type=2", fragment="only once"),
+    # --- /api/rankings (public: no headers)
+    *[
+        Case(f"period={value!r}", 400, q(RANKINGS, period=value), who=None, fragment="invalid ranking period")
+        for value in ("day", "Week", "all", " week", "1", SQL, "\x00", "x" * 3000)
+    ],
+    Case("period twice", 400, RANKINGS + "?period=week&period=week", who=None, fragment="only once"),
+    Case("POST on /api/rankings", 405, RANKINGS, who=None, method="POST"),
+    Case("DELETE on /api/log/stat", 405, LOG_STAT, who="admin", method="DELETE"),
+    Case("trailing slash on /api/rankings", 404, RANKINGS + "/", who=None),
+    Case("trailing slash on /api/data/flow/self", 404, FLOW_SELF + "/"),
     Case("a request line of 5,000 bytes (gunicorn's limit)", 414, q(SELF, username="x" * 5000)),
     # --- odd paths
     Case("unknown path", 404, "/api/data/others", fragment="not found"),
@@ -245,6 +428,75 @@ CATALOGUE = [
         )
     ],
 ]
+
+# One bad value of every parameter the OpenAPI document lists, and the parameter given
+# twice, on every route that documents it: a new parameter without an entry here fails
+# test_every_documented_parameter_has_bad_forms. The message names the parameter.
+BAD_VALUE = {
+    "start_timestamp": "abc",
+    "end_timestamp": "-1",
+    "granularity": "decade",
+    "default_time": "decade",
+    "tz": "Mars/Olympus",
+    "realtime": "maybe",
+    "group_by": "nope",
+    "format": "xml",
+    "model_name": "a\x00",
+    "token_id": "x",
+    "token_name": "a\x00",
+    "channel": "x",
+    "group": "a\x00",
+    "username": "a\x00",
+    "type": "x",
+    "period": "x",
+}
+NAMED_IN_MESSAGE_AS = {"default_time": "granularity"}  # its refusal is granularity's
+ADMIN_ROUTES = {ALL, USERS, FLOW, LOG_STAT}
+BASE_QUERY = {FLOW: FLOW_RANGE, FLOW_SELF: FLOW_RANGE}  # their range is required
+
+
+def documented_parameters() -> list[tuple[str, str]]:
+    """(path, name) of every query parameter of every GET operation of the document."""
+    from api.config import ApiLimits
+    from api.openapi import document
+
+    doc = document(ApiLimits())
+    found = []
+    for path, operations in doc["paths"].items():
+        for spec in operations.get("get", {}).get("parameters", []):
+            if "$ref" in spec:
+                spec = doc["components"]["parameters"][spec["$ref"].rsplit("/", 1)[1]]
+            if spec["in"] == "query":
+                found.append((path, spec["name"]))
+    return found
+
+
+def who_on(path: str) -> str | None:
+    return None if path == RANKINGS else "admin" if path in ADMIN_ROUTES else "alice"
+
+
+CATALOGUE += [
+    case
+    for path, name in documented_parameters()
+    if name in BAD_VALUE
+    for case in (
+        Case(
+            f"{path} {name}={BAD_VALUE[name]!r} (every documented parameter)",
+            400,
+            q(path, **{**BASE_QUERY.get(path, {}), name: BAD_VALUE[name]}),
+            who=who_on(path),
+            fragment=NAMED_IN_MESSAGE_AS.get(name, name),
+        ),
+        Case(
+            f"{path} {name} twice (every documented parameter)",
+            400,
+            q(path, **{k: v for k, v in BASE_QUERY.get(path, {}).items() if k != name}) + f"&{name}=1&{name}=1",
+            who=who_on(path),
+            fragment="only once",
+        ),
+    )
+]
+
 
 # Bytes http.client will not send: non-ASCII and malformed header lines.
 RAW = [
@@ -294,6 +546,12 @@ def check_failure(answer: Answer, status: int, fragment: str, secrets=()) -> Non
 
 def test_catalogue_has_forty_or_more_requests():
     assert len(CATALOGUE) + len(RAW) >= 40
+
+
+def test_every_documented_parameter_has_bad_forms():
+    documented = documented_parameters()
+    assert {name for _, name in documented} <= set(BAD_VALUE), "a new parameter: add its bad value to BAD_VALUE"
+    assert len(documented) > 50 and all(any(path == p for p, _ in documented) for path in (SELF, FLOW, RANKINGS))
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
