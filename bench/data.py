@@ -86,10 +86,24 @@ def database_name(shape_name: str, rows: int) -> str:
     return f"usage_stats_bench_{shape(shape_name).name}_{size_label(rows)}"
 
 
+TRACE_FILES = ("azure_llm_trace_2023_conv.csv", "azure_llm_trace_2023_code.csv")
+
+
 def trace_dir() -> Path:
-    """../shared/data beside the project root, or BENCH_TRACE_DIR."""
+    """../shared/data beside the project root, or BENCH_TRACE_DIR; exits with where to get
+    the traces when they are not there."""
     here = Path(__file__).resolve().parent.parent
-    return Path(os.environ.get("BENCH_TRACE_DIR", here.parent / "shared" / "data"))
+    folder = Path(os.environ.get("BENCH_TRACE_DIR", here.parent / "shared" / "data"))
+    missing = [name for name in TRACE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"bench: the request traces {', '.join(missing)} are not in {folder}. They are the "
+            "'Azure LLM inference trace 2023' of the Azure Public Dataset (github.com/Azure/"
+            "AzurePublicDataset, files AzureLLMInferenceTrace_conv.csv and AzureLLMInferenceTrace_code.csv, "
+            "CC BY 4.0): download them, save them under the names above, and point BENCH_TRACE_DIR at "
+            "their folder."
+        )
+    return folder
 
 
 def model_names() -> list[str]:
@@ -211,9 +225,10 @@ def load_traces(conn: Connection) -> int:
     conn.exec_driver_sql("CREATE TEMPORARY TABLE bench_trace_raw (src INT, ts TIMESTAMP, prompt INT, completion INT)")
     raw: Any = conn.connection.dbapi_connection
     with raw.cursor() as cur:
-        for src, name in enumerate(("azure_llm_trace_2023_conv.csv", "azure_llm_trace_2023_code.csv")):
+        folder = trace_dir()
+        for src, name in enumerate(TRACE_FILES):
             buf = io.StringIO()
-            with open(trace_dir() / name, newline="") as f:
+            with open(folder / name, newline="") as f:
                 reader = csv.reader(f)
                 next(reader)
                 for ts, prompt, completion in reader:

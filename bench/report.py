@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The summary tables before issue 12 (bench/variants.py, without importing the product).
+ORIGINAL_TABLES = ("hourly_usage", "hourly_model_usage", "daily_usage", "daily_model_usage")
 
 
 def _ok(good: bool) -> str:
@@ -36,13 +38,20 @@ def storage_table(storage: dict[str, Any]) -> list[str]:
             f"| `{name}` | {t['rows']:,} | {t['rows_per_million_logs']:,} | {_mib(t['table_bytes'])} | "
             f"{_mib(t['index_bytes'])} | {_mib(t['total_bytes'])} | **{_mib(t['bytes_per_million_logs'])}** |"
         )
-    summaries = [t for name, t in storage["tables"].items() if name != "logs"]
-    total = {k: sum(t[k] for t in summaries) for k in ("table_bytes", "index_bytes", "total_bytes")}
-    per_million = sum(t["bytes_per_million_logs"] for t in summaries)
-    out.append(
-        f"| all summary tables | | | {_mib(total['table_bytes'])} | {_mib(total['index_bytes'])} | "
-        f"{_mib(total['total_bytes'])} | **{_mib(per_million)}** |"
-    )
+    groups = {
+        "the four original summary tables": [n for n in storage["tables"] if n in ORIGINAL_TABLES],
+        "the two detail tables (issue 12)": [n for n in storage["tables"] if n.endswith("_detail_usage")],
+        "all summary tables": [n for n in storage["tables"] if n != "logs"],
+    }
+    for label, names in groups.items():
+        tables = [storage["tables"][n] for n in names]
+        total = {k: sum(t[k] for t in tables) for k in ("table_bytes", "index_bytes", "total_bytes")}
+        rows = sum(t["rows_per_million_logs"] for t in tables)
+        per_million = sum(t["bytes_per_million_logs"] for t in tables)
+        out.append(
+            f"| {label} | | {rows:,} | {_mib(total['table_bytes'])} | {_mib(total['index_bytes'])} | "
+            f"{_mib(total['total_bytes'])} | **{_mib(per_million)}** |"
+        )
     return out
 
 
@@ -60,25 +69,208 @@ def distribution_line(d: dict[str, Any]) -> str:
     )
 
 
+def _ms(x: float | None) -> str:
+    return "" if x is None else f"{x:,.1f}"
+
+
+def tick_breakdown(t: dict[str, Any]) -> list[str]:
+    """Figure 6's per-statement medians (ms) for each case, and the EXPLAIN ANALYZE of the
+    six-table tick's inserts."""
+    cases = list(t["statement_ms"])
+    kinds = sorted({k for c in cases for k in t["statement_ms"][c]}, key=lambda k: (k == "other", k))
+    out = [
+        "Where a tick's time goes (median ms per statement, by what it writes; *commit and python*: the "
+        "call's wall time less its statements):",
+        "",
+        "| statement | " + " | ".join(c.replace("_", ", ") + " tables" for c in cases) + " |",
+        "|---|" + "---|" * len(cases),
+    ]
+    for k in kinds:
+        out.append(f"| {k} | " + " | ".join(_ms(t["statement_ms"][c].get(k)) for c in cases) + " |")
+    out.append("| **the tick (median wall time)** | " + " | ".join(f"**{t['median_ms'][c]}**" for c in cases) + " |")
+    ex = t.get("explain_six_tables")
+    if ex:
+        out += [
+            "",
+            "EXPLAIN (ANALYZE, BUFFERS, WAL) of each insert of a six-table tick on the full history "
+            "(medians of the explained ticks):",
+            "",
+            "| insert into | ms | rows in | inserted | updated (conflicting) | buffers hit | read | dirtied "
+            "| WAL records | WAL full pages | WAL bytes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for kind, f in ex.items():
+            if f["inserted"] is None:
+                continue
+            out.append(
+                f"| `{kind.split()[-1]}` | {f['ms']:.1f} | {f['rows_in']:,.0f} | {f['inserted']:,.0f} | "
+                f"{f['conflicting']:,.0f} | {f['shared_hit']:,.0f} | {f['shared_read']:,.0f} | {f['dirtied']:,.0f} | "
+                f"{f['wal_records']:,.0f} | {f['wal_fpi']:,.0f} | {f['wal_bytes'] / 2**20:.2f} MiB |"
+            )
+    return out
+
+
+def reaggregation_breakdown(spent: dict[str, dict[str, float]]) -> list[str]:
+    """Figure 9: a full re-aggregation's seconds by statement, six tables and four."""
+
+    def group(kind: str) -> str:
+        if kind.startswith("create rollup_change from "):
+            return f"compare the fresh rows with `{kind.rsplit(' ', 1)[-1]}` (FULL JOIN into rollup_change)"
+        if kind == "create rollup_fresh":
+            return "aggregate the logs (rollup_fresh, at the detail grain)"
+        if kind.startswith(("insert ", "delete ")):
+            return "write the rows that differ (deletes and upserts, every table)"
+        return {"the re-aggregation": "**the re-aggregation (wall time)**"}.get(kind, kind)
+
+    rows: dict[str, dict[str, float]] = {}
+    for variant, kinds in spent.items():
+        for kind, seconds in kinds.items():
+            g = rows.setdefault(group(kind), {})
+            g[variant] = g.get(variant, 0.0) + seconds
+    order = sorted(rows, key=lambda k: (k.startswith("**"), k in ("commit and python", "other"), k))
+    out = [
+        "Where a full re-aggregation's time goes, history unchanged (seconds, one run each in the benchmark's "
+        "process, figure 9):",
+        "",
+        "| step | six tables | four tables |",
+        "|---|---|---|",
+    ]
+    out += [f"| {k} | {rows[k].get('six', 0):.2f} | {rows[k].get('four', 0):.2f} |" for k in order]
+    return out
+
+
+def designs_table(name: str) -> list[str]:
+    """bench/tick_designs.py's results for this data set, when there are any."""
+    path = RESULTS / f"{name}_designs.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    out = [
+        f"Other designs of the detail tables, a tick of {d['batch']:,} logs on the full history "
+        f"(`python -m bench.tick_designs --shape {d['shape']} --rows {name.rsplit('_', 1)[-1].upper()}`, "
+        f"run {d['started']} UTC, medians of {d['rounds']} rotating rounds):",
+        "",
+        "| design | tick | / four tables | per-round ratio to four (median) |",
+        "|---|---|---|---|",
+    ]
+    for design, ms in d["median_ms"].items():
+        out.append(f"| {design} | {ms} ms | {d['ratio_to_four'][design]} | {d['paired_ratio_to_four'][design]} |")
+    return out
+
+
+def issue12(r: dict[str, Any]) -> list[str]:
+    """Issue 12's constraints of one run: six summary tables against the four original ones."""
+    out = ["| # | constraint | measured: six tables (the product) against four (today's) | target | |"]
+    out.append("|---|---|---|---|---|")
+    t = r.get("issue12_tick")
+    if t:
+        med = t["median_ms"]
+        out.append(
+            f"| 1 | tick of 10,000 logs ({t['consume_logs_per_tick']:,} consume) on the full history, medians of "
+            f"{len(t['tick_seconds']['history_six'])} alternating rounds | {med['history_six']} ms / "
+            f"{med['history_four']} ms = **{t['ratio']}x** (per-round ratios: median {t['paired_ratio_median']}, "
+            f"{min(t['paired_ratios'])}-{max(t['paired_ratios'])}) | <= 1.5x | {_ok(t['ratio'] <= 1.5)} |"
+        )
+    g = r.get("issue12_reaggregation")
+    if g:
+        six, four = g["ratio_unchanged"], g["ratio_rebuild"]
+        out.append(
+            f"| 2 | full re-aggregation / bare GROUP BY (hour, user, model) = {g['bare_median_seconds']:.2f} s, "
+            f"history unchanged | six {statistics.median(g['unchanged_seconds']['six']):.2f} s = **{six['six']}**; "
+            f"four {statistics.median(g['unchanged_seconds']['four']):.2f} s = **{six['four']}**: "
+            f"**{g['six_over_four_unchanged']}x** today's ratio | today's ratio (1.0x) | "
+            f"{_ok(g['six_over_four_unchanged'] <= 1.0)} |"
+        )
+        out.append(
+            f"| 2b | the same into empty tables | six {g['rebuild_seconds']['six'][0]:.2f} s = **{four['six']}**; "
+            f"four {g['rebuild_seconds']['four'][0]:.2f} s = **{four['four']}**: "
+            f"**{g['six_over_four_rebuild']}x** today's ratio | today's ratio (1.0x) | "
+            f"{_ok(g['six_over_four_rebuild'] <= 1.0)} |"
+        )
+        d = g["ratio_unchanged_to_detail_bare"]
+        e = g["ratio_rebuild_to_detail_bare"]
+        out.append(
+            f"| 2c | (no target) against a bare GROUP BY at the detail grain (every dimension) = "
+            f"{g['bare_detail_median_seconds']:.2f} s | unchanged: six {d['six']}, four {d['four']}; "
+            f"into empty tables: six {e['six']}, four {e['four']} | | |"
+        )
+    reads = r.get("issue12_reads")
+    if reads:
+        for i, (name, what) in enumerate(
+            (
+                ("self_hourly", f"`/api/data/self`, heavy user (user {reads['heavy_user']}), 30 days hourly"),
+                ("site_daily", "`/api/data/` site-wide, 30 days daily"),
+            )
+        ):
+            q = reads[name]
+            six, four = q["six"], q["four"]
+
+            def tables(plan: dict[str, Any]) -> str:
+                return "; ".join(
+                    f"`{t}` {v['rows']:,} rows ({', '.join(v['nodes'])})" for t, v in plan["tables"].items()
+                )
+
+            out.append(
+                f"| 3{'ab'[i]} | rows read by {what} | six: {tables(six)}, {six['shared_hit'] + six['shared_read']} "
+                f"buffers, {six['execution_ms']} ms; four: {tables(four)}, "
+                f"{four['shared_hit'] + four['shared_read']} buffers, {four['execution_ms']} ms | "
+                f"the same tables, no more rows | {_ok(q['same_tables_and_rows'])} |"
+            )
+    csv = r.get("issue12_csv")
+    if csv:
+        for name in (k for k in csv if isinstance(csv[k], dict)):
+            e = csv[name]
+            for fmt in ("csv", "json"):
+                if fmt not in e:
+                    continue
+                f = e[fmt]
+                # Bounded: the worker grows by a few chunks of rows, whatever the answer's length.
+                target, met = ("bounded (+16 MB at most)", _ok(f["growth_mb"] <= 16)) if fmt == "csv" else ("", "")
+                out.append(
+                    f"| 4 | {csv['days']} days site-wide by day x {e['group_by'].replace(',', ' x ')}, "
+                    f"**{fmt.upper()}** | {f['rows']:,} rows, {f['bytes'] / 2**20:,.1f} MiB in {f['seconds']} s; "
+                    f"serving worker RSS {f['idle_rss_mb']} MB before, **peak {f['peak_rss_mb']} MB** "
+                    f"(+{f['growth_mb']} MB) | {target} | {met} |"
+                )
+    if len(out) == 2:
+        return []
+    if t:
+        out += ["", *tick_breakdown(t)]
+    if r.get("issue12_reaggregation_statements"):
+        out += ["", *reaggregation_breakdown(r["issue12_reaggregation_statements"])]
+    return out
+
+
 def render(name: str) -> str:
     r = json.loads((RESULTS / f"{name}.json").read_text())
     v = r["versions"]
     # No shape: results of the dense data before it carried keys, channels and groups.
     shape = r["data"].get("shape")
     runs = r.get("figure_runs")
-    when = (
-        f"run {r['started']} UTC, {r['seconds']:.0f} s in all"
-        if not runs
-        else "figures re-run separately: " + ", ".join(f"{k} at {v}" for k, v in sorted(runs.items()))
-    )
+    starts = sorted(set(runs.values())) if runs else []
+    if not runs:
+        when = f"run {r['started']} UTC, {r['seconds']:.0f} s in all"
+    elif len(starts) == 1:
+        when = f"figures run {starts[0]} UTC on the data set built {r['data'].get('built', r['started'])} UTC"
+    else:
+        when = "figures run separately: " + ", ".join(
+            f"{', '.join(k for k in sorted(runs) if runs[k] == t)} at {t}" for t in starts
+        )
     size = name.rsplit("_", 1)[-1].upper()
     command = f"python -m bench.run --shape {shape} --rows {size}" if shape else f"python -m bench.run --rows {size}"
-    title = f"{r['rows']:,} logs, {shape} shape" if shape else f"{r['rows']:,} logs"
+    # A results file without a shape is from before issue 12: four summary tables, and
+    # data without keys, channels or groups (what the dense shape is otherwise).
+    title = (
+        f"{r['rows']:,} logs, {shape} shape"
+        if shape
+        else f"{r['rows']:,} logs, before issue 12 (four summary tables; data without keys, channels, groups)"
+    )
     out = [f"### {title} (`{command}`, {when})", ""]
     init = r["data"].get("initial_rollup")
+    built = f" (built {r['data']['built']} UTC)" if r["data"].get("built") and runs else ""
     if init:
         out += [
-            f"Data set: {r['data']['logs']:,} logs tiled from {r['data']['trace_requests']:,} real trace requests, "
+            f"Data set{built}: {r['data']['logs']:,} logs tiled from {r['data']['trace_requests']:,} real trace requests, "
             f"loaded in {r['data']['load_seconds']} s ({r['data']['total_seconds']} s with indexes and ANALYZE). "
             f"First rollup of the whole history: {init['logs']:,} consume logs in {init['seconds']} s "
             f"({init['logs_per_second']:,} logs/s, {init['batches']} transactions).",
@@ -172,17 +364,26 @@ def render(name: str) -> str:
             f"main process) | **{f['worst_child_mb']} MB**; {f['worst_main_mb']} MB | <= 300 MB | "
             f"{_ok(f['worst_child_mb'] <= 300)} |"
         )
+    workers = f" ({r['fig3']['workers']} sync workers)" if "fig3" in r else ""
     out += [
         "",
         f"Machine: {v['cpu']}, {v['cores']} cores, {v['memory_gb']} GiB; PostgreSQL {v['postgresql']} "
         f"(default settings), Python {v['python']}, SQLAlchemy {v['sqlalchemy']}, Flask {v['flask']}, "
-        f"gunicorn {v['gunicorn']} ({r.get('fig3', {}).get('workers', '?')} sync workers), Celery {v['celery']}, "
+        f"gunicorn {v['gunicorn']}{workers}, "
+        f"Celery {v['celery']}, "
         f"{v['wrk']}.",
         "",
     ]
     storage = r.get("storage") or r["data"].get("storage")
     if storage:
         out += [*storage_table(storage), ""]
+    constraints = issue12(r)
+    if constraints:
+        out += ["Issue 12's constraints, six summary tables against the four original ones, in this run:", ""]
+        out += [*constraints, ""]
+    designs = designs_table(name)
+    if designs:
+        out += [*designs, ""]
     return "\n".join(out)
 
 
@@ -193,5 +394,7 @@ def _order(name: str) -> tuple[str, int]:
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or sorted((p.stem for p in RESULTS.glob("*.json")), key=_order)
+    names = sys.argv[1:] or sorted(
+        (p.stem for p in RESULTS.glob("*.json") if not p.stem.endswith("_designs")), key=_order
+    )
     print("\n".join(render(name) for name in names))

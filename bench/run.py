@@ -1,13 +1,16 @@
 """Every benchmark figure of BENCHMARKS.md, in one run, side by side.
 
-    python -m bench.run --rows 1M     # all five figures, under 5 minutes
-    python -m bench.run --rows 10M    # the same at 10M logs
+    python -m bench.run --rows 1M                    # dense data (the default shape)
+    python -m bench.run --shape sparse --rows 2M     # sparse data
+    python -m bench.run --rows 1M --figures 6,7,8    # some figures only
 
 Needs PostgreSQL (BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres),
 Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/14) and wrk (Debian's package).
-The data set is built once per size in its own database (usage_stats_bench_1m, ...) and
-reused by later runs (--rebuild builds it again). Every figure is a ratio of two things
-measured in this run, alternately, or a median of several runs: this machine is noisy.
+The data set (bench/data.py) is built once per shape and size in its own database
+(usage_stats_bench_dense_1m, usage_stats_bench_sparse_2m, ...) and reused by later runs
+(--rebuild builds it again); its storage per million logs is measured right after the
+build. Every figure is a ratio of two things measured in this run, alternately, or a
+median of several runs: this machine is noisy.
 
 Figures (targets from issue 5):
 1. full re-aggregation / bare GROUP BY over the same logs            (<= 1.5)
@@ -18,6 +21,18 @@ Figures (targets from issue 5):
 4. freshness: seconds from a log's commit to its appearance in the API (beat at its
    default interval; and with the real-time tail)
 5. worker peak RSS during the full re-aggregation                    (<= 300 MB)
+Issue 12's constraints: the product's six summary tables against the four original ones
+(bench/variants.py), alternately in the same run:
+6. a tick of 10,000 logs on the full history, six tables / four      (<= 1.5; measured
+   with figure 2, in the same rounds)
+1. re-aggregation / bare GROUP BY, six tables against four, each in a real worker
+   (today's ratio kept; measured with figure 1, in the same rounds)
+7. the reads of today's answers (/self heavy user 30 days hourly, site-wide 30 days
+   daily): EXPLAIN (ANALYZE, BUFFERS), tables and rows read   (no more than with four)
+8. CSV export, 366 days site-wide by day x model x channel, and the same as JSON: rows,
+   bytes and the serving gunicorn worker's peak RSS                    (bounded)
+9. (on request) a full re-aggregation in this process, statement by statement, six
+   tables and four
 """
 
 from __future__ import annotations
@@ -50,7 +65,7 @@ from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
 
-from . import data
+from . import data, shapes, variants
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -73,10 +88,6 @@ def parse_rows(text: str) -> int:
     return int(float(match[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[match[2].lower()])
 
 
-def label(rows: int) -> str:
-    return f"{rows // 1_000_000}m" if rows % 1_000_000 == 0 else f"{rows // 1000}k"
-
-
 # --- databases ---------------------------------------------------------------------------
 
 
@@ -95,15 +106,16 @@ def recreate_database(name: str) -> str:
     return database_url(name)
 
 
-def prepared(rows: int, rebuild: bool) -> tuple[str, dict]:
-    """The benchmark database of this size: built (logs, users, a full rollup), or reused."""
-    name = f"usage_stats_bench_{label(rows)}"
+def prepared(rows: int, shape: str, rebuild: bool) -> tuple[str, dict]:
+    """The benchmark database of this shape and size: built (logs, users, keys, channels,
+    a full rollup), or reused."""
+    name = data.database_name(shape, rows)
     url = database_url(name)
     if not rebuild:
         try:
             with make_engine(url).connect() as conn:
-                meta = json.loads(conn.exec_driver_sql("SELECT info FROM bench_meta").scalar())
-            if meta.get("rows") == rows and meta.get("complete"):
+                meta = json.loads(conn.exec_driver_sql("SELECT info FROM bench_meta").scalar_one())
+            if meta.get("rows") == rows and meta.get("shape") == shape and meta.get("complete"):
                 log(f"reusing {name} (built {meta['built']}; --rebuild to build it again)")
                 upgrade(make_engine(url))  # the schema of the code being measured
                 return url, meta
@@ -113,7 +125,7 @@ def prepared(rows: int, rebuild: bool) -> tuple[str, dict]:
     url = recreate_database(name)
     engine = make_engine(url)
     upgrade(engine)
-    meta = data.build(engine, rows)
+    meta = data.build(engine, rows, shape)
     log(f"  loaded in {meta['load_seconds']} s, indexed and analyzed by {meta['total_seconds']} s")
     settings = Settings(database_url=url)
     started = time.perf_counter()
@@ -128,6 +140,8 @@ def prepared(rows: int, rebuild: bool) -> tuple[str, dict]:
     log(f"  first rollup: {result.logs:,} logs in {seconds:.1f} s ({result.logs / seconds:,.0f} logs/s)")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
+    # Now, before any figure: ticks and re-aggregations leave dead rows and free space.
+    meta["storage"] = data.storage(engine)
     meta.update(rows=rows, complete=True, built=time.strftime("%Y-%m-%d %H:%M:%S"))
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE bench_meta (info TEXT)")
@@ -190,7 +204,9 @@ def wait_for(check, timeout: float, what: str, proc=None, logfile: Path | None =
 
 
 @contextmanager
-def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
+def gunicorn_server(url: str, workdir: Path, workers: int, on_stop=None, timeout: int = 30):
+    """gunicorn serving the API and bench/raw_api.py's routes: (its base URL, the master
+    process). `timeout`: gunicorn's, the seconds a sync worker may spend on one request."""
     port = free_port()
     logfile = workdir / "gunicorn.log"
     cmd = [
@@ -203,6 +219,8 @@ def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
+        "--timeout",
+        str(timeout),
         "bench.raw_api:create_app()",
     ]
     with process(cmd, service_env(url), logfile, on_stop) as proc:
@@ -215,32 +233,43 @@ def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
                 return False
 
         wait_for(up, 30, "gunicorn", proc, logfile)
+        yield base, proc
+
+
+@contextmanager
+def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
+    with gunicorn_server(url, workdir, workers, on_stop) as (base, _):
         yield base
 
 
 @contextmanager
-def celery_worker(url: str, workdir: Path, *, beat: bool = False):
+def celery_worker(url: str, workdir: Path, *, beat: bool = False, app: str = "worker", queue: str | None = None):
     """A real worker (prefork, one child, as the product runs it), optionally with beat
-    at the default interval; both on Redis."""
+    at the default interval; both on Redis. `app`: the Celery app module (the product's,
+    or bench.four_table_worker); `queue`: consume only this queue (so that two workers
+    can run side by side, each sent its own tasks), which is then left unflushed."""
     import redis
 
-    redis.Redis.from_url(REDIS).flushdb()
+    if queue is None:
+        redis.Redis.from_url(REDIS).flushdb()
     env = service_env(url)
     env.pop("ROLLUP_INTERVAL_SECONDS", None)  # the default interval
-    wlog = workdir / "worker.log"
+    name = app.rsplit(".", 1)[-1]
+    wlog = workdir / f"{name}.log"
     cmd = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "worker",
+        app,
         "worker",
         "--pool=prefork",
         "--concurrency=1",
         "-l",
         "INFO",
         "-n",
-        f"bench-{os.getpid()}@%h",
+        f"bench-{name}-{os.getpid()}@%h",
+        *(["-Q", queue] if queue else []),
     ]
     with process(cmd, env, wlog) as proc:
         wait_for(lambda: "ready." in wlog.read_text(errors="replace"), 60, "the celery worker", proc, wlog)
@@ -291,29 +320,36 @@ SELECT created_at - created_at %% 3600 AS hour, user_id, model_name, count(*), s
        sum(prompt_tokens + completion_tokens), sum(prompt_tokens), sum(completion_tokens)
 FROM logs WHERE type = 2 GROUP BY 1, 2, 3
 """
+# The same at the grain of the detail tables: every dimension of shared.aggregation.
+BARE_DETAIL = """
+SELECT created_at - created_at %% 3600 AS hour, user_id, username, model_name, token_id, token_name,
+       channel_id, "group", count(*), sum(quota),
+       sum(prompt_tokens + completion_tokens), sum(prompt_tokens), sum(completion_tokens)
+FROM logs WHERE type = 2 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+"""
 
 
-def bare_group_by(engine) -> float:
+def bare_group_by(engine, query: str = BARE) -> float:
     """The floor: the aggregation alone, every output row computed (EXPLAIN ANALYZE runs
     it to the end without shipping rows to us), best of default and our session settings."""
-    best = None
+    best = float("inf")
     for settings in ((), FLOOR_SETTINGS):
         with engine.connect() as conn:
             for s in settings:
                 conn.exec_driver_sql(s)
             started = time.perf_counter()
-            conn.exec_driver_sql("EXPLAIN (ANALYZE, TIMING OFF) " + BARE).all()
+            conn.exec_driver_sql("EXPLAIN (ANALYZE, TIMING OFF) " + query).all()
             took = time.perf_counter() - started
-        best = took if best is None else min(best, took)
+        best = min(best, took)
     return best
 
 
-def reaggregate_in_worker(app, url: str, worker_pid: int, start: int, end: int) -> dict:
+def reaggregate_in_worker(app, url: str, worker_pid: int, start: int, end: int, queue: str | None = None) -> dict:
     """Hand a full re-aggregation to the real worker (as POST /api/data/reaggregate does),
     sample the RSS of its processes until it is done, return the task's own timing."""
     from worker.app import REAGGREGATE_TASK
 
-    result = app.send_task(REAGGREGATE_TASK, args=[start, end])
+    result = app.send_task(REAGGREGATE_TASK, args=[start, end], queue=queue)
     peak = {"main": 0, "child": 0}
     deadline = time.monotonic() + 3 * 3600
     while not result.ready():
@@ -337,108 +373,339 @@ def vacuum_summaries(engine: Any) -> None:
         conn.exec_driver_sql(f"VACUUM ANALYZE {names}")
 
 
+# The Celery app module of each variant's worker (bench/variants.py), and its queue.
+WORKERS = {"six": "worker", "four": "bench.four_table_worker"}
+
+
 def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
+    """Full re-aggregations in real workers, the product's (six tables) and one writing
+    the four original tables, alternately, each beside the bare GROUP BY; then both into
+    emptied tables. Both workers run throughout, each on a queue of its own."""
     from worker import make_celery
 
     engine = make_engine(url)
     app = make_celery(Settings.from_env(service_env(url)))
-    bare, verify, rebuild, rss = [], [], [], []
+    bare: list[float] = []
+    bare_detail: list[float] = []
+    unchanged: dict[str, list[float]] = {v: [] for v in WORKERS}
+    rebuild: dict[str, list[float]] = {v: [] for v in WORKERS}
+    rss: dict[str, list[dict]] = {v: [] for v in WORKERS}
 
-    def one_round(worker, times: list, what: str) -> None:
-        bare.append(bare_group_by(engine))
-        out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END)
+    def one(worker, variant: str, times: list, what: str) -> None:
+        queue = f"bench-{variant}"
+        out = reaggregate_in_worker(app, url, worker.pid, data.PERIOD_START, data.PERIOD_END, queue)
         times.append(out["seconds"])
-        rss.append(out["peak_rss_mb"])
+        rss[variant].append(out["peak_rss_mb"])
         log(
-            f"  fig 1 {what}: bare {bare[-1]:.2f} s, re-aggregation {times[-1]:.2f} s "
+            f"  fig 1 {what}, {variant} tables: re-aggregation {times[-1]:.2f} s "
             f"({out['logs']:,} logs, {out['chunks']} chunks), worker RSS {out['peak_rss_mb']}"
         )
 
-    with celery_worker(url, workdir) as worker:
+    import redis
+
+    redis.Redis.from_url(REDIS).flushdb()
+    with (
+        celery_worker(url, workdir, app=WORKERS["six"], queue="bench-six") as six,
+        celery_worker(url, workdir, app=WORKERS["four"], queue="bench-four") as four,
+    ):
+        workers = {"six": six, "four": four}
         for i in range(repeats):
-            one_round(worker, verify, f"round {i + 1}, history unchanged")
+            bare.append(bare_group_by(engine))
+            bare_detail.append(bare_group_by(engine, BARE_DETAIL))
+            log(f"  fig 1 round {i + 1}: bare GROUP BY {bare[-1]:.2f} s, at the detail grain {bare_detail[-1]:.2f} s")
+            order = list(WORKERS) if i % 2 == 0 else list(WORKERS)[::-1]
+            for variant in order:
+                one(workers[variant], variant, unchanged[variant], f"round {i + 1}, history unchanged")
         # The other case: the summary rows are gone (a new STATS_TIMEZONE, a first
-        # install beside an old gateway) and every row must be written.
-        with engine.begin() as conn:
-            for s in agg.SUMMARIES:
-                conn.execute(sa.delete(s.table))
-        vacuum_summaries(engine)
-        one_round(worker, rebuild, "into empty tables")
+        # install beside an old gateway) and every row must be written. Each variant
+        # empties the tables it writes; the four-table variant goes first, so the
+        # six-table one leaves every table whole.
+        for variant in ("four", "six"):
+            with engine.begin() as conn:
+                for s in variants.VARIANTS[variant]:
+                    conn.execute(sa.delete(s.table))
+            vacuum_summaries(engine)
+            bare.append(bare_group_by(engine))
+            bare_detail.append(bare_group_by(engine, BARE_DETAIL))
+            one(workers[variant], variant, rebuild[variant], "into empty tables")
     vacuum_summaries(engine)
     engine.dispose()
     floor = statistics.median(bare)
+    floor_detail = statistics.median(bare_detail)
+    ratio = {v: round(statistics.median(unchanged[v]) / floor, 2) for v in WORKERS}
+    ratio_rebuild = {v: round(rebuild[v][0] / floor, 2) for v in WORKERS}
     return {
         "fig1": {
             "bare_seconds": bare,
-            "reaggregate_unchanged_seconds": verify,
-            "reaggregate_rebuild_seconds": rebuild,
-            "ratio_unchanged": round(statistics.median(verify) / floor, 2),
-            "ratio_rebuild": round(rebuild[0] / floor, 2),
+            "bare_detail_seconds": bare_detail,
+            "reaggregate_unchanged_seconds": unchanged["six"],
+            "reaggregate_rebuild_seconds": rebuild["six"],
+            "ratio_unchanged": ratio["six"],
+            "ratio_rebuild": ratio_rebuild["six"],
             "target": 1.5,
         },
-        "fig5": {
+        "issue12_reaggregation": {
+            "unchanged_seconds": unchanged,
+            "rebuild_seconds": rebuild,
+            "bare_median_seconds": round(floor, 3),
+            "bare_detail_median_seconds": round(floor_detail, 3),
+            "ratio_unchanged": ratio,
+            "ratio_rebuild": ratio_rebuild,
+            "ratio_unchanged_to_detail_bare": {
+                v: round(statistics.median(unchanged[v]) / floor_detail, 2) for v in WORKERS
+            },
+            "ratio_rebuild_to_detail_bare": {v: round(rebuild[v][0] / floor_detail, 2) for v in WORKERS},
+            # The constraint: six tables keep today's (four tables') ratio to the bare GROUP BY.
+            "six_over_four_unchanged": round(ratio["six"] / ratio["four"], 2),
+            "six_over_four_rebuild": round(ratio_rebuild["six"] / ratio_rebuild["four"], 2),
             "peak_rss_mb": rss,
-            "worst_child_mb": max(r["child"] for r in rss),
-            "worst_main_mb": max(r["main"] for r in rss),
+        },
+        "fig5": {
+            "peak_rss_mb": rss["six"],
+            "worst_child_mb": max(r["child"] for r in rss["six"]),
+            "worst_main_mb": max(r["main"] for r in rss["six"]),
             "target_mb": 300,
         },
+    }
+
+
+def figure_9(url: str, repeats: int = 1) -> dict:
+    """Where a full re-aggregation's time goes, statement by statement: in this process,
+    with six tables and with four, alternately (history unchanged)."""
+    engine = make_engine(url)
+    timer = StatementTimer(engine)
+    spent: dict[str, list[dict[str, float]]] = {v: [] for v in WORKERS}
+    for i in range(repeats):
+        for variant in list(WORKERS) if i % 2 == 0 else list(WORKERS)[::-1]:
+            with variants.summaries(variant), timer.recording() as by_statement:
+                started = time.perf_counter()
+                rollup.reaggregate(engine, Settings(database_url=url), data.PERIOD_START, data.PERIOD_END)
+                took = time.perf_counter() - started
+            by_statement["commit and python"] = took - sum(by_statement.values())
+            by_statement["the re-aggregation"] = took
+            spent[variant].append(by_statement)
+            log(f"  fig 9 round {i + 1}, {variant} tables: {took:.2f} s")
+    engine.dispose()
+    return {
+        v: {
+            k: round(statistics.median(one.get(k, 0.0) for one in runs), 3)
+            for k in sorted({k for one in runs for k in one})
+        }
+        for v, runs in spent.items()
     }
 
 
 # --- figure 2: a tick of 10,000 new logs on the full history vs on an empty one -------------
 
 
-def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
+class StatementTimer:
+    """The time an engine's statements take while `recording`, by what each does:
+    "insert <table>", "update <table>", "delete <table>", or "other" (reads, DDL)."""
+
+    PATTERN = re.compile(r"\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)", re.I)
+    CREATE = re.compile(r"\s*CREATE TEMPORARY TABLE (\w+) AS", re.I)
+
+    def __init__(self, engine: Any) -> None:
+        self.spent: dict[str, float] | None = None
+        sa.event.listen(engine, "before_cursor_execute", self._before)
+        sa.event.listen(engine, "after_cursor_execute", self._after)
+
+    @classmethod
+    def kind(cls, statement: str) -> str:
+        found = cls.PATTERN.match(statement)
+        if found:
+            return f"{found[1].split()[0].lower()} {found[2]}"
+        created = cls.CREATE.match(statement)
+        if created:
+            # A re-aggregation's comparison of fresh rows with a summary table's: named
+            # by the first summary table it reads.
+            read = [s.table.name for s in variants.VARIANTS["six"] if re.search(rf"\b{s.table.name}\b", statement)]
+            return f"create {created[1]}" + (f" from {read[0]}" if read else "")
+        return "other"
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def _after(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if self.spent is not None:
+            kind = self.kind(statement)
+            self.spent[kind] = self.spent.get(kind, 0.0) + time.perf_counter() - conn.info.pop("bench_started")
+
+    @contextmanager
+    def recording(self):
+        self.spent = spent = {}
+        try:
+            yield spent
+        finally:
+            self.spent = None
+
+
+@contextmanager
+def explaining_inserts(engine: Any):
+    """While in the block, every INSERT INTO the engine runs is run as EXPLAIN (ANALYZE,
+    BUFFERS, WAL) of itself (which executes it all the same): yields the list that
+    collects (table, plan) pairs. For seeing where a real tick's time goes, statement by
+    statement, without rewriting its statements here."""
+    plans: list[tuple[str, dict]] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if StatementTimer.kind(statement).startswith("insert ") and not executemany:
+            statement = "EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + statement
+            conn.info["bench_explained"] = True
+        return statement, parameters
+
+    def after(conn, cursor, statement, parameters, context, executemany):
+        if conn.info.pop("bench_explained", False):
+            plan = cursor.fetchall()[0][0]
+            plans.append((StatementTimer.kind(statement[len("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) ") :]), plan))
+
+    sa.event.listen(engine, "before_cursor_execute", before, retval=True)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield plans
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "after_cursor_execute", after)
+
+
+def insert_plan_facts(plan: Any) -> dict:
+    """What an EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) of an INSERT says it did."""
+    top = plan[0] if isinstance(plan, list) else plan
+    node = top["Plan"]
+    return {
+        "ms": round(top["Execution Time"], 2),
+        "rows_in": node["Plans"][0]["Actual Rows"] if node.get("Plans") else None,
+        "inserted": node.get("Tuples Inserted"),
+        "conflicting": node.get("Conflicting Tuples"),
+        "shared_hit": node.get("Shared Hit Blocks"),
+        "shared_read": node.get("Shared Read Blocks"),
+        "dirtied": node.get("Shared Dirtied Blocks"),
+        "wal_records": node.get("WAL Records"),
+        "wal_fpi": node.get("WAL FPI"),
+        "wal_bytes": node.get("WAL Bytes"),
+    }
+
+
+TICK_CASES = (("history", "six"), ("history", "four"), ("empty", "six"))
+
+
+def figure_2(url: str, rows: int, rounds: int, shape: str, batch: int = 10_000, explained: int = 3) -> dict:
+    """Ticks of `batch` new logs in the data's last hour: on the full history with all six
+    summary tables, on it with the four original ones, and on an empty database with six;
+    the three in turn, the order rotating each round. Then `explained` more ticks on the
+    full history, six tables, each insert run under EXPLAIN ANALYZE (not timed)."""
     big = make_engine(url)
     empty_url = recreate_database("usage_stats_bench_empty")
     empty = make_engine(empty_url)
     upgrade(empty)
     with empty.begin() as conn:
-        data.create_users(conn)
+        data.create_gateway(conn)
         data.load_traces(conn)
     with big.begin() as conn:
         trace_len = data.load_traces(conn)
         top = conn.execute(sa.select(sa.func.max(m.logs.c.id))).scalar()
-    times = {"history": [], "empty": []}
-    counted = {"history": [], "empty": []}
+    engines = {"history": (big, url), "empty": (empty, empty_url)}
+    timers = {name: StatementTimer(engine) for name, (engine, _) in engines.items()}
+    times: dict[str, list[float]] = {f"{db}_{v}": [] for db, v in TICK_CASES}
+    spent: dict[str, list[dict]] = {f"{db}_{v}": [] for db, v in TICK_CASES}
+    counted: dict[str, list[int]] = {f"{db}_{v}": [] for db, v in TICK_CASES}
+    buckets: dict[str, list[int]] = {f"{db}_{v}": [] for db, v in TICK_CASES}
+    plans: list[tuple[str, dict]] = []
+    first = rows
+
+    def add_logs(db: str) -> None:
+        nonlocal first
+        engine = engines[db][0]
+        with engine.begin() as conn:
+            if db == "empty":
+                # An empty history every time: the previous tick's rows go (ids go on
+                # from the sequence, so the watermark stays valid).
+                for t in (m.logs, *(s.table for s in agg.SUMMARIES)):
+                    conn.execute(sa.delete(t))
+            # New logs in the data's last hour, as a gateway writes them.
+            data.generate_logs(conn, first, batch, data.PERIOD_END - HOUR, HOUR, trace_len, shape)
+        first += batch
+
     try:
         for i in range(rounds):
-            # Alternate which goes first, so that neither always runs on a warmer machine.
-            order = [("history", big, url), ("empty", empty, empty_url)]
-            for name, engine, u in order if i % 2 == 0 else order[::-1]:
-                with engine.begin() as conn:
-                    if name == "empty":
-                        # An empty history every round: the previous round's rows go
-                        # (ids go on from the sequence, so the watermark stays valid).
-                        for t in (m.logs, *(s.table for s in agg.SUMMARIES)):
-                            conn.execute(sa.delete(t))
-                    # New logs in the data's last hour, as a gateway writes them.
-                    data.generate_logs(conn, rows + i * batch, batch, data.PERIOD_END - HOUR, HOUR, trace_len)
-                result = rollup.tick(engine, Settings(database_url=u), wait=True)
-                times[name].append(result.seconds)
+            # Rotate the order, so that no case always runs on a warmer machine.
+            k = i % len(TICK_CASES)
+            for db, variant in TICK_CASES[k:] + TICK_CASES[:k]:
+                add_logs(db)
+                engine, u = engines[db]
+                name = f"{db}_{variant}"
+                with variants.summaries(variant), timers[db].recording() as by_statement:
+                    # The whole call: the lock, the statements and the commit (the tick's
+                    # own `seconds` stops before its last statement and the commit).
+                    started = time.perf_counter()
+                    result = rollup.tick(engine, Settings(database_url=u), wait=True)
+                    took = time.perf_counter() - started
+                times[name].append(took)
+                # The rest: the commit (its WAL flush) and Python, between statements.
+                by_statement["commit and python"] = took - sum(by_statement.values())
+                spent[name].append({k: round(v * 1000, 2) for k, v in by_statement.items()})
                 counted[name].append(result.logs)
+                buckets[name].append(result.buckets)
             log(
-                f"  fig 2 round {i + 1}: tick on history {times['history'][-1] * 1000:.1f} ms, "
-                f"on empty {times['empty'][-1] * 1000:.1f} ms ({counted['history'][-1]:,} consume logs)"
+                f"  fig 2 round {i + 1}: tick on history, six tables {times['history_six'][-1] * 1000:.1f} ms, "
+                f"four tables {times['history_four'][-1] * 1000:.1f} ms; on empty, six tables "
+                f"{times['empty_six'][-1] * 1000:.1f} ms ({counted['history_six'][-1]:,} consume logs)"
             )
+        for _ in range(explained):
+            add_logs("history")
+            with explaining_inserts(big) as collected:
+                rollup.tick(big, Settings(database_url=url), wait=True)
+            plans += collected
     finally:
-        # Put the big database back as it was: drop the added logs, re-aggregate their day.
+        # Put the big database back as it was: drop the added logs, re-aggregate their day
+        # into every table (the four-table ticks left the detail tables without theirs).
         with big.begin() as conn:
             conn.execute(sa.delete(m.logs).where(m.logs.c.id > top))
             conn.exec_driver_sql("DROP TABLE IF EXISTS bench_trace")
         rollup.reaggregate(big, Settings(database_url=url), data.PERIOD_END - HOUR, data.PERIOD_END)
+        vacuum_summaries(big)
         big.dispose()
         empty.dispose()
         with admin_engine().connect() as conn:
             conn.exec_driver_sql('DROP DATABASE IF EXISTS "usage_stats_bench_empty" WITH (FORCE)')
     med = {k: statistics.median(v) for k, v in times.items()}
+    paired = [a / b for a, b in zip(times["history_six"], times["history_four"], strict=True)]
+
+    def statement_medians(name: str) -> dict[str, float]:
+        kinds = sorted({k for one in spent[name] for k in one})
+        return {k: round(statistics.median(one.get(k, 0.0) for one in spent[name]), 2) for k in kinds}
+
+    by_table: dict[str, list[dict]] = {}
+    for kind, plan in plans:
+        by_table.setdefault(kind, []).append(insert_plan_facts(plan))
+    explain = {
+        kind: {
+            key: statistics.median(f[key] for f in facts) if all(f[key] is not None for f in facts) else None
+            for key in facts[0]
+        }
+        for kind, facts in by_table.items()
+    }
     return {
-        "tick_seconds": times,
-        "consume_logs_per_tick": counted["history"][0],
-        "median_ms": {k: round(v * 1000, 1) for k, v in med.items()},
-        "ratio": round(med["history"] / med["empty"], 2),
-        "target_ratio": 2,
-        "target_tick_ms": 100,
+        "fig2": {
+            "tick_seconds": {"history": times["history_six"], "empty": times["empty_six"]},
+            "consume_logs_per_tick": counted["history_six"][0],
+            "median_ms": {"history": round(med["history_six"] * 1000, 1), "empty": round(med["empty_six"] * 1000, 1)},
+            "ratio": round(med["history_six"] / med["empty_six"], 2),
+            "target_ratio": 2,
+            "target_tick_ms": 100,
+        },
+        "issue12_tick": {
+            "tick_seconds": times,
+            "consume_logs_per_tick": counted["history_six"][0],
+            "finest_hourly_rows_touched": {k: statistics.median(v) for k, v in buckets.items()},
+            "median_ms": {k: round(v * 1000, 1) for k, v in med.items()},
+            "ratio": round(med["history_six"] / med["history_four"], 2),
+            "paired_ratio_median": round(statistics.median(paired), 2),
+            "paired_ratios": [round(r, 2) for r in paired],
+            "target_ratio": 1.5,
+            "statement_ms": {k: statement_medians(k) for k in times},
+            "explain_six_tables": explain,
+        },
     }
 
 
@@ -447,7 +714,10 @@ def figure_2(url: str, rows: int, rounds: int, batch: int = 10_000) -> dict:
 
 def _units(value: str) -> float:
     """wrk's latency ('812.00us', '3.21ms', '1.02s') in milliseconds."""
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if found is None:
+        raise ValueError(f"not a wrk latency: {value!r}")
+    number, unit = found.groups()
     return float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
 
@@ -471,10 +741,10 @@ def wrk(url: str, token: str, user: int, seconds: int, connections: int = 32, ti
         timeout=seconds + timeout + 30,
         check=True,
     ).stdout
-    result = {
-        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
-        "requests": int(re.search(r"(\d+) requests in", out)[1]),
-    }
+    rate, requests = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
+    if rate is None or requests is None:
+        raise RuntimeError(f"wrk's output is not as expected: {out}")
+    result: dict[str, Any] = {"requests_per_second": float(rate[1]), "requests": int(requests[1])}
     for pct in ("50", "99"):
         found = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         result[f"p{pct}_ms"] = round(_units(found[1]), 2) if found else None
@@ -504,10 +774,22 @@ def abandon_queries(url: str) -> None:
         )
 
 
+def heaviest_user(url: str) -> int:
+    """The user with the most consume logs (in the dense shape user 1; in the sparse one
+    every user sends about as many)."""
+    d = agg.daily_usage.c
+    with make_engine(url).connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(d.user_id).group_by(d.user_id).order_by(sa.func.sum(d.count).desc()).limit(1)
+            ).scalar_one()
+        )
+
+
 def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
     end = data.PERIOD_END - 1
     start = end - 30 * DAY + 1
-    heavy = 1  # the power law makes user 1 the heaviest
+    heavy = heaviest_user(url)
     admin = data.ADMIN_ID
     cases = {
         "self_hourly": (f"/data/self?granularity=hour&start_timestamp={start}&end_timestamp={end}", heavy),
@@ -516,7 +798,7 @@ def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
         # when the answer is small (90 rows instead of 2,000).
         "self_daily": (f"/data/self?granularity=day&start_timestamp={start}&end_timestamp={end}", heavy),
     }
-    out = {"workers": workers, "seconds": seconds, "connections": 32}
+    out: dict[str, Any] = {"workers": workers, "seconds": seconds, "connections": 32, "heavy_user": heavy}
     for name, (path, user) in cases.items():
         # A server of its own per case: the raw-logs load leaves dozens of slow requests
         # queued behind it, which must not run into the next measurement.
@@ -526,7 +808,7 @@ def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
             started = time.perf_counter()
             summary = fetch(f"{base}/api{path}", token, user)
             alone = {"api": time.perf_counter() - started}
-            row = {"rows": len(summary["data"]), "bytes": len(json.dumps(summary))}
+            row: dict[str, Any] = {"rows": len(summary["data"]), "bytes": len(json.dumps(summary))}
             if name != "self_daily":
                 started = time.perf_counter()
                 on_the_fly = fetch(f"{base}/raw{path}", token, user)
@@ -554,6 +836,194 @@ def figure_3(url: str, workdir: Path, seconds: int, workers: int) -> dict:
     return out
 
 
+# --- figure 7: what today's answers read --------------------------------------------------
+
+
+def plan_reads(plan: dict) -> dict:
+    """The relations a plan (EXPLAIN ... FORMAT JSON) read: per table, how it was reached
+    (node type and index) and the rows it returned (actual rows x loops), plus the
+    statement's buffers and time."""
+    tables: dict[str, dict] = {}
+
+    def walk(node: dict) -> None:
+        relation = node.get("Relation Name")
+        if relation:
+            t = tables.setdefault(relation, {"rows": 0, "nodes": []})
+            t["rows"] += int(node["Actual Rows"] * node["Actual Loops"])
+            how = node["Node Type"] + (f" on {node['Index Name']}" if node.get("Index Name") else "")
+            if how not in t["nodes"]:
+                t["nodes"].append(how)
+            t["heap_fetches"] = t.get("heap_fetches", 0) + int(node.get("Heap Fetches", 0))
+            t["rows_removed_by_filter"] = t.get("rows_removed_by_filter", 0) + int(
+                node.get("Rows Removed by Filter", 0) * node["Actual Loops"]
+            )
+        for child in node.get("Plans", []):
+            walk(child)
+
+    top = plan[0] if isinstance(plan, list) else plan
+    walk(top["Plan"])
+    return {
+        "tables": tables,
+        "rows_returned": top["Plan"]["Actual Rows"],
+        "shared_hit": top["Plan"].get("Shared Hit Blocks"),
+        "shared_read": top["Plan"].get("Shared Read Blocks"),
+        "execution_ms": round(top["Execution Time"], 2),
+    }
+
+
+def explain_answer(conn, statement: Any, params: dict) -> dict:
+    compiled = statement.compile(dialect=conn.dialect)
+    bound = {**compiled.params, **params}
+    plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + str(compiled), bound).scalar_one()
+    return plan_reads(plan)
+
+
+def figure_7(url: str, repeats: int = 3) -> dict:
+    """EXPLAIN (ANALYZE, BUFFERS) of today's two answers, as the API runs them
+    (shared.queries.prepare, with the real-time tail): the /self heavy user's 30 days by
+    the hour and the site-wide 30 days by day, with six summary tables and with the four
+    original ones, alternately; the last of `repeats` runs each (a warm cache)."""
+    from shared import queries
+
+    end = data.PERIOD_END - 1
+    start = end - 30 * DAY + 1
+    heavy = heaviest_user(url)
+    answers = {
+        "self_hourly": (queries.PER_USER, queries.View(granularity="hour"), {"user_id": heavy}),
+        "site_daily": (queries.SITE_WIDE, queries.View(granularity="day"), {}),
+    }
+    engine = make_engine(url)
+    out: dict[str, Any] = {"heavy_user": heavy, "start": start, "end": end}
+    for name, (shape, view, values) in answers.items():
+        out[name] = {}
+        for i in range(repeats):
+            for variant in ("six", "four") if i % 2 == 0 else ("four", "six"):
+                with variants.summaries(variant), queries.snapshot(engine) as conn:
+                    statement, params = queries.prepare(conn, shape, view, start, end, values)
+                    out[name][variant] = explain_answer(conn, statement, params)
+        six, four = out[name]["six"], out[name]["four"]
+        out[name]["same_tables_and_rows"] = {t: v["rows"] for t, v in six["tables"].items()} == {
+            t: v["rows"] for t, v in four["tables"].items()
+        }
+        log(
+            f"  fig 7 {name}: six tables read "
+            + ", ".join(f"{t} {v['rows']:,} rows ({'; '.join(v['nodes'])})" for t, v in six["tables"].items())
+            + f"; four tables the same: {out[name]['same_tables_and_rows']}"
+        )
+    engine.dispose()
+    return out
+
+
+# --- figure 8: CSV export in bounded memory --------------------------------------------------
+
+
+def download(url: str, token: str, user: int, sample) -> dict:
+    """GET `url`, read as it streams (64 KiB at a time), calling `sample()` between reads:
+    bytes, lines, seconds to the first byte and in all, and the body when it is JSON."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "New-Api-User": str(user)})
+    started = time.perf_counter()
+    size = lines = 0
+    first_byte = None
+    body = bytearray() if "format=csv" not in url else None
+    with urllib.request.urlopen(req, timeout=900) as resp:
+        content_type = resp.headers.get("Content-Type")
+        while True:
+            sample()
+            chunk = resp.read(65536)
+            if not chunk:
+                break
+            if first_byte is None:
+                first_byte = time.perf_counter() - started
+            size += len(chunk)
+            lines += chunk.count(b"\n")
+            if body is not None:
+                body += chunk
+    out = {
+        "content_type": content_type,
+        "bytes": size,
+        "seconds": round(time.perf_counter() - started, 2),
+        "first_byte_seconds": round(first_byte or 0.0, 3),
+    }
+    if body is None:
+        out["rows"] = lines - 1  # the header
+    else:
+        answer = json.loads(body)
+        assert answer["success"], answer
+        out["rows"] = len(answer["data"])
+    return out
+
+
+class RssSampler:
+    """The peak VmRSS of a process, sampled every 10 ms in a thread while in the block
+    (and whenever `sample()` is called), with its VmHWM at the end."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kb = rss_kb(pid)
+        self._stop = threading.Event()
+
+    def sample(self) -> None:
+        self.peak_kb = max(self.peak_kb, rss_kb(self.pid))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, rss_kb(self.pid, "VmHWM"))
+
+
+def export_once(url: str, workdir: Path, path: str, token: str, user: int) -> dict:
+    """GET `path` from a gunicorn of its own with one sync worker, that worker's RSS
+    sampled while the answer streams, against its RSS just before (after one small
+    warm-up request)."""
+    end = data.PERIOD_END - 1
+    with gunicorn_server(url, workdir, 1, on_stop=lambda: abandon_queries(url), timeout=900) as (base, master):
+        worker = wait_for(lambda: children(master.pid), 30, "the gunicorn worker")[0]
+        fetch(f"{base}/api/data/?granularity=day&start_timestamp={end - DAY}&end_timestamp={end}", token, user)
+        idle = rss_kb(worker)
+        with RssSampler(worker) as rss:
+            got = download(base + path, token, user, rss.sample)
+    got.update(
+        idle_rss_mb=round(idle / 1024, 1),
+        peak_rss_mb=round(rss.peak_kb / 1024, 1),
+        growth_mb=round((rss.peak_kb - idle) / 1024, 1),
+    )
+    return got
+
+
+def figure_8(url: str, workdir: Path, exports: dict[str, tuple[str, ...]]) -> dict:
+    """Each export (name -> its formats) of EXPORTS: 366 days by day, site-wide as the
+    admin, in each format (csv, json) by export_once."""
+    end = data.PERIOD_END - 1
+    start = end - 366 * DAY
+    admin = data.ADMIN_ID
+    token = data.user_token(admin)
+    out: dict[str, Any] = {"start": start, "end": end, "days": 366}
+    for name, formats in exports.items():
+        group_by = EXPORTS[name]
+        out[name] = {"group_by": group_by}
+        for fmt in formats:
+            path = f"/api/data/?group_by={group_by}&granularity=day&start_timestamp={start}&end_timestamp={end}"
+            got = export_once(url, workdir, path + ("&format=csv" if fmt == "csv" else ""), token, admin)
+            out[name][fmt] = got
+            log(
+                f"  fig 8 {name} {fmt}: {got['rows']:,} rows, {got['bytes']:,} bytes in {got['seconds']} s; worker RSS "
+                f"{got['idle_rss_mb']} MB idle, peak {got['peak_rss_mb']} MB (+{got['growth_mb']} MB)"
+            )
+        if len(formats) == 2:
+            assert out[name]["csv"]["rows"] == out[name]["json"]["rows"], f"{name}: CSV and JSON rows differ"
+    return out
+
+
 # --- figure 4: freshness ------------------------------------------------------------------
 
 
@@ -576,7 +1046,7 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
         )
     token = data.user_token(probe_id)
     committed: dict[str, float] = {}
-    seen = {"realtime=false": {}, "realtime": {}}
+    seen: dict[str, dict[str, float]] = {"realtime=false": {}, "realtime": {}}
     now = int(time.time())
     query = f"/api/data/self?granularity=hour&start_timestamp={now - 2 * HOUR}&end_timestamp={now + 2 * HOUR}"
     stop = threading.Event()
@@ -631,7 +1101,7 @@ def figure_4(url: str, workdir: Path, probes: int, window: float) -> dict:
                 conn.execute(sa.delete(t).where(t.c.model_name.like("probe-%")))
         conn.execute(sa.delete(m.users).where(m.users.c.id == probe_id))
     engine.dispose()
-    out = {"probes": probes, "window_seconds": window, "beat_interval_seconds": interval}
+    out: dict[str, Any] = {"probes": probes, "window_seconds": window, "beat_interval_seconds": interval}
     for mode, got in seen.items():
         delays = [got[n] - committed[n] for n in committed if n in got]
         if delays:
@@ -680,32 +1150,78 @@ def versions(url: str) -> dict:
     }
 
 
+# The exports of figure 8: name -> group_by. The first is issue 12's (day x model x
+# channel, site-wide, 366 days); the second a much longer answer of the same kind, to see
+# whether the memory of each format grows with the rows.
+EXPORTS = {"model_channel": "model,channel", "user_model_token_channel": "user,model,token,channel"}
+ALL_FIGURES = "1,2,3,4,7,8"
+
+
+def parse_exports(text: str) -> dict[str, tuple[str, ...]]:
+    """--exports: NAME (as CSV and as JSON) or NAME:FORMAT, comma-separated."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in text.split(","):
+        name, _, fmt = item.partition(":")
+        if name not in EXPORTS or fmt not in ("", "csv", "json"):
+            raise argparse.ArgumentTypeError(f"not an export: {item!r}")
+        out[name] = (fmt,) if fmt else ("csv", "json")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=parse_rows, default=parse_rows("1M"), help="logs in the data set (1M, 10M)")
-    parser.add_argument("--figures", default="1,2,3,4", help="which figures (5 comes with 1)")
+    parser.add_argument("--shape", choices=sorted(shapes.SHAPES), default=shapes.DEFAULT_SHAPE, help="the data shape")
+    parser.add_argument(
+        "--figures",
+        default=ALL_FIGURES,
+        help="which figures (5 comes with 1, 6 with 2; 9 on request; 'none': build only)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="build the data set again")
     parser.add_argument("--repeats", type=int, default=3, help="re-aggregation rounds in figure 1")
-    parser.add_argument("--tick-rounds", type=int, default=7)
+    parser.add_argument("--tick-rounds", type=int, default=9)
     parser.add_argument("--wrk-seconds", type=int, default=20)
     parser.add_argument("--api-workers", type=int, default=4)
     parser.add_argument("--probes", type=int, default=12)
     parser.add_argument("--probe-window", type=float, default=60.0)
+    parser.add_argument(
+        "--exports",
+        default=",".join(EXPORTS),
+        help=f"figure 8's exports, each NAME or NAME:csv or NAME:json (names: {', '.join(EXPORTS)})",
+    )
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None and "3" in args.figures:
+    figures = set(args.figures.split(",")) - {"none", ""}
+    if shutil.which("wrk") is None and "3" in figures:
         parser.error("wrk is not installed: apt-get install wrk")
     started = time.perf_counter()
-    url, meta = prepared(args.rows, args.rebuild)
-    workdir = RESULTS / f"run-{label(args.rows)}"
+    url, meta = prepared(args.rows, args.shape, args.rebuild)
+    name = f"{args.shape}_{data.size_label(args.rows)}"
+    workdir = RESULTS / f"run-{name}"
     workdir.mkdir(parents=True, exist_ok=True)
-    report = {"rows": args.rows, "data": meta, "versions": versions(url), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    figures = set(args.figures.split(","))
+    report = {
+        "rows": args.rows,
+        "shape": args.shape,
+        "data": meta,
+        "versions": versions(url),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    # Measured by the build (a data set built before that was recorded: measured now).
+    report["storage"] = meta.get("storage") or data.storage(make_engine(url))
     if "1" in figures or "5" in figures:
-        log("figure 1 and 5: full re-aggregation in the worker vs bare GROUP BY")
+        log("figure 1 and 5: full re-aggregation in real workers, six tables and four, vs bare GROUP BY")
         report.update(figure_1_and_5(url, workdir, args.repeats))
-    if "2" in figures:
-        log("figure 2: a tick of 10,000 logs, full history vs empty")
-        report["fig2"] = figure_2(url, args.rows, args.tick_rounds)
+    if "2" in figures or "6" in figures:
+        log("figure 2 and 6: a tick of 10,000 logs: full history with six and four tables, empty history")
+        report.update(figure_2(url, args.rows, args.tick_rounds, args.shape))
+    if "9" in figures:
+        log("figure 9: a full re-aggregation statement by statement, six tables and four")
+        report["issue12_reaggregation_statements"] = figure_9(url)
+    if "7" in figures:
+        log("figure 7: what today's answers read, six tables and four")
+        report["issue12_reads"] = figure_7(url)
+    if "8" in figures:
+        log("figure 8: CSV and JSON exports of 366 days, the serving worker's RSS")
+        report["issue12_csv"] = figure_8(url, workdir, parse_exports(args.exports))
     if "3" in figures:
         log("figure 3: the API under wrk")
         report["fig3"] = figure_3(url, workdir, args.wrk_seconds, args.api_workers)
@@ -713,19 +1229,21 @@ def main(argv=None) -> int:
         log("figure 4: freshness with beat at its default interval")
         report["fig4"] = figure_4(url, workdir, args.probes, args.probe_window)
     report["seconds"] = took = round(time.perf_counter() - started, 1)
-    out = RESULTS / f"{label(args.rows)}.json"
-    if out.exists() and not {"1", "2", "3", "4"} <= figures:
+    out = RESULTS / f"{name}.json"
+    measured = [k for k in report if k.startswith(("fig", "issue12_"))]
+    if out.exists() and not set(ALL_FIGURES.split(",")) <= figures:
         # A partial run updates its figures and keeps the others, each with its run's start.
         previous = json.loads(out.read_text())
         previous.setdefault("figure_runs", {})
-        for key in [k for k in report if k.startswith("fig")]:
+        for key in measured:
             previous[key] = report[key]
             previous["figure_runs"][key] = report["started"]
-        previous["versions"] = report["versions"]
+        for key in ("versions", "data", "storage"):
+            previous[key] = report[key]
         report = previous
     out.write_text(json.dumps(report, indent=2) + "\n")
     log(f"done in {took} s; results in {out.relative_to(ROOT)}")
-    print(json.dumps({k: v for k, v in report.items() if k.startswith("fig")}, indent=2))
+    print(json.dumps({k: report[k] for k in measured}, indent=2))
     return 0
 
 
