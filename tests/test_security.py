@@ -27,7 +27,9 @@ from tests.faults.live import PEOPLE, SECRET_QUOTA, T0, live_api
 pytestmark = pytest.mark.integration
 
 ADMIN_ROUTES = [("GET", "/api/data/"), ("GET", "/api/data/reaggregate/x"), ("POST", "/api/data/reaggregate")]
-PUBLIC = {"/healthz", "/readyz", "/api/openapi.json", "/metrics", "/"}
+# /api/rankings is public by default, as in new-api (RANKINGS=auth or off closes it,
+# tests/test_rankings.py): site-wide totals per model and vendor, no user's rows.
+PUBLIC = {"/healthz", "/readyz", "/api/openapi.json", "/metrics", "/", "/api/rankings"}
 
 
 @pytest.fixture(scope="module")
