@@ -215,6 +215,8 @@ def status_lines(settings: Settings, cwd) -> dict[str, str]:
     return {line.split(":", 1)[0].strip(): line for line in r.stdout.splitlines()} | {"": r.stdout}
 
 
+# A real worker process on each broker: integration, also on the embedded one.
+@pytest.mark.integration
 def test_status_names_a_running_worker_on_both_brokers(settings, tmp_path):
     engine = make_engine(settings.database_url)
     upgrade(engine)

@@ -154,6 +154,7 @@ def test_beat_driven_ticks_on_postgres_and_redis(pg_engine, pg_url, redis_url, t
     assert "Traceback" not in output
 
 
+@pytest.mark.integration  # runs a real worker, beat and API
 def test_up_on_the_embedded_default(tmp_path):
     """The README's first command: everything on SQLite, no server needed. It says what it
     did to the schema, rolls up at once (before the worker starts), and prints a link to
