@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 
 from api import create_app
@@ -25,6 +26,7 @@ def run(tmp_path, *args):
     )
 
 
+@pytest.mark.integration  # long: a dozen CLI processes; CI runs it, the fast default does not
 def test_upgrade_demo_rollup_status_reaggregate(tmp_path):
     created = run(tmp_path, "db", "upgrade")
     assert created.returncode == 0 and "schema created (revision " in created.stdout, created.stdout

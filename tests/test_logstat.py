@@ -314,6 +314,7 @@ def test_glob_translation_keeps_globs_own_wildcards_literal():
 # --- the endpoints against the truth --------------------------------------------------
 
 
+@pytest.mark.integration  # long: random ranges over two zones; CI runs it, the fast default does not
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Kolkata"])
 def test_quota_rpm_tpm_equal_the_raw_logs_rolled_up_or_not(engine, tz):
     tokens = people(engine)

@@ -246,6 +246,7 @@ def test_multiprocess_mode_collects_files(tmp_path):
     )
 
 
+@pytest.mark.integration  # runs gunicorn with several workers
 def test_gunicorn_workers_share_metrics_in_multiprocess_mode(tmp_path):
     """`usage-stats serve` with two gunicorn workers and PROMETHEUS_MULTIPROC_DIR: /metrics
     counts the requests of both workers, whichever answers it."""

@@ -153,6 +153,7 @@ def test_beat_runs_retention_daily():
     assert isinstance(entry["schedule"], crontab) and entry["schedule"].hour == {3}
 
 
+@pytest.mark.integration  # long: CLI processes; CI runs it, the fast default does not
 def test_cli(tmp_path):
     url = f"sqlite:///{tmp_path / 'u.db'}"
     env = dict(os.environ, DATABASE_URL=url)

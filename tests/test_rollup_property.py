@@ -222,6 +222,7 @@ PROPERTY = hsettings(
 # compiled-statement cache must not carry one zone's SQL into another (BUG-5, fixed).
 
 
+@pytest.mark.integration  # long: many generated histories; CI runs it, the fast default does not
 def test_summaries_equal_group_by_over_committed_logs_sqlite(sqlite_file_url):
     engine = make_engine(sqlite_file_url)
     upgrade(engine)
