@@ -262,19 +262,22 @@ def fold_column(source: FromClause, name: str) -> Expr:
     raise KeyError(f"{name} is neither a measure nor an attribute")
 
 
+def unlabel(column: Any) -> Any:
+    """The expression under a label (`x AS name`), for GROUP BY and ORDER BY."""
+    return column.element if isinstance(column, Label) else column
+
+
 def aggregate(source: FromClause, by: Sequence[Expr | str], values: Iterable[str]) -> AnySelect:
     """SELECT by..., folded values... FROM source GROUP BY by: the one GROUP BY of usage."""
     keys = [source.c[k] if isinstance(k, str) else k for k in by]
-    return sa.select(*keys, *(fold_column(source, v) for v in values)).group_by(
-        *(k.element if isinstance(k, Label) else k for k in keys)
-    )
+    return sa.select(*keys, *(fold_column(source, v) for v in values)).group_by(*map(unlabel, keys))
 
 
-def merge_into(target: sa.Table, incoming: Any) -> dict[str, Expr]:
-    """SET clauses that merge an incoming row (`excluded`) into a stored row of
-    `target` with the same key: measures add, attributes keep the larger."""
-    sets: dict[str, Expr] = {name: target.c[name] + incoming[name] for name in MEASURE_NAMES}
-    for a in DESCRIBING:
-        if a.name in target.c and a.name not in target.primary_key.columns:
-            sets[a.name] = sa.case((incoming[a.name] > target.c[a.name], incoming[a.name]), else_=target.c[a.name])
+def merge_into(summary: Summary, incoming: Any) -> dict[str, Expr]:
+    """SET clauses that merge an incoming row (`excluded`) into a stored row of the
+    summary's table with the same key: measures add, attributes keep the larger."""
+    t = summary.table.c
+    sets: dict[str, Expr] = {name: t[name] + incoming[name] for name in MEASURE_NAMES}
+    for a in summary.attributes:
+        sets[a] = sa.case((incoming[a] > t[a], incoming[a]), else_=t[a])
     return sets

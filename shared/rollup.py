@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +58,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import Label
 
 from . import aggregation as agg
 from . import models as m
@@ -80,7 +79,7 @@ class RollupError(RuntimeError):
 @dataclass
 class TickResult:
     logs: int = 0  # consume logs counted
-    buckets: int = 0  # hourly (user, model) rows touched
+    buckets: int = 0  # rows of the finest hourly summary table touched
     batches: int = 0  # transactions committed
     seconds: float = 0.0
     skipped: bool = False  # another tick or a re-aggregation held the lock
@@ -212,11 +211,11 @@ def _temp_table_as(conn: Connection, name: str, select: AnySelect) -> sa.TableCl
     return sa.table(name, *(sa.column(c.name) for c in select.selected_columns))
 
 
-def _fold(conn: Connection, target: sa.Table, key: Sequence[str], source: AnySelect) -> int:
-    """Add `source`'s rows (grouped, in target's column order) into `target`."""
-    ins = _insert(conn)(target).from_select([c.name for c in target.columns], source)
+def _fold(conn: Connection, summary: agg.Summary, source: AnySelect) -> int:
+    """Add `source`'s rows (grouped, in the table's column order) into the summary's table."""
+    ins = _insert(conn)(summary.table).from_select([c.name for c in summary.table.columns], source)
     return conn.execute(
-        ins.on_conflict_do_update(index_elements=key, set_=agg.merge_into(target, ins.excluded))
+        ins.on_conflict_do_update(index_elements=summary.key, set_=agg.merge_into(summary, ins.excluded))
     ).rowcount
 
 
@@ -232,10 +231,8 @@ def _fold_delta(conn: Connection) -> int:
     for summary in agg.SUMMARIES:
         key = _key_columns(summary, delta)
         # In key order: the upsert walks the primary key left to right, not at random.
-        source = agg.aggregate(delta, key, summary.values).order_by(
-            *(k.element if isinstance(k, Label) else k for k in key)
-        )
-        touched.append(_fold(conn, summary.table, summary.key, source))
+        source = agg.aggregate(delta, key, summary.values).order_by(*map(agg.unlabel, key))
+        touched.append(_fold(conn, summary, source))
     return touched[0]
 
 
@@ -613,7 +610,9 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
         hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
         all_dimensions = set(agg.DIMENSION_NAMES)
         ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
-        finest: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
+        # Per grain, the last table synced and its change (rollup_change holds only the
+        # latest _sync's): the tables without users are moved by it.
+        synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
         for summary in agg.SUMMARIES:
             lo, hi = ranges[summary.grain]
             target = summary.table
@@ -628,19 +627,17 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
                 # Every log of these rows is in rollup_fresh: make the stored rows equal them.
                 if user_id is not None:
                     stored = sa.and_(stored, target.c.user_id == user_id)
-                change = _sync(conn, summary, rows, stored)
-                finest.setdefault(summary.grain, (summary, change))
+                synced[summary.grain] = (summary, _sync(conn, summary, rows, stored))
             else:
-                # Only one user's logs were read: move these rows by the change of the
-                # finest table of the same grain, which holds that user's rows.
-                source, change = finest[summary.grain]
+                # Only one user's logs were read: move these rows by the change of a
+                # table of the same grain that holds that user's rows.
+                source, change = synced[summary.grain]
                 assert set(summary.dimensions) < set(source.dimensions), (summary, source)
                 c = change.c
                 by = [c[k] for k in summary.key]
                 _fold(
                     conn,
-                    target,
-                    summary.key,
+                    summary,
                     sa.select(
                         *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
                     ).group_by(*by),
