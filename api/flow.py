@@ -163,18 +163,12 @@ def _realtime(args: MultiDict, enabled: bool) -> bool:
     return params.parse_realtime(params.single(args, "realtime"), enabled)
 
 
-def _once(args: MultiDict, names: tuple[str, ...]) -> None:
-    """A repeated parameter is a 400 before anything else, as on /api/data/."""
-    for name in names:
-        params.single(args, name)
-
-
 @bp.get("/api/data/flow")
 def data_flow() -> Response:
     state = app_state()
     with queries.snapshot(state.engine) as conn:
         user = authenticate(conn, m.ROLE_ADMIN)
-    _once(request.args, FLOW_PARAMETERS)
+    params.check_once(request.args, FLOW_PARAMETERS)
     start, end = flow_range(request.args)
     realtime = _realtime(request.args, state.settings.api_realtime)
     username = params.parse_username(request.args)
@@ -190,7 +184,7 @@ def data_flow_self() -> Response:
     state = app_state()
     with queries.snapshot(state.engine) as conn:
         user = authenticate(conn, m.ROLE_USER)
-    _once(request.args, FLOW_SELF_PARAMETERS)
+    params.check_once(request.args, FLOW_SELF_PARAMETERS)
     start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
     realtime = _realtime(request.args, state.settings.api_realtime)
     view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)

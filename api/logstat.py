@@ -21,10 +21,9 @@ is ignored, as in new-api.
 
 from __future__ import annotations
 
-import re
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, request
 from werkzeug.datastructures import MultiDict
 
 from shared import logstat, queries
@@ -33,35 +32,17 @@ from shared.retention import hourly_horizon
 
 from .auth import authenticate
 from .errors import ApiError
-from .params import INT64_MAX, single, timestamp
+from .params import check_once, single, text, timestamp, whole_number
+from .routes import app_state, success
 
 bp = Blueprint("log_stat", __name__)
 
 SELF_PARAMETERS = ("type", "start_timestamp", "end_timestamp", "token_name", "model_name", "channel", "group")
 ADMIN_PARAMETERS = SELF_PARAMETERS + ("username",)
 
-_DIGITS = re.compile(r"[0-9]+", re.ASCII)
-
 
 def now() -> int:
     return int(time.time())
-
-
-def _whole_number(name: str, raw: str) -> int:
-    if _DIGITS.fullmatch(raw):
-        # Length first: int() of a 5,000-digit string is refused by Python itself.
-        if len(raw.lstrip("0")) > 19 or int(raw) > INT64_MAX:
-            raise ApiError(400, f"{name} is too large: at most {INT64_MAX}")
-        return int(raw)
-    raise ApiError(400, f"{name} must be a non-negative whole number")
-
-
-def _text(args: MultiDict, name: str) -> str | None:
-    value = single(args, name)
-    if value is not None and "\x00" in value:
-        # No log can hold it, and PostgreSQL refuses NUL in a text parameter.
-        raise ApiError(400, f"{name} must not contain NUL characters")
-    return value
 
 
 def _bound(args: MultiDict, name: str) -> int | None:
@@ -75,24 +56,23 @@ def parse(
 ) -> tuple[int | None, int | None, logstat.LogFilter]:
     """(start, end, filter) from the query string; raises ApiError(400). `user_id`: the
     session user on the self route (None on the admin route)."""
-    for name in names:
-        single(args, name)  # repeated parameters, before anything else
+    check_once(args, names)
     raw_type = single(args, "type")
     if raw_type is not None:
-        _whole_number("type", raw_type)  # checked, then ignored: only consume logs count
+        whole_number("type", raw_type)  # checked, then ignored: only consume logs count
     start, end = _bound(args, "start_timestamp"), _bound(args, "end_timestamp")
     if start is not None and end is not None and start > end:
         raise ApiError(400, "start_timestamp must not be after end_timestamp")
     raw_channel = single(args, "channel")
-    channel = None if raw_channel is None else _whole_number("channel", raw_channel) or None
+    channel = None if raw_channel is None else whole_number("channel", raw_channel) or None
     try:
         f = logstat.LogFilter(
             user_id=user_id,
-            username=_text(args, "username") if "username" in names else None,
-            token_name=_text(args, "token_name"),
-            model_name=_text(args, "model_name"),
+            username=text(args, "username") if "username" in names else None,
+            token_name=text(args, "token_name"),
+            model_name=text(args, "model_name"),
             channel_id=channel,
-            group=_text(args, "group"),
+            group=text(args, "group"),
         )
     except logstat.InvalidPattern as e:
         raise ApiError(400, str(e)) from None
@@ -100,7 +80,7 @@ def parse(
 
 
 def _answer(min_role: int, names: tuple[str, ...], own: bool):
-    state = current_app.extensions["usage_stats"]
+    state = app_state()
     settings = state.settings
     t = now()
     with queries.snapshot(state.engine) as conn:
@@ -116,7 +96,7 @@ def _answer(min_role: int, names: tuple[str, ...], own: bool):
             stats_tz=settings.stats_timezone,
             hourly_from=hourly_horizon(settings, t),
         )
-    return jsonify(success=True, message="", data=data)
+    return success(data)
 
 
 @bp.get("/api/log/stat")

@@ -83,7 +83,14 @@ def single(args: MultiDict, name: str) -> str | None:
     return values[0]
 
 
-def timestamp(name: str, raw: str) -> int:
+def check_once(args: MultiDict, names: tuple[str, ...]) -> None:
+    """A repeated parameter among `names` is a 400, before anything else is read."""
+    for name in names:
+        single(args, name)
+
+
+def whole_number(name: str, raw: str, what: str = "a whole number") -> int:
+    """`raw` as a whole number from 0 to INT64_MAX; raises ApiError(400) saying why not."""
     if _DIGITS.fullmatch(raw):
         # Length first: int() of a 5,000-digit string is refused by Python itself.
         if len(raw.lstrip("0")) > 19 or int(raw) > INT64_MAX:
@@ -91,7 +98,20 @@ def timestamp(name: str, raw: str) -> int:
         return int(raw)
     if raw.startswith("-") and _DIGITS.fullmatch(raw[1:]):
         raise ApiError(400, f"{name} must not be negative")
-    raise ApiError(400, f"{name} must be a whole number of unix seconds")
+    raise ApiError(400, f"{name} must be {what}")
+
+
+def timestamp(name: str, raw: str) -> int:
+    return whole_number(name, raw, "a whole number of unix seconds")
+
+
+def text(args: MultiDict, name: str) -> str | None:
+    """A text parameter (None when absent); NUL is refused: nothing can match it, and
+    PostgreSQL refuses NUL in a text parameter."""
+    value = single(args, name)
+    if value is not None and "\x00" in value:
+        raise ApiError(400, f"{name} must not contain NUL characters")
+    return value
 
 
 def parse_window(
@@ -106,8 +126,7 @@ def parse_window(
     """granularity, tz, realtime, start and end from the query string; raises
     ApiError(400). `stats_tz` is the server's STATS_TIMEZONE, the zone of the daily rows;
     `realtime_enabled` is API_REALTIME."""
-    for name in names:
-        single(args, name)  # repeated parameters, before anything else
+    check_once(args, names)
     granularity, alias = single(args, "granularity"), single(args, GRANULARITY_ALIAS)
     if granularity is not None and alias is not None and granularity != alias:
         raise ApiError(400, f"granularity and {GRANULARITY_ALIAS} (its alias) disagree: give one of them")
@@ -176,11 +195,7 @@ def parse_realtime(raw: str | None, enabled: bool) -> bool:
 
 
 def parse_username(args: MultiDict) -> str | None:
-    username = single(args, "username")
-    if username is not None and "\x00" in username:
-        # No user can have it, and PostgreSQL refuses NUL in a text parameter.
-        raise ApiError(400, "username must not contain NUL characters")
-    return username
+    return text(args, "username")
 
 
 @dataclass(frozen=True)
@@ -193,19 +208,6 @@ class Selection:
     filters: dict[str, int | str]
     username: str | None
     csv: bool
-
-
-def _text(name: str, raw: str) -> str:
-    if "\x00" in raw:
-        # Nothing can match it, and PostgreSQL refuses NUL in a text parameter.
-        raise ApiError(400, f"{name} must not contain NUL characters")
-    return raw
-
-
-def _whole_number(name: str, raw: str) -> int:
-    if _DIGITS.fullmatch(raw) and len(raw.lstrip("0")) <= 19 and int(raw) <= INT64_MAX:
-        return int(raw)
-    raise ApiError(400, f"{name} must be a whole number from 0 to {INT64_MAX}")
 
 
 def parse_group_by(raw: str | None, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -226,9 +228,12 @@ def parse_selection(args: MultiDict, *, admin: bool, prefers_csv: bool) -> Selec
     by = parse_group_by(single(args, "group_by"), tuple(GROUP_BY) if admin else SELF_GROUP_BY)
     filters: dict[str, int | str] = {}
     for name, (dimension, numeric) in FILTERS.items():
-        raw = single(args, name)
-        if raw is not None:
-            filters[dimension] = _whole_number(name, raw) if numeric else _text(name, raw)
+        if not numeric:
+            value = text(args, name)
+            if value is not None:
+                filters[dimension] = value
+        elif (raw := single(args, name)) is not None:
+            filters[dimension] = whole_number(name, raw)
     return Selection(by, filters, parse_username(args) if admin else None, parse_format(args, prefers_csv))
 
 

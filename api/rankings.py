@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, request
 
 from shared import models as m
 from shared import queries
@@ -20,6 +20,8 @@ from shared.vendors import vendor_table
 
 from .auth import authenticate
 from .errors import ApiError
+from .params import single
+from .routes import app_state, success
 
 bp = Blueprint("rankings", __name__)
 
@@ -32,10 +34,7 @@ def now() -> int:
 
 
 def _period() -> r.Period:
-    values = request.args.getlist("period")
-    if len(values) > 1:
-        raise ApiError(400, "period may be given only once")
-    raw = values[0] if values else None
+    raw = single(request.args, "period")  # "" counts as absent: the default, as new-api
     try:
         return r.period(raw)
     except r.InvalidPeriod:
@@ -45,7 +44,7 @@ def _period() -> r.Period:
 
 @bp.get("/api/rankings")
 def rankings():
-    state = current_app.extensions["usage_stats"]
+    state = app_state()
     settings = state.settings
     if settings.rankings == "off":
         raise ApiError(403, "rankings is disabled")
@@ -62,4 +61,4 @@ def rankings():
             stats_tz=settings.stats_timezone,
             realtime=settings.api_realtime,
         )
-    return jsonify(success=True, message="", data=data)
+    return success(data)
