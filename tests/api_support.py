@@ -17,6 +17,7 @@ from api import create_app
 from api.config import ApiLimits
 from shared import models as m
 from shared.config import Settings
+from tests.logdata import log_select
 
 MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
 
@@ -152,24 +153,9 @@ def bucket_of(ts: int, granularity: str, tz: str) -> int:
 
 def committed_logs(engine, max_id: int | None = None) -> list[dict]:
     """Every committed log (all types), read through a fresh connection."""
-    lg = m.logs.c
-    q = sa.select(
-        lg.id,
-        lg.type,
-        lg.user_id,
-        lg.username,
-        lg.created_at,
-        lg.model_name,
-        lg.quota,
-        lg.prompt_tokens,
-        lg.completion_tokens,
-        lg.token_id,
-        lg.token_name,
-        lg.channel_id,
-        lg.group,
-    ).order_by(lg.id)
+    q = log_select()
     if max_id is not None:
-        q = q.where(lg.id <= max_id)
+        q = q.where(m.logs.c.id <= max_id)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 

@@ -133,28 +133,31 @@ def day_bounds(ts: int, tz: str) -> tuple[int, int]:
 # --- the truth and the tables ------------------------------------------------------------
 
 
+def log_select() -> sa.Select:
+    """The columns of `logs` the oracles read, in id order: the one reader of the raw
+    logs for the rollup's oracle here and the API's (tests/api_support.committed_logs)."""
+    lg = m.logs.c
+    return sa.select(
+        lg.id,
+        lg.type,
+        lg.user_id,
+        lg.username,
+        lg.created_at,
+        lg.model_name,
+        lg.quota,
+        lg.prompt_tokens,
+        lg.completion_tokens,
+        lg.token_id,
+        lg.token_name,
+        lg.channel_id,
+        lg.group,
+    ).order_by(lg.id)
+
+
 def raw_consume_logs(engine) -> list:
     """Committed consume logs, as the rollup should read them."""
-    lg = m.logs.c
     with engine.connect() as conn:
-        return conn.execute(
-            sa.select(
-                lg.id,
-                lg.user_id,
-                lg.username,
-                lg.created_at,
-                lg.model_name,
-                lg.quota,
-                lg.prompt_tokens,
-                lg.completion_tokens,
-                lg.token_id,
-                lg.token_name,
-                lg.channel_id,
-                lg.group,
-            )
-            .where(lg.type == m.LOG_CONSUME)
-            .order_by(lg.id)
-        ).all()
+        return conn.execute(log_select().where(m.logs.c.type == m.LOG_CONSUME)).all()
 
 
 def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dict]:
