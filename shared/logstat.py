@@ -54,6 +54,7 @@ from . import models as m
 from . import queries
 from .buckets import DAY, HOUR, local_midnight, next_local_midnight
 from .queries import View
+from .rollup import Progress, read_progress
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -272,11 +273,11 @@ def _closed(interval: Interval) -> tuple[int, int]:
     return min(first, INT64_MAX), max(last, INT64_MIN)
 
 
-def _rollup_part(conn: Connection, view: View, interval: Interval, f: LogFilter) -> agg.AnySelect:
+def _rollup_part(conn: Connection, view: View, interval: Interval, f: LogFilter, progress: Progress) -> agg.AnySelect:
     """SUM(quota) of the detail rows (plus the real-time tail) of the buckets starting in
     `interval` that match `f`."""
     first, last = _closed(interval)
-    src = queries.source(conn, "detail", view, first, last)
+    src = queries.source(conn, "detail", view, first, last, progress)
     # source() may hold tail rows of later buckets (it bounds them by created_at); the
     # bucket decides, as in shared.queries.
     return sa.select(agg.fold_column(src, "quota")).where(
@@ -301,11 +302,12 @@ def _log_part(where: agg.Expr, f: LogFilter, *measures: str) -> agg.AnySelect:
 def quota(conn: Connection, f: LogFilter, parts: Cover, stats_tz: str) -> int:
     """SUM(quota) over the parts of `parts`, in one statement on `conn`'s snapshot."""
     selects: list[agg.AnySelect] = []
+    progress = read_progress(conn)  # once for every rollup part
     if parts.days is not None:
         daily = View(granularity="day", tz=stats_tz, stats_tz=stats_tz, realtime=True)
-        selects.append(_rollup_part(conn, daily, parts.days, f))
+        selects.append(_rollup_part(conn, daily, parts.days, f, progress))
     hourly = View(granularity="hour", tz="UTC", stats_tz=stats_tz, realtime=True)
-    selects += [_rollup_part(conn, hourly, interval, f) for interval in parts.hours]
+    selects += [_rollup_part(conn, hourly, interval, f, progress) for interval in parts.hours]
     selects += [_log_part(_in_seconds(interval), f, "quota") for interval in parts.raw]
     if not selects:
         return 0

@@ -60,7 +60,7 @@ from . import aggregation as agg
 from . import models as m
 from .aggregation import AnySelect
 from .buckets import LONGEST, bucket_start, first_split_hour
-from .rollup import read_progress
+from .rollup import Progress, read_progress
 
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
@@ -360,15 +360,21 @@ def check_answerable(view: View, start: int, end: int) -> None:
     _check_answerable(view, start, created_before(view, end))
 
 
-def source(conn: Connection, kind: Kind, view: View, start: int, end: int) -> sa.Subquery:
+def source(
+    conn: Connection, kind: Kind, view: View, start: int, end: int, progress: Progress | None = None
+) -> sa.Subquery:
     """The rows an answer is summed from, for buckets starting in [start, end]: the
     summary rows, re-bucketed where the view asks for coarser buckets, plus (realtime)
     the tail. A subquery with the columns of the summary table of that kind (per user
-    and model, or per model)."""
+    and model, or per model). `progress`: the rollup's, when the caller has read it on
+    `conn` already (an answer built from several sources reads it once)."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
     summary = agg.summary(_grain(view), KIND_DIMENSIONS[kind])
-    progress = read_progress(conn) if view.realtime else None
+    if not view.realtime:
+        progress = None
+    elif progress is None:
+        progress = read_progress(conn)
     if progress is None:
         return _source(summary, view, start, end, bound)
     return _source(summary, view, start, end, bound, progress.last_log_id, progress.gaps)

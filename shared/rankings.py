@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 
 from . import queries
 from .queries import View
+from .rollup import Progress, read_progress
 from .vendors import VendorTable
 
 HOUR = 3600
@@ -122,13 +123,15 @@ def window_parts(start: int, end: int, stats_tz: str, realtime: bool, *, whole_d
     return parts
 
 
-def model_tokens(conn: Connection, parts: Sequence[Part], bucket_size: int | None = None) -> list[tuple[Any, ...]]:
+def model_tokens(
+    conn: Connection, parts: Sequence[Part], bucket_size: int | None = None, progress: Progress | None = None
+) -> list[tuple[Any, ...]]:
     """(model_name, tokens) over the window, or (model_name, bucket, tokens) with
     `bucket_size`: SUM(token_used) by model (and bucket), models with a name and
     tokens only."""
     selects = []
     for view, lo, hi in parts:
-        src = queries.source(conn, "site", view, lo, hi)
+        src = queries.source(conn, "site", view, lo, hi, progress)
         c = src.c
         # source() may hold rows beyond [lo, hi] (the tail is filtered on created_at
         # only); the answer's filter is on the bucket, as in shared.queries.
@@ -208,9 +211,10 @@ def rankings(
     def parts(lo: int, hi: int) -> list[Part]:
         return window_parts(lo, hi, stats_tz, realtime, whole_days=whole_days)
 
-    current: dict[str, int] = {m: t for m, t in model_tokens(conn, parts(start, now))}
-    previous: dict[str, int] = {m: t for m, t in model_tokens(conn, parts(start - which.duration, start - 1))}
-    by_bucket = model_tokens(conn, parts(start, now), which.bucket_size)
+    progress = read_progress(conn) if realtime else None  # once for every part of every window
+    current: dict[str, int] = {m: t for m, t in model_tokens(conn, parts(start, now), progress=progress)}
+    previous = {m: t for m, t in model_tokens(conn, parts(start - which.duration, start - 1), progress=progress)}
+    by_bucket = model_tokens(conn, parts(start, now), which.bucket_size, progress)
 
     order = ranked(current)
     rank = {name: i for i, (name, _) in enumerate(order, 1)}
