@@ -90,20 +90,16 @@ def _reaggregate_range(settings: Settings, args: argparse.Namespace) -> tuple[in
         if args.start is None or args.end is None:
             raise ConfigError("reaggregate needs --start and --end (unix seconds), or --all")
         return int(args.start), int(args.end)
-    from .retention import logs_horizon
-    from .rollup import adopt_timezone, history_bounds
+    from .ops import rebuildable_history
+    from .rollup import adopt_timezone
 
-    bounds = history_bounds(_engine(settings))
+    bounds = rebuildable_history(_engine(settings), settings)
     if bounds is None:
         return None
-    start, end = bounds
-    horizon = logs_horizon(settings, int(time.time()))
-    if horizon is not None:
-        # Older raw logs may already be gone: keep the rows built from them.
-        start = max(start, horizon + 86400)
-    if horizon is None and adopt_timezone(_engine(settings), settings):
+    # With RETAIN_LOGS_DAYS set, older daily rows cannot be rebuilt: no zone change then.
+    if not settings.retain_logs_days and adopt_timezone(_engine(settings), settings):
         print(f"daily rows dropped to be rebuilt in {settings.stats_timezone}")
-    return start, end
+    return bounds
 
 
 def cmd_reaggregate(settings: Settings, args: argparse.Namespace) -> int:

@@ -63,13 +63,19 @@ def fill_added_summaries(
     tables, as it must: its logs are gone."""
     if not upgraded.added_summaries:
         return None
+    bounds = rebuildable_history(engine, settings)
+    if bounds is None or bounds[1] <= bounds[0]:
+        return None
+    return run_reaggregate(engine, settings, *bounds, progress=progress)
+
+
+def rebuildable_history(engine: Engine, settings: Settings) -> tuple[int, int] | None:
+    """[start, end) of the history a re-aggregation can rebuild from raw logs: all of it,
+    or with RETAIN_LOGS_DAYS from the day after the raw-log horizon (older logs may be
+    gone: the rows built from them are kept). None when there are no logs."""
     bounds = _rollup.history_bounds(engine)
     if bounds is None:
         return None
     start, end = bounds
     horizon = _retention.logs_horizon(settings, int(time.time()))
-    if horizon is not None:
-        start = max(start, horizon + 86400)
-    if end <= start:
-        return None
-    return run_reaggregate(engine, settings, start, end, progress=progress)
+    return (start if horizon is None else max(start, horizon + 86400)), end
