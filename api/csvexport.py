@@ -22,10 +22,8 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def prefers_csv(request: Request) -> bool:
     """The Accept header ranks text/csv above JSON (absent or */*: JSON)."""
-    accept = request.accept_mimetypes
-    return (
-        accept.best_match(["application/json", MIMETYPE]) == MIMETYPE and accept[MIMETYPE] > accept["application/json"]
-    )
+    # On a tie best_match keeps the first: JSON.
+    return request.accept_mimetypes.best_match(["application/json", MIMETYPE]) == MIMETYPE
 
 
 def neutralize(value: Any) -> Any:

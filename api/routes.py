@@ -102,9 +102,7 @@ def csv_answer(
     written a chunk at a time, so a long export holds one chunk in memory. The caller
     has checked everything that can be refused (queries.check_answerable included):
     once streaming, a failure can only cut the stream short. `owner`: see names.name_rows."""
-    header = [*shape.columns]
-    if "channel_id" in header:
-        header.insert(header.index("channel_id") + 1, "channel_name")
+    header = names.named_columns(shape.columns)
 
     def chunks() -> Iterator[list[dict[str, Any]]]:
         with queries.snapshot(engine) as conn:

@@ -69,6 +69,14 @@ def channel_names(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
     return names
 
 
+def named_columns(columns: Sequence[str]) -> list[str]:
+    """The columns of rows `name_rows` has named: channel_name follows channel_id."""
+    out = list(columns)
+    if "channel_id" in out:
+        out.insert(out.index("channel_id") + 1, "channel_name")
+    return out
+
+
 def name_rows(conn: Connection, rows: Sequence[dict[str, Any]], owner: int | None = None) -> list[dict[str, Any]]:
     """`rows` with token_name set from `tokens` where a row has token_id (with `owner`:
     from that user's keys only), and a channel_name inserted after channel_id where a
