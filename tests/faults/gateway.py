@@ -49,15 +49,12 @@ class Gateway:
         """Commit the previous late writer; open a new one (its id is taken now, its commit
         comes next step); commit `n` logs, one of them in the fixed bucket and one with
         a week-old timestamp, plus a non-consume row."""
-        if self.late is not None:
-            conn, tx = self.late
-            tx.commit()
-            conn.close()
-            self.committed += 1
+        self.close()
+        # Held in `late` from the moment it is open, so that whoever sees a failure here
+        # (the server gone) finds this connection, not the one committed just before.
         conn = self.engine.connect()
-        tx = conn.begin()
+        self.late = (conn, conn.begin())
         insert(conn, self._row())
-        self.late = (conn, tx)
         rows = [self._row() for _ in range(n - 2)]
         rows.append(self._row(user_id=FIXED_USER, model=FIXED_MODEL, created_at=self.fixed_at))
         rows.append(self._row(created_at=self.now - 7 * 86400 - self.rnd.randrange(0, 86400)))
