@@ -123,6 +123,19 @@ class Summary:
 
     table: sa.Table
     grain: Grain
+    # Hours cut at STATS_TIMEZONE's local midnights: a row's bucket is the later of its
+    # hour's start and its local day's (they differ only in a zone whose midnight falls
+    # inside a UTC hour), so every row lies inside one hour and one local day, and days,
+    # weeks and months in STATS_TIMEZONE are summed from these rows exactly.
+    cut_at_midnight: bool = False
+
+    def bucket(self, hour: Expr, day: Expr) -> Expr:
+        """A row's bucket from its log's hour and local day (expressions)."""
+        if self.grain == "day":
+            return day
+        if self.cut_at_midnight:
+            return sa.case((day > hour, day), else_=hour)
+        return hour
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -173,21 +186,25 @@ daily_usage = _summary_table("daily_usage", ("user_id", BUCKET, "model_name"), t
 # Per model: the site-wide answer never sums thousands of user rows.
 hourly_model_usage = _summary_table("hourly_model_usage", (BUCKET, "model_name"))
 daily_model_usage = _summary_table("daily_model_usage", (BUCKET, "model_name"))
-# Per every dimension (migration 0003): answers by API key, channel or group, and with
-# their filters, are summed from these; the tables above keep serving the answers that
-# need none of them, reading no more rows than before. Keyed by user first, like
-# hourly_usage, with an index on the bucket for site-wide ranges.
+# Per every dimension (migrations 0003, 0004): answers by API key, channel or group, and
+# with their filters, are summed from this one table, at every granularity; the tables
+# above keep serving the answers that need none of them, reading no more rows than
+# before. Keyed by user first, like hourly_usage, with an index on the bucket for
+# site-wide ranges. No daily twin: a tick upserts about as many rows into each detail
+# table as into hourly_usage and daily_usage together, and a second one would nearly
+# double its cost; its hours are cut at local midnights instead, so that they sum to
+# days exactly. Retention compacts its rows older than RETAIN_HOURLY_DAYS into whole
+# local days (shared.retention).
 DETAIL_KEY = ("user_id", BUCKET, "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
 hourly_detail_usage = _summary_table("hourly_detail_usage", DETAIL_KEY, time_index=True)
-daily_detail_usage = _summary_table("daily_detail_usage", DETAIL_KEY, time_index=True)
+HOURLY_DETAIL = Summary(hourly_detail_usage, "hour", cut_at_midnight=True)
 
 # Every summary, the finest of each grain first (a per-user re-aggregation moves the
 # tables without users by the finest one's change).
 SUMMARIES: tuple[Summary, ...] = (
-    Summary(hourly_detail_usage, "hour"),
+    HOURLY_DETAIL,
     Summary(hourly_usage, "hour"),
     Summary(hourly_model_usage, "hour"),
-    Summary(daily_detail_usage, "day"),
     Summary(daily_usage, "day"),
     Summary(daily_model_usage, "day"),
 )
@@ -200,6 +217,25 @@ def summary(grain: str, dimensions: Iterable[str]) -> Summary:
         if s.grain == grain and set(s.dimensions) == set(wanted):
             return s
     raise LookupError(f"no summary table at grain {grain!r} keyed by {wanted}")
+
+
+def answering(grain: str, dimensions: Iterable[str], names: Iterable[str] = ()) -> Summary:
+    """The smallest summary table that answers buckets of `grain` ("hour", or "day" for
+    days, weeks and months in STATS_TIMEZONE) keyed or filtered by `dimensions`,
+    carrying the describing fields `names`: one of that grain, else an hourly one cut at
+    local midnights (its rows sum to local days exactly)."""
+    dims, carried = set(dimensions), set(names)
+    fits = [
+        s
+        for s in SUMMARIES
+        if (s.grain == grain or (grain == "day" and s.cut_at_midnight))
+        and dims <= set(s.dimensions)
+        and carried <= {*s.dimensions, *s.attributes}
+    ]
+    if not fits:
+        raise LookupError(f"no summary table answers {sorted(dims | carried)} by {grain}")
+    # Of the same grain first, then the fewest columns.
+    return min(fits, key=lambda s: (s.grain != grain, len(s.table.columns)))
 
 
 # --- the query shapes ------------------------------------------------------------------

@@ -61,13 +61,15 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _fill_added_summaries(engine: Engine, settings: Settings, upgraded: UpgradeResult) -> None:
-    """New summary tables start empty: fill them from the counted raw logs, saying so."""
+    """New summary tables start empty (and newly cut hours need rebuilding): fill them
+    from the counted raw logs, saying so."""
     from .ops import fill_added_summaries
 
     r = fill_added_summaries(engine, settings, upgraded)
     if r is not None:
+        what = "new summary tables filled" if upgraded.added_summaries else "detail hours cut at local midnights"
         print(
-            f"new summary tables filled from the raw logs: [{r.start}, {r.end}), {r.logs} consume logs, "
+            f"{what} from the raw logs: [{r.start}, {r.end}), {r.logs} consume logs, "
             f"{r.chunks} chunk(s), {r.seconds:.1f}s"
         )
 
@@ -145,6 +147,7 @@ def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
         print("retention is off: set RETAIN_HOURLY_DAYS and/or RETAIN_LOGS_DAYS")
         return 0
     parts = [f"{table}: {n} rows deleted" for table, n in r.deleted.items()]
+    parts += [f"{table}: {n} hour rows compacted into days" for table, n in r.compacted.items()]
     print("; ".join(parts) + f" ({r.seconds:.3f}s)")
     return 0
 

@@ -8,17 +8,18 @@
 new-api sums the raw logs for all three. Here `quota` is the same sum, exact to the
 second, read from what is cheapest to read exactly (`cover`):
 
-- the local days (in STATS_TIMEZONE) lying wholly inside the range from the daily detail
-  rows -- keyed by every dimension a filter names, so every filter applies to them as to
-  a log;
-- the whole hours before and after those days from the hourly detail rows;
+- the local days (in STATS_TIMEZONE) lying wholly inside the range, and the whole hours
+  before and after them, from hourly_detail_usage -- keyed by every dimension a filter
+  names, so every filter applies to its rows as to a log; its hours are cut at local
+  midnights, so they sum to those days exactly, and where retention compacted them
+  they are whole days already;
 - the partial hours at both ends (and, where STATS_TIMEZONE's midnight falls inside an
   hour, the pieces of hours beside it) from the raw logs, counted by shared.aggregation's
   rules;
 
-so a year's range reads 365 days of rows, at most two days' worth of hourly rows and
-under an hour of logs at either end (plus the half hours beside a midnight at :30 or
-:45), where new-api reads a year of logs. Each rollup part is shared.queries.source,
+so a year's range reads a year of hourly detail rows (whole days where retention
+compacted them) and under an hour of logs at either end (plus the half hours beside a
+midnight at :30 or :45), where new-api reads a year of logs. Each rollup part is shared.queries.source,
 which adds the logs not rolled up yet (the real-time tail); every statement runs on the
 caller's queries.snapshot connection, so the parts and the tail agree on what the
 rollup has counted, and no log is missed or counted twice. Hours the retention dropped

@@ -16,6 +16,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Revisions that add summary tables: they start empty, and an upgrade across one fills
 # them from the raw logs the rollup has counted (shared.ops.fill_added_summaries).
 ADDS_SUMMARIES = ("0003",)
+# Revisions that cut hourly_detail_usage's hours at local midnights: where STATS_TIMEZONE's
+# midnight falls inside a UTC hour, its rows are rebuilt the same way.
+CUTS_DETAIL_HOURS = ("0004",)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,17 @@ class UpgradeResult:
         that existed before (on a new schema the rollup fills every table from scratch)."""
         if self.before is None or self.after is None:
             return False
-        return any(self.before < revision <= self.after for revision in ADDS_SUMMARIES)
+        return self._crossed(ADDS_SUMMARIES)
+
+    @property
+    def cut_detail_hours(self) -> bool:
+        """True when this upgrade cut the existing hourly detail rows' hours at midnight."""
+        return self._crossed(CUTS_DETAIL_HOURS)
+
+    def _crossed(self, revisions: tuple[str, ...]) -> bool:
+        if self.before is None or self.after is None:
+            return False
+        return any(self.before < revision <= self.after for revision in revisions)
 
     def __str__(self) -> str:
         if self.before == self.after:

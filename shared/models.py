@@ -136,6 +136,9 @@ rollup_state = Table(
     Column("last_tick_at", Float, nullable=True),
     Column("last_tick_seconds", Float, nullable=True),
     Column("last_tick_logs", BigInteger, nullable=True),
+    # Retention's horizon (migration 0004): hourly rows before it are gone, and
+    # hourly_detail_usage holds whole local days there (NULL: every hour is kept).
+    Column("hours_kept_from", BigInteger, nullable=True),
 )
 
 rollup_gap = Table(

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from . import metrics
 from . import retention as _retention
 from . import rollup as _rollup
+from .buckets import first_split_hour
 from .config import Settings
 from .migrate import UpgradeResult
 
@@ -56,16 +57,19 @@ def fill_added_summaries(
     upgraded: UpgradeResult,
     progress: Callable[[int, int], None] | None = None,
 ) -> _rollup.ReaggregateResult | None:
-    """After an upgrade that added summary tables: fill them from the raw logs the rollup
-    has counted, by a re-aggregation of the whole history (the tables that were already
-    there compare equal and are not rewritten). None when there was nothing to fill.
-    With RETAIN_LOGS_DAYS set, history older than the raw logs kept stays out of the new
-    tables, as it must: its logs are gone."""
-    if not upgraded.added_summaries:
+    """After an upgrade that added summary tables, or cut the hourly detail rows' hours at
+    midnights that fall inside an hour in STATS_TIMEZONE: fill or rebuild them from the
+    raw logs the rollup has counted, by a re-aggregation of the whole history (the tables
+    that were right already compare equal and are not rewritten). None when there was
+    nothing to do. With RETAIN_LOGS_DAYS set, history older than the raw logs kept is
+    left as it is, as it must: its logs are gone."""
+    if not (upgraded.added_summaries or upgraded.cut_detail_hours):
         return None
     bounds = rebuildable_history(engine, settings)
     if bounds is None or bounds[1] <= bounds[0]:
         return None
+    if not upgraded.added_summaries and first_split_hour(settings.stats_timezone, *bounds) is None:
+        return None  # every midnight falls on a UTC hour: the cut hours are the hours
     return run_reaggregate(engine, settings, *bounds, progress=progress)
 
 

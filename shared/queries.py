@@ -13,9 +13,12 @@ Every shape is the same statement:
 - the summary rows: hourly_* for hours; daily_* for days, weeks and months in
   STATS_TIMEZONE (the zone the daily rows were built in); hourly_* again for days, weeks
   and months in another zone, which must then have whole-hour offsets so that every
-  hour lies inside one local day. Rows whose bucket is coarser than the requested one
-  (a day's row in a month view) are re-bucketed by the bucket expression of
-  shared.buckets, over a created_at range the table's index serves.
+  hour lies inside one local day. Answers by key, channel or group read
+  hourly_detail_usage at every granularity: its hours are cut at STATS_TIMEZONE's
+  midnights, so they sum to its days exactly (shared.aggregation). Rows whose bucket
+  differs from the requested one (a day's row in a month view, a cut hour's) are
+  re-bucketed by the bucket expression of shared.buckets, over a created_at range the
+  table's index serves.
 - the tail: the consume logs the rollup has not counted yet, one row each in the
   summary table's columns, made by shared.aggregation (which logs count, their values,
   their buckets) exactly as the rollup makes its rows. The rollup has counted exactly the logs with id <= rollup_state.last_log_id
@@ -184,18 +187,10 @@ class Shape:
         return tuple(c for c in self.columns if c == agg.BUCKET or c in GROUP_KEYS)
 
     def summary(self, grain: str) -> agg.Summary:
-        """The smallest summary table at `grain` that holds this answer exactly: every key
-        and filter a dimension of it, every carried name a column of it."""
+        """The smallest summary table that answers this shape's buckets of `grain`
+        exactly: every key and filter a dimension of it, every carried name a column."""
         dims = {*self.keys, *self.filtered, *self.nonempty, *(["user_id"] if self.user else [])} - {agg.BUCKET}
-        names = {c for c in self.columns if c in CARRIED.values()}
-        fits = [
-            s
-            for s in agg.SUMMARIES
-            if s.grain == grain and dims <= set(s.dimensions) and names <= {*s.dimensions, *s.attributes}
-        ]
-        if not fits:
-            raise LookupError(f"no summary table at grain {grain!r} holds {sorted(dims | names)}")
-        return min(fits, key=lambda s: len(s.table.columns))
+        return agg.answering(grain, dims, {c for c in self.columns if c in CARRIED.values()})
 
 
 PER_USER = Shape(PER_USER_COLUMNS, user="id")
@@ -268,6 +263,7 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
 
 
 INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 def created_before(view: View, end: int) -> int:
@@ -280,9 +276,11 @@ def _grain(view: View) -> str:
     return "day" if view.from_daily else "hour"
 
 
-def _summary_rows(summary: agg.Summary, view: View, start: Any, end: Any, bound: Any) -> AnySelect:
+def _summary_rows(
+    summary: agg.Summary, view: View, start: Any, end: Any, bound: Any, hours_from: Any = None
+) -> AnySelect:
     table = summary.table
-    if view.granularity == summary.grain:
+    if view.granularity == summary.grain and not summary.cut_at_midnight:
         # Already one row per bucket: the table as it is, so the outer range filter
         # reaches its index.
         return sa.select(*table.c).where(table.c.created_at.between(start, end))
@@ -292,15 +290,32 @@ def _summary_rows(summary: agg.Summary, view: View, start: Any, end: Any, bound:
         for c in table.c
     ]
     # A bucket starting in [start, end] holds rows from start on.
-    return sa.select(*cols).where(t.created_at >= start, t.created_at <= bound)
+    where = [t.created_at >= start, t.created_at <= bound]
+    if _hours_only_from(summary, view):
+        where.append(t.created_at >= hours_from)
+    return sa.select(*cols).where(*where)
+
+
+def _hours_only_from(summary: agg.Summary, view: View) -> bool:
+    """Whether the view reads `summary`'s rows as hours, which they are only from
+    hours_from on: before it, retention compacted the hours cut at midnight into whole
+    days of STATS_TIMEZONE, which answer its days, weeks and months only."""
+    return summary.cut_at_midnight and not view.from_daily
 
 
 def _tail_rows(
-    summary: agg.Summary, view: View, w: Any, gaps: Sequence[tuple[Any, Any]], start: Any, bound: Any
+    summary: agg.Summary,
+    view: View,
+    w: Any,
+    gaps: Sequence[tuple[Any, Any]],
+    start: Any,
+    bound: Any,
+    hours_from: Any = None,
 ) -> list[AnySelect]:
     """The consume logs not counted yet, one row each in the summary's columns, bucketed
     as the rollup buckets them: ids above the watermark `w`, and ids inside the `gaps`
-    ([lo, hi] ranges, all below `w`)."""
+    ([lo, hi] ranges, all below `w`); from `hours_from` on where the summary rows are
+    (see _summary_rows), so that a log answers the same before and after its tick."""
     lg = m.logs.c
     columns = [c.name for c in summary.table.c]
 
@@ -312,6 +327,8 @@ def _tail_rows(
     # (SQLite, without statistics, would otherwise choose idx_created_at_type).
     created_at = agg.unindexed(lg.created_at)
     in_range = sa.and_(created_at >= start, created_at <= bound)
+    if _hours_only_from(summary, view):
+        in_range = sa.and_(in_range, created_at >= hours_from)
     parts = [agg.summary_log_rows(columns, sa.and_(lg.id > w, in_range), bucket, indexable=False)]
     if gaps:
         in_gaps = sa.or_(*(lg.id.between(lo, hi) for lo, hi in gaps))
@@ -327,10 +344,11 @@ def _source(
     bound: Any,
     w: Any = None,
     gaps: Sequence[tuple[Any, Any]] = (),
+    hours_from: Any = None,
 ) -> sa.Subquery:
-    parts = [_summary_rows(summary, view, start, end, bound)]
+    parts = [_summary_rows(summary, view, start, end, bound, hours_from)]
     if w is not None:
-        parts += _tail_rows(summary, view, w, gaps, start, bound)
+        parts += _tail_rows(summary, view, w, gaps, start, bound, hours_from)
     return sa.union_all(*parts).subquery("usage") if len(parts) > 1 else parts[0].subquery("usage")
 
 
@@ -370,14 +388,17 @@ def source(
     `conn` already (an answer built from several sources reads it once)."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
-    summary = agg.summary(_grain(view), KIND_DIMENSIONS[kind])
-    if not view.realtime:
-        progress = None
-    elif progress is None:
-        progress = read_progress(conn)
+    summary = agg.answering(_grain(view), KIND_DIMENSIONS[kind])
     if progress is None:
-        return _source(summary, view, start, end, bound)
-    return _source(summary, view, start, end, bound, progress.last_log_id, progress.gaps)
+        progress = read_progress(conn)
+    hours_from = _hours_from(progress)
+    if not view.realtime:
+        return _source(summary, view, start, end, bound, hours_from=hours_from)
+    return _source(summary, view, start, end, bound, progress.last_log_id, progress.gaps, hours_from)
+
+
+def _hours_from(progress: Progress) -> int:
+    return INT64_MIN if progress.hours_kept_from is None else progress.hours_kept_from
 
 
 def _param(name: str, type_: Any = sa.BigInteger) -> BindParameter[Any]:
@@ -392,7 +413,7 @@ def _statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
     start, end = _param("start"), _param("end")
     w = _param("w") if view.realtime else None
     gaps = [(_param(f"gap_lo_{i}"), _param(f"gap_hi_{i}")) for i in range(n_gaps)]
-    src = _source(shape.summary(_grain(view)), view, start, end, _param("bound"), w, gaps)
+    src = _source(shape.summary(_grain(view)), view, start, end, _param("bound"), w, gaps, _param("hours_from"))
     user: Any = None
     if shape.user == "name":
         user = active_user_id(_param("username", sa.Text))
@@ -421,8 +442,9 @@ def prepare(
     if values:
         raise TypeError(f"values not in the shape: {sorted(values)}")
     gaps: list[tuple[int, int]] = []
+    progress = read_progress(conn)
+    params["hours_from"] = _hours_from(progress)
     if view.realtime:
-        progress = read_progress(conn)
         params["w"], gaps = progress.last_log_id, progress.gaps
         for i, (lo, hi) in enumerate(gaps):
             params[f"gap_lo_{i}"], params[f"gap_hi_{i}"] = lo, hi

@@ -2,7 +2,11 @@
 
 - RETAIN_HOURLY_DAYS=N drops hourly rows (hourly_usage, hourly_model_usage) whose hour
   started more than N days ago; an hour that straddles the horizon stays. Daily rows keep
-  all history.
+  all history. hourly_detail_usage, the only rows by key, channel and group, is
+  compacted instead: its rows of the local days wholly before the horizon become one row
+  per day and key (rollup.compact_to_days), so days, weeks and months by key stay
+  exact; rollup_state.hours_kept_from records the horizon, before which answers by the
+  hour (or in another zone than STATS_TIMEZONE) read no hourly detail rows.
 - RETAIN_LOGS_DAYS=N deletes raw logs created more than N days ago, but only logs the
   rollup has counted: id <= rollup_state.last_log_id and in no rollup_gap range (a log in
   a gap may still be counted later; a log above the watermark is not counted yet).
@@ -26,7 +30,8 @@ from sqlalchemy.engine import Engine
 
 from . import aggregation as agg
 from . import models as m
-from .buckets import HOUR
+from . import rollup
+from .buckets import HOUR, local_midnight
 from .config import Settings
 from .rollup import locked
 
@@ -37,6 +42,7 @@ log = logging.getLogger("usage_stats.retention")
 @dataclass
 class RetentionResult:
     deleted: dict[str, int] = field(default_factory=dict)
+    compacted: dict[str, int] = field(default_factory=dict)  # hour rows made into whole days
     hourly_before: int | None = None  # hour rows starting before this were dropped
     logs_before: int | None = None  # counted logs created before this were deleted
     seconds: float = 0.0
@@ -77,18 +83,42 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
         log.info("retention: off (RETAIN_HOURLY_DAYS and RETAIN_LOGS_DAYS are unset)")
         return result
     if result.hourly_before is not None:
+        horizon, tz = result.hourly_before, settings.stats_timezone
         with locked(engine) as conn:
-            for table in (s.table for s in agg.SUMMARIES if s.grain == "hour"):
-                n = conn.execute(sa.delete(table).where(table.c.created_at < result.hourly_before)).rowcount
-                result.deleted[table.name] = n
+            state = m.rollup_state.c
+            kept_from = conn.execute(sa.select(state.hours_kept_from).where(state.id == 1)).scalar()
+            for summary in (s for s in agg.SUMMARIES if s.grain == "hour"):
+                table = summary.table
+                if summary.cut_at_midnight:
+                    # Its rows are the only ones by key, channel and group: the local days
+                    # wholly before the horizon are compacted, not dropped (from where the
+                    # last run stopped: later rows there, of late logs, just stay hours).
+                    lo = None if kept_from is None else local_midnight(kept_from, tz)
+                    n = rollup.compact_to_days(conn, summary, lo, local_midnight(horizon, tz), tz)
+                    result.compacted[table.name] = n
+                else:
+                    n = conn.execute(sa.delete(table).where(table.c.created_at < horizon)).rowcount
+                    result.deleted[table.name] = n
+            if kept_from is None or kept_from < horizon:
+                conn.execute(sa.update(m.rollup_state).where(state.id == 1).values(hours_kept_from=horizon))
     if result.logs_before is not None:
         result.deleted["logs"] = _delete_counted_logs(engine, settings, result.logs_before)
     result.seconds = time.perf_counter() - started
     log.info(
         "retention: %s in %.3fs",
-        ", ".join(f"{k}={v}" for k, v in result.deleted.items()),
+        ", ".join(
+            [
+                *(f"{k}={v}" for k, v in result.deleted.items()),
+                *(f"{k}={v} compacted" for k, v in result.compacted.items()),
+            ]
+        ),
         result.seconds,
-        extra={"event": "retention", "deleted": result.deleted, "duration_s": round(result.seconds, 3)},
+        extra={
+            "event": "retention",
+            "deleted": result.deleted,
+            "compacted": result.compacted,
+            "duration_s": round(result.seconds, 3),
+        },
     )
     return result
 

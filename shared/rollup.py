@@ -62,7 +62,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from . import aggregation as agg
 from . import models as m
 from .aggregation import AnySelect
-from .buckets import HOUR, local_midnight, next_local_midnight
+from .buckets import HOUR, day_start, first_split_hour, local_midnight, next_local_midnight
 from .config import Settings
 from .db import write_connection
 
@@ -221,7 +221,8 @@ def _fold(conn: Connection, summary: agg.Summary, source: AnySelect) -> int:
 
 def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
     """`summary`'s key as columns of `source` (a delta-shaped table with a column per grain)."""
-    return [source.c[summary.grain].label(agg.BUCKET) if k == agg.BUCKET else source.c[k] for k in summary.key]
+    bucket = summary.bucket(source.c.hour, source.c.day).label(agg.BUCKET)
+    return [bucket if k == agg.BUCKET else source.c[k] for k in summary.key]
 
 
 def _fold_delta(conn: Connection) -> int:
@@ -271,18 +272,25 @@ def _state(conn: Connection, settings: Settings) -> sa.Row[Any]:
 @dataclass(frozen=True)
 class Progress:
     """How far the rollup has got: every log with id <= last_log_id is counted, except
-    those inside a gap ([lo, hi] ranges, all below last_log_id)."""
+    those inside a gap ([lo, hi] ranges, all below last_log_id). Also where the hourly
+    rows start: before `hours_kept_from` retention has dropped them, and compacted the
+    hours cut at midnight into whole days (None: every hour is kept)."""
 
     last_log_id: int
     gaps: list[tuple[int, int]]
+    hours_kept_from: int | None = None
 
 
 def read_progress(conn: Connection) -> Progress:
-    """rollup_state.last_log_id and the rollup_gap ranges, read on `conn` (in its snapshot)."""
-    w = conn.execute(sa.select(m.rollup_state.c.last_log_id).where(m.rollup_state.c.id == 1)).scalar()
+    """rollup_state's last_log_id and hours_kept_from, and the rollup_gap ranges, read on
+    `conn` (in its snapshot)."""
+    s = m.rollup_state.c
+    state = conn.execute(sa.select(s.last_log_id, s.hours_kept_from).where(s.id == 1)).first()
     g = m.rollup_gap.c
     gaps = [(int(lo), int(hi)) for lo, hi in conn.execute(sa.select(g.lo, g.hi).order_by(g.lo))]
-    return Progress(int(w or 0), gaps)
+    if state is None:
+        return Progress(0, gaps)
+    return Progress(int(state.last_log_id or 0), gaps, state.hours_kept_from)
 
 
 # --- gaps (PostgreSQL only) ----------------------------------------------------------
@@ -519,8 +527,13 @@ def adopt_timezone(engine: Engine, settings: Settings) -> bool:
         current = conn.execute(sa.select(m.rollup_state.c.timezone).where(m.rollup_state.c.id == 1)).scalar()
         if current in (None, settings.stats_timezone):
             return False
+        lg = m.logs.c
+        lo, hi = conn.execute(sa.select(sa.func.min(lg.created_at), sa.func.max(lg.created_at))).one()
+        # Hours cut at midnight are the plain hours wherever neither zone's midnight falls
+        # inside one: keep them then.
+        cut = lo is not None and any(first_split_hour(tz, lo, hi + 1) for tz in (current, settings.stats_timezone))
         for summary in agg.SUMMARIES:
-            if summary.grain == "day":
+            if summary.grain == "day" or (summary.cut_at_midnight and cut):
                 conn.execute(sa.delete(summary.table))
         conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
     log.info("daily rows dropped: built in %s, STATS_TIMEZONE is now %s", current, settings.stats_timezone)
@@ -686,3 +699,24 @@ def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) 
     )
     conn.execute(ins.on_conflict_do_update(index_elements=key, set_={v: ins.excluded[v] for v in values}))
     return change
+
+
+# --- retention's compaction ----------------------------------------------------------
+
+
+def compact_to_days(conn: Connection, summary: agg.Summary, lo: int | None, hi: int, tz: str) -> int:
+    """Replace the rows of `summary` (a table of hours cut at local midnights in `tz`)
+    whose bucket lies in [lo, hi) (lo None: from the first) by one row per local day and
+    key: the same sums, so every day, week and month answer stays exact. `hi` and `lo`
+    must be local midnights. Returns the rows replaced; runs in the caller's transaction
+    (under the rollup's lock)."""
+    assert summary.cut_at_midnight, summary
+    t = summary.table
+    where = t.c.created_at < hi if lo is None else t.c.created_at.between(lo, hi - 1)
+    rows = sa.select(t).where(where).subquery("cut_hours")
+    key = [day_start(rows.c.created_at, tz).label(agg.BUCKET) if k == agg.BUCKET else rows.c[k] for k in summary.key]
+    days = _temp_table_as(conn, "rollup_days", agg.aggregate(rows, key, summary.values))
+    n = conn.execute(sa.delete(t).where(where)).rowcount
+    # WHERE: SQLite would read `FROM rollup_days ON CONFLICT` as a join's ON otherwise.
+    _fold(conn, summary, sa.select(*(days.c[c.name] for c in t.columns)).where(sa.true()))
+    return int(n)

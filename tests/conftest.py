@@ -32,7 +32,6 @@ OUR_TABLES = (
     "hourly_model_usage",
     "daily_model_usage",
     "hourly_detail_usage",
-    "daily_detail_usage",
     "rollup_gap",
 )
 
@@ -61,7 +60,9 @@ def reset(engine) -> None:
             for name in ("logs", "users", "tokens", "channels") + OUR_TABLES:
                 conn.exec_driver_sql(f'DELETE FROM "{name}"')
             conn.exec_driver_sql("DELETE FROM sqlite_sequence")
-        conn.execute(sa.update(models.rollup_state).values(last_log_id=0, timezone=None, last_tick_at=None))
+        conn.execute(
+            sa.update(models.rollup_state).values(last_log_id=0, timezone=None, last_tick_at=None, hours_kept_from=None)
+        )
 
 
 @pytest.fixture

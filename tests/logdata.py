@@ -25,7 +25,7 @@ HOUR = 3600
 DAY = 86400
 MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
 SUMMARY_TABLES = ("hourly_usage", "daily_usage", "hourly_model_usage", "daily_model_usage")
-DETAIL_TABLES = ("hourly_detail_usage", "daily_detail_usage")
+DETAIL_TABLES = ("hourly_detail_usage",)
 # The oracle's own statement of the detail tables' key (not taken from shared.aggregation).
 DETAIL_KEY = ("user_id", "created_at", "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
 
@@ -180,8 +180,8 @@ def expected_tables(engine, tz: str, *, usernames: bool = True) -> dict[str, dic
             ("daily_usage", (user, day, model)),
             ("hourly_model_usage", (hour, model)),
             ("daily_model_usage", (day, model)),
-            ("hourly_detail_usage", (user, hour, model, *detail)),
-            ("daily_detail_usage", (user, day, model, *detail)),
+            # Hours cut at local midnight: the later of the hour's start and the day's.
+            ("hourly_detail_usage", (user, max(hour, day), model, *detail)),
         ):
             acc = out[table][key]
             for i, v in enumerate(vals):
@@ -215,7 +215,7 @@ def actual_tables(engine, *, usernames: bool = True) -> dict[str, dict]:
                 (r[0], r[1]): tuple(r[2:])
                 for r in conn.execute(sa.select(c.created_at, c.model_name, *(c[x] for x in MEASURES)))
             }
-        for table in (agg.hourly_detail_usage, agg.daily_detail_usage):
+        for table in (agg.hourly_detail_usage,):
             c = table.c
             key = [c[k] for k in DETAIL_KEY]
             result[table.name] = {

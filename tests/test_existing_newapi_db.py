@@ -272,7 +272,6 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
             "hourly_model_usage",
             "daily_model_usage",
             "hourly_detail_usage",
-            "daily_detail_usage",
             "rollup_state",
             "rollup_gap",
             "usage_stats_alembic_version",

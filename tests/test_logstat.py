@@ -424,8 +424,8 @@ def test_hours_past_the_hourly_retention_come_from_the_logs(engine):
     rnd = random.Random(21)
     insert(engine, random_logs(rnd, 400))
     tick(engine, Settings(database_url=str(engine.url)))
-    deleted = run_retention(engine, Settings(database_url=str(engine.url), **settings), now=NOW).deleted
-    assert deleted["hourly_detail_usage"] > 0
+    run = run_retention(engine, Settings(database_url=str(engine.url), **settings), now=NOW)
+    assert run.compacted["hourly_detail_usage"] > 0 and "hourly_detail_usage" not in run.deleted
     logs = all_logs(engine)
     for q in (
         {"start_timestamp": LO + 5 * HOUR + 17, "end_timestamp": HI - 7 * HOUR - 5},

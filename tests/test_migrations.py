@@ -172,7 +172,7 @@ def test_an_upgrade_that_adds_summaries_fills_them_from_the_counted_logs_only(pg
         config.attributes["connection"] = conn
         command.downgrade(config, "0002")
     upgraded = upgrade(engine)
-    assert str(upgraded) == "upgraded from revision 0002 to 0003"
+    assert str(upgraded) == "upgraded from revision 0002 to 0004"
     result = fill_added_summaries(engine, settings, upgraded)
     assert result is not None and result.logs == 3
     # The log the rollup has not counted is left to the next tick, in every table alike.

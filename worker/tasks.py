@@ -52,4 +52,4 @@ def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> 
 def retention() -> dict[str, Any]:
     settings = _settings()
     result = ops.run_retention(get_engine(settings.database_url), settings)
-    return {"deleted": result.deleted, "seconds": result.seconds}
+    return {"deleted": result.deleted, "compacted": result.compacted, "seconds": result.seconds}
