@@ -12,10 +12,12 @@ shared.queries (and shared.rankings), the token lookup in shared.auth.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flask import Flask
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from shared.config import Settings
 from shared.db import get_engine
@@ -29,16 +31,41 @@ __all__ = ["AppState", "create_app"]
 @dataclass(frozen=True)
 class AppState:
     settings: Settings
+    # The database of `logs` and the summary tables (Settings.stats_database_url).
     engine: Engine
     limits: ApiLimits
+    # The gateway's main database, of `users`, `tokens` and `channels`: `engine` itself
+    # unless new-api keeps its logs apart (LOG_SQL_DSN).
+    gateway: Engine
+
+    @contextmanager
+    def connections(self) -> Iterator[tuple[Connection, Connection]]:
+        """(stats, gateway): a queries.snapshot connection to `engine`, for the answer,
+        and one to `gateway`, for who is asking and the names of keys and channels;
+        one and the same connection when they are one database. Nothing is joined
+        across the two: a user name is resolved to its id first."""
+        from shared.queries import snapshot
+
+        with snapshot(self.engine) as conn:
+            if self.gateway is self.engine:
+                yield conn, conn
+            else:
+                with self.gateway.connect() as gateway:
+                    yield conn, gateway
 
 
 def create_app(
-    settings: Settings | None = None, *, engine: Engine | None = None, limits: ApiLimits | None = None
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    limits: ApiLimits | None = None,
+    gateway: Engine | None = None,
 ) -> Flask:
     """The Flask app. `settings` default to the environment; `engine` (for tests with an
-    in-memory database) defaults to the process's engine for settings.database_url.
-    No connection is opened here, so gunicorn --preload forks an empty pool."""
+    in-memory database) defaults to the process's engine for
+    settings.stats_database_url, `gateway` to the one for settings.database_url (to
+    `engine` when the logs are not apart). No connection is opened here, so gunicorn
+    --preload forks an empty pool."""
     from shared.logging_setup import configure
 
     from . import errors, flow, logstat, ops, rankings, routes
@@ -49,10 +76,14 @@ def create_app(
     app.json = OrjsonProvider(app)  # rows keep the contract's field order
     # Werkzeug redirects "//api/data" to "/api/data" with an HTML body; a 404 in JSON is better.
     app.url_map.merge_slashes = False
+    engine = engine if engine is not None else get_engine(settings.stats_database_url)
+    if gateway is None:
+        gateway = get_engine(settings.database_url) if settings.log_database_url else engine
     app.extensions["usage_stats"] = AppState(
         settings=settings,
-        engine=engine if engine is not None else get_engine(settings.database_url),
+        engine=engine,
         limits=limits if limits is not None else ApiLimits.from_settings(settings),
+        gateway=gateway,
     )
     errors.register(app)
     # LOG_FORMAT=json, or nobody set up logging yet (gunicorn): our handler on the root

@@ -22,13 +22,14 @@ names of keys and channels come from shared.names.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.datastructures import MultiDict
 
 from shared import models as m
 from shared import names, queries
+from shared.auth import live_user_id
 
 from . import csvexport, params
 from .auth import authenticate
@@ -54,25 +55,28 @@ USERS_PARAMETERS = (
 # bucket), the measures.
 USERS_COLUMNS = queries.grouped_columns(("user_id",))
 USERS = queries.Shape(USERS_COLUMNS)
-USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user="name")
+USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user=True)
 
 
 @bp.get("/api/data/users")
 def data_users() -> Response:
     state = app_state()
-    with queries.snapshot(state.engine) as conn:
-        authenticate(conn, m.ROLE_ADMIN)
+    with state.connections() as (conn, gateway):
+        authenticate(gateway, m.ROLE_ADMIN)
         window = request_window(state, USERS_PARAMETERS)
         username = params.parse_username(request.args)
         csv = params.parse_format(request.args, csvexport.prefers_csv(request))
-        shape, values = (USERS, {}) if username is None else (USERS_BY_NAME, {"username": username})
-        if csv:
-            queries.check_answerable(window.view, window.start, window.end)
-        else:
+        values: dict[str, Any] = {}
+        shape = USERS
+        if username is not None:
+            shape, values = USERS_BY_NAME, {"user_id": live_user_id(gateway, username)}
+        queries.check_answerable(window.view, window.start, window.end)
+        rows = []
+        if not csv and not (shape.user and values["user_id"] is None):
             rows = queries.usage(conn, shape, window.view, window.start, window.end, values)
     if csv:
         filename = f"usage-users-{window.granularity}-{window.start}-{window.end}.csv"
-        return csv_answer(state.engine, shape, window.view, window.start, window.end, values, filename)
+        return csv_answer(state, shape, window.view, window.start, window.end, values, filename)
     return success(rows)
 
 
@@ -134,7 +138,7 @@ def flow_view(start: int, end: int, limits: ApiLimits, stats_tz: str, realtime: 
     )
 
 
-def flow_shape(columns: tuple[str, ...], *, user: Literal["id", "name"] | None = None) -> queries.Shape:
+def flow_shape(columns: tuple[str, ...], *, user: bool = False) -> queries.Shape:
     """The flow rows of `columns`: summed over the whole range (no bucket column),
     largest quota first (then by the grouped keys), without the rows of an empty group
     (new-api excludes them, legacy rows included)."""
@@ -153,9 +157,11 @@ def _flow_answer(
     """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV."""
     if params.parse_format(request.args, csvexport.prefers_csv(request)):
         filename = f"usage-flow-{start}-{end}.csv"
-        return csv_answer(state.engine, shape, view, start, end, values, filename, owner)
-    with queries.snapshot(state.engine) as conn:
-        rows = names.name_rows(conn, queries.usage(conn, shape, view, start, end, values), owner=owner)
+        return csv_answer(state, shape, view, start, end, values, filename, owner)
+    if shape.user and values["user_id"] is None:
+        return success([])  # username= of nobody
+    with state.connections() as (conn, gateway):
+        rows = names.name_rows(gateway, queries.usage(conn, shape, view, start, end, values), owner=owner)
     return success(rows)
 
 
@@ -166,8 +172,8 @@ def _realtime(args: MultiDict, enabled: bool) -> bool:
 @bp.get("/api/data/flow")
 def data_flow() -> Response:
     state = app_state()
-    with queries.snapshot(state.engine) as conn:
-        user = authenticate(conn, m.ROLE_ADMIN)
+    with state.gateway.connect() as gateway:
+        user = authenticate(gateway, m.ROLE_ADMIN)
     params.check_once(request.args, FLOW_PARAMETERS)
     start, end = flow_range(request.args)
     realtime = _realtime(request.args, state.settings.api_realtime)
@@ -176,18 +182,20 @@ def data_flow() -> Response:
     columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
     if username is None:
         return _flow_answer(state, flow_shape(columns), view, start, end, {}, None)
-    return _flow_answer(state, flow_shape(columns, user="name"), view, start, end, {"username": username}, None)
+    with state.gateway.connect() as gateway:
+        user_id = live_user_id(gateway, username)
+    return _flow_answer(state, flow_shape(columns, user=True), view, start, end, {"user_id": user_id}, None)
 
 
 @bp.get("/api/data/flow/self")
 def data_flow_self() -> Response:
     state = app_state()
-    with queries.snapshot(state.engine) as conn:
-        user = authenticate(conn, m.ROLE_USER)
+    with state.gateway.connect() as gateway:
+        user = authenticate(gateway, m.ROLE_USER)
     params.check_once(request.args, FLOW_SELF_PARAMETERS)
     start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
     realtime = _realtime(request.args, state.settings.api_realtime)
     view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
     # The caller's own rows only: keys of other users never appear, and username is
     # ignored, as new-api ignores it here.
-    return _flow_answer(state, flow_shape(SELF_FLOW, user="id"), view, start, end, {"user_id": user.id}, user.id)
+    return _flow_answer(state, flow_shape(SELF_FLOW, user=True), view, start, end, {"user_id": user.id}, user.id)

@@ -26,7 +26,7 @@ import time
 from flask import Blueprint, request
 from werkzeug.datastructures import MultiDict
 
-from shared import logstat, queries
+from shared import logstat
 from shared import models as m
 from shared.retention import hourly_horizon
 
@@ -83,9 +83,9 @@ def _answer(min_role: int, names: tuple[str, ...], own: bool):
     state = app_state()
     settings = state.settings
     t = now()
-    with queries.snapshot(state.engine) as conn:
+    with state.connections() as (conn, gateway):
         # Authentication before parameters, as on the data endpoints.
-        user = authenticate(conn, min_role)
+        user = authenticate(gateway, min_role)
         start, end, f = parse(request.args, names, user.id if own else None)
         data = logstat.log_stat(
             conn,

@@ -165,7 +165,7 @@ def parse_reaggregate_body() -> tuple[int, int, int | None]:
 
 @bp.post("/api/data/reaggregate")
 def reaggregate_enqueue() -> Response:
-    with current_app.extensions["usage_stats"].engine.connect() as conn:
+    with current_app.extensions["usage_stats"].gateway.connect() as conn:
         authenticate(conn, m.ROLE_ADMIN)
     start, end, user_id = parse_reaggregate_body()
     try:
@@ -182,7 +182,7 @@ def reaggregate_enqueue() -> Response:
 
 @bp.get("/api/data/reaggregate/<task_id>")
 def reaggregate_status(task_id: str) -> Response:
-    with current_app.extensions["usage_stats"].engine.connect() as conn:
+    with current_app.extensions["usage_stats"].gateway.connect() as conn:
         authenticate(conn, m.ROLE_ADMIN)
     if not _TASK_ID.fullmatch(task_id):
         raise ApiError(400, "not a task id")

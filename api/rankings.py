@@ -14,7 +14,6 @@ import time
 from flask import Blueprint, request
 
 from shared import models as m
-from shared import queries
 from shared import rankings as r
 from shared.vendors import vendor_table
 
@@ -48,10 +47,10 @@ def rankings():
     settings = state.settings
     if settings.rankings == "off":
         raise ApiError(403, "rankings is disabled")
-    with queries.snapshot(state.engine) as conn:
+    with state.connections() as (conn, gateway):
         if settings.rankings == "auth":
             # Authentication before parameters, as on the data endpoints.
-            authenticate(conn, m.ROLE_USER)
+            authenticate(gateway, m.ROLE_USER)
         which = _period()
         data = r.rankings(
             conn,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_from_directory, stream_with_context
@@ -13,16 +13,18 @@ from markupsafe import escape
 
 from shared import models as m
 from shared import names, queries
+from shared.auth import live_user_id
 
-from . import csvexport, params
+from . import AppState, csvexport, params
 from .auth import authenticate
 from .errors import failure, is_unavailable, log
 
 bp = Blueprint("usage_stats", __name__)
 
 
-def app_state():
-    return current_app.extensions["usage_stats"]
+def app_state() -> AppState:
+    state: AppState = current_app.extensions["usage_stats"]
+    return state
 
 
 def success(data):
@@ -52,19 +54,16 @@ def _shape(selection: params.Selection, *, per_user: bool) -> queries.Shape:
         columns = queries.PER_USER_COLUMNS if per_user else queries.SITE_WIDE_COLUMNS
     else:
         columns = queries.grouped_columns(selection.by)
-    user: Literal["id", "name"] | None = None
-    if per_user:
-        user = "id" if selection.username is None else "name"
     filtered = tuple(d for d in queries.GROUP_KEYS + tuple(queries.CARRIED.values()) if d in selection.filters)
-    return queries.Shape(columns, filtered=filtered, user=user)
+    return queries.Shape(columns, filtered=filtered, user=per_user)
 
 
 def _answer(*, admin: bool) -> Response:
     state = app_state()
-    with queries.snapshot(state.engine) as conn:
+    with state.connections() as (conn, gateway):
         # Authentication before parameters, as new-api's middleware does: a caller
         # without a valid token learns nothing about what the endpoint accepts.
-        user = authenticate(conn, m.ROLE_ADMIN if admin else m.ROLE_USER)
+        user = authenticate(gateway, m.ROLE_ADMIN if admin else m.ROLE_USER)
         window = request_window(state, params.ADMIN_PARAMETERS if admin else params.SELF_PARAMETERS)
         selection = params.parse_selection(request.args, admin=admin, prefers_csv=csvexport.prefers_csv(request))
         # /self is one user's own rows, whatever the filters say: another user's key
@@ -72,24 +71,27 @@ def _answer(*, admin: bool) -> Response:
         per_user = not admin or selection.username is not None
         shape = _shape(selection, per_user=per_user)
         values: dict[str, Any] = {d: selection.filters[d] for d in shape.filtered}
-        if shape.user == "id":
-            values["user_id"] = user.id
-        elif shape.user == "name":
-            values["username"] = selection.username
+        if shape.user:
+            # username=: the live user of that name; none (or a deleted one) has no rows.
+            values["user_id"] = user.id if selection.username is None else live_user_id(gateway, selection.username)
+        nobody = shape.user and values["user_id"] is None
         if selection.csv:
             queries.check_answerable(window.view, window.start, window.end)
+        elif nobody:
+            queries.check_answerable(window.view, window.start, window.end)
+            rows = []
         else:
             answer = queries.usage(conn, shape, window.view, window.start, window.end, values)
-            rows = names.name_rows(conn, answer, owner=None if admin else user.id)
+            rows = names.name_rows(gateway, answer, owner=None if admin else user.id)
     if selection.csv:
         filename = f"usage-{'site' if admin else 'self'}-{window.granularity}-{window.start}-{window.end}.csv"
         owner = None if admin else user.id
-        return csv_answer(state.engine, shape, window.view, window.start, window.end, values, filename, owner)
+        return csv_answer(state, shape, window.view, window.start, window.end, values, filename, owner)
     return success(rows)
 
 
 def csv_answer(
-    engine: Any,
+    state: AppState,
     shape: queries.Shape,
     view: queries.View,
     start: int,
@@ -101,14 +103,17 @@ def csv_answer(
     """The answer as CSV, streamed from its own snapshot: rows are read, named and
     written a chunk at a time, so a long export holds one chunk in memory. The caller
     has checked everything that can be refused (queries.check_answerable included):
-    once streaming, a failure can only cut the stream short. `owner`: see names.name_rows."""
+    once streaming, a failure can only cut the stream short. `owner`: see
+    names.name_rows. A user_id of None in `values`: nobody's answer, the header alone."""
     header = names.named_columns(shape.columns)
 
     def chunks() -> Iterator[list[dict[str, Any]]]:
-        with queries.snapshot(engine) as conn:
+        if shape.user and values.get("user_id") is None:
+            return
+        with state.connections() as (conn, gateway):
             statement, bound = queries.prepare(conn, shape, view, start, end, values)
             for chunk in queries.stream_rows(conn, statement, bound):
-                yield names.name_rows(conn, chunk, owner=owner)
+                yield names.name_rows(gateway, chunk, owner=owner)
 
     return Response(
         stream_with_context(csvexport.lines(header, chunks())),

@@ -65,3 +65,13 @@ def user_by_access_token(conn: Connection, token: str) -> User | None:
         role=int(row.role) if row.role is not None else 0,
         status=int(row.status) if row.status is not None else 0,
     )
+
+
+def live_user_id(conn: Connection, username: str) -> int | None:
+    """The id of the live (not soft-deleted) user called `username`, or None.
+    users.username is unique. Read on the gateway's database, then used as a value, so
+    that nothing joins `users` with the rollup's tables (which may live beside `logs` in
+    another database), and the summary's primary key (user_id first) serves the range."""
+    u = m.users.c
+    found = conn.execute(sa.select(u.id).where(u.username == username, u.deleted_at.is_(None)).limit(1)).scalar()
+    return None if found is None else int(found)

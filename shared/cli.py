@@ -39,6 +39,15 @@ STATUS_CONNECT_TIMEOUT = 0.5
 
 
 def _engine(settings: Settings) -> Engine:
+    """The database of `logs` and the rollup's tables."""
+    from .db import get_engine
+
+    return get_engine(settings.stats_database_url)
+
+
+def _gateway(settings: Settings) -> Engine:
+    """The gateway's main database, of `users`, `tokens` and `channels` (the same engine
+    as `_engine` unless the logs are apart)."""
     from .db import get_engine
 
     return get_engine(settings.database_url)
@@ -55,7 +64,7 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
     engine = _engine(settings)
     upgraded = upgrade(engine)
-    print(f"database {_safe_url(settings.database_url)}: schema {upgraded}")
+    print(f"database {_safe_url(settings.stats_database_url)}: schema {upgraded}")
     _fill_added_summaries(engine, settings, upgraded)
     return 0
 
@@ -156,7 +165,12 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from .demo import generate
 
     creds, n = generate(
-        _engine(settings), days=args.days, users=args.users, logs_per_day=args.logs_per_day, seed=args.seed
+        _engine(settings),
+        days=args.days,
+        users=args.users,
+        logs_per_day=args.logs_per_day,
+        seed=args.seed,
+        gateway=_gateway(settings),
     )
     print(f"wrote {n} logs over {args.days} days")
     _print_credentials(creds)
@@ -329,9 +343,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     try:
         upgraded = upgrade(engine)
-        print(f"database {_safe_url(settings.database_url)}: schema {upgraded}")
+        print(f"database {_safe_url(settings.stats_database_url)}: schema {upgraded}")
         _fill_added_summaries(engine, settings, upgraded)
-        creds = _seed_demo(engine, args.days) if args.demo else None
+        creds = _seed_demo(engine, _gateway(settings), args.days) if args.demo else None
         _roll_up_at_start(engine, settings)
     except KeyboardInterrupt:
         print("stopped")
@@ -379,7 +393,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return code
 
 
-def _seed_demo(engine: Engine, days: int) -> DemoUsers:
+def _seed_demo(engine: Engine, gateway: Engine, days: int) -> DemoUsers:
     import sqlalchemy as sa
 
     from . import models as m
@@ -387,7 +401,7 @@ def _seed_demo(engine: Engine, days: int) -> DemoUsers:
 
     with engine.connect() as conn:
         has_logs = conn.execute(sa.select(m.logs.c.id).limit(1)).first() is not None
-    creds, n = generate(engine, days=days, logs_per_day=2000) if not has_logs else generate(engine, days=0)
+    creds, n = generate(engine, days=days if not has_logs else 0, logs_per_day=2000, gateway=gateway)
     print(f"demo data: {n} new logs" if n else "demo data: already present, none added")
     _print_credentials(creds)
     return creds

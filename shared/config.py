@@ -3,6 +3,18 @@
 Every setting has a default that works on a fresh machine with nothing running:
 a SQLite file for the data, a SQLite file as the Celery broker. Production points
 DATABASE_URL at PostgreSQL and CELERY_BROKER_URL at Redis.
+
+The databases can also be named as new-api names them, so that the gateway's own
+environment file serves as is (formats: shared.dsn):
+
+- the main database (`users`, `tokens`, `channels`, and `logs` unless they are apart):
+  DATABASE_URL, a SQLAlchemy URL, when set; else new-api's SQL_DSN, converted; else,
+  when SQLITE_PATH is set, new-api's SQLite file there (what new-api opens with SQL_DSN
+  empty); else sqlite:///usage-stats.db. When DATABASE_URL and SQL_DSN are both set,
+  DATABASE_URL wins, even where the two name different databases.
+- the database holding `logs` (log_database_url): LOG_DATABASE_URL when set; else
+  new-api's LOG_SQL_DSN, converted; else None, meaning the main database. A log
+  database equal to the main one is None as well.
 """
 
 from __future__ import annotations
@@ -67,6 +79,9 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) 
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "sqlite:///usage-stats.db"
+    # The database holding new-api's `logs` when it is not the main one (new-api's
+    # LOG_SQL_DSN); None: `logs` is in the main database.
+    log_database_url: str | None = None
     celery_broker_url: str = "sqla+sqlite:///usage-stats-broker.db"
     celery_result_backend: str = "db+sqlite:///usage-stats-results.db"
     rollup_interval_seconds: int = 60
@@ -103,6 +118,12 @@ class Settings:
         _check_timezone(self.stats_timezone)
         _check_rankings(self.rankings)
 
+    @property
+    def stats_database_url(self) -> str:
+        """The database of `logs`, where the rollup's own tables live beside them: the
+        log database when new-api keeps one apart, else the main one."""
+        return self.log_database_url or self.database_url
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -111,8 +132,10 @@ class Settings:
         # them in a SQLite file, so that `up` needs no server at all.
         default_backend = broker if broker.startswith(("redis://", "rediss://")) else cls.celery_result_backend
         tz = environ.get("STATS_TIMEZONE") or cls.stats_timezone
+        database_url, log_database_url = _database_urls(environ, cls.database_url)
         return cls(
-            database_url=environ.get("DATABASE_URL") or cls.database_url,
+            database_url=database_url,
+            log_database_url=log_database_url,
             celery_broker_url=broker,
             celery_result_backend=environ.get("CELERY_RESULT_BACKEND") or default_backend,
             rollup_interval_seconds=_int(environ, "ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds),
@@ -129,6 +152,27 @@ class Settings:
             rankings=(environ.get("RANKINGS") or cls.rankings).strip().lower(),
             rankings_vendors=_rankings_vendors(environ.get("RANKINGS_VENDORS", "").strip()),
         )
+
+
+def _database_urls(environ: Mapping[str, str], default: str) -> tuple[str, str | None]:
+    """The main database's URL and the log database's (None: the main one), by the
+    precedence in the module docstring."""
+    # Imported here: shared.dsn raises this module's ConfigError.
+    from .dsn import DEFAULT_SQLITE_PATH, sqlalchemy_url
+
+    sqlite_path = environ.get("SQLITE_PATH") or DEFAULT_SQLITE_PATH
+    main = environ.get("DATABASE_URL")
+    if not main:
+        if environ.get("SQL_DSN"):
+            main = sqlalchemy_url(environ["SQL_DSN"], sqlite_path=sqlite_path, name="SQL_DSN")
+        elif environ.get("SQLITE_PATH"):
+            main = sqlalchemy_url("local", sqlite_path=sqlite_path, name="SQL_DSN")
+        else:
+            main = default
+    log = environ.get("LOG_DATABASE_URL")
+    if not log and environ.get("LOG_SQL_DSN"):
+        log = sqlalchemy_url(environ["LOG_SQL_DSN"], sqlite_path=sqlite_path, name="LOG_SQL_DSN")
+    return main, (log if log and log != main else None)
 
 
 _TRUE = ("1", "true", "yes", "on")

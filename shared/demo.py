@@ -138,15 +138,22 @@ def generate(
     logs_per_day: int = 2000,
     seed: int | None = None,
     end: int | None = None,
+    gateway: Engine | None = None,
 ) -> tuple[DemoUsers, int]:
     """Add users (if there are none) and `days` days of logs ending at `end` (now).
-    Returns the demo credentials and the number of logs written."""
+    Returns the demo credentials and the number of logs written. `gateway`: the database
+    of users, tokens and channels, when the logs' (`engine`) is another."""
     rnd = random.Random(seed)
     end = int(time.time()) if end is None else end
     start = end - days * 86400
+    if gateway is not None and gateway is not engine:
+        with gateway.begin() as conn:
+            creds, people = _ensure_users(conn, users)
+            _ensure_gateway(conn, people)
     with engine.begin() as conn:
-        creds, people = _ensure_users(conn, users)
-        _ensure_gateway(conn, people)
+        if gateway is None or gateway is engine:
+            creds, people = _ensure_users(conn, users)
+            _ensure_gateway(conn, people)
         # Zipf-like weights: user k is 1/k as busy as the busiest.
         weights = [1.0 / (k + 1) for k in range(len(people))]
         model_weights = [0.3, 0.25, 0.12, 0.08, 0.07, 0.1, 0.05, 0.03]

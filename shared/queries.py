@@ -170,12 +170,12 @@ CARRIED: dict[str, str] = {str(f.describes): f.name for f in agg.DESCRIBING}
 class Shape:
     """What an answer holds: its `columns` in order (the bucket, dimensions it is grouped
     by, the names they carry, measures), the dimensions it is `filtered` on (each equal
-    to a value bound per request as f_<name>), and how its user is given: `user="id"`
-    (a user_id value), `user="name"` (the live user of a username), or None."""
+    to a value bound per request as f_<name>), and whether it is one user's (`user`: a
+    user_id value is bound)."""
 
     columns: tuple[str, ...]
     filtered: tuple[str, ...] = ()
-    user: Literal["id", "name"] | None = None
+    user: bool = False
     # A measure to rank by, largest first (before the keys); None: by bucket and keys.
     rank_by: str | None = None
     # Dimensions whose empty value ('') is left out (new-api's flow skips an empty group).
@@ -193,8 +193,7 @@ class Shape:
         return agg.answering(grain, dims, {c for c in self.columns if c in CARRIED.values()})
 
 
-PER_USER = Shape(PER_USER_COLUMNS, user="id")
-PER_USER_BY_NAME = Shape(PER_USER_COLUMNS, user="name")
+PER_USER = Shape(PER_USER_COLUMNS, user=True)
 SITE_WIDE = Shape(SITE_WIDE_COLUMNS)
 
 
@@ -239,13 +238,6 @@ def per_user_select(source: FromClause, user_id: Any, start: Any, end: Any) -> A
 def site_wide_select(source: FromClause, start: Any, end: Any) -> AnySelect:
     """Site-wide rows in [start, end], in the seed's site-wide shape."""
     return answer_select(source, SITE_WIDE, start, end)
-
-
-def active_user_id(username: Any) -> Any:
-    """The id of the live (not soft-deleted) user called `username`, as a scalar
-    subquery: NULL, and so no rows, when there is none. users.username is unique."""
-    u = m.users.c
-    return sa.select(u.id).where(u.username == username, u.deleted_at.is_(None)).scalar_subquery()
 
 
 # --- the source: summary rows UNION ALL the tail ---------------------------------------
@@ -414,11 +406,7 @@ def _statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
     w = _param("w") if view.realtime else None
     gaps = [(_param(f"gap_lo_{i}"), _param(f"gap_hi_{i}")) for i in range(n_gaps)]
     src = _source(shape.summary(_grain(view)), view, start, end, _param("bound"), w, gaps, _param("hours_from"))
-    user: Any = None
-    if shape.user == "name":
-        user = active_user_id(_param("username", sa.Text))
-    elif shape.user == "id":
-        user = _param("user_id")
+    user = _param("user_id") if shape.user else None
     filters = {d: _param(f"f_{d}", agg.FIELDS[d].type) for d in shape.filtered}
     return answer_select(src, shape, start, end, user=user, filters=filters)
 
@@ -427,16 +415,14 @@ def prepare(
     conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None = None
 ) -> tuple[AnySelect, dict[str, Any]]:
     """The statement of an answer and its parameters, read on `conn` (whose snapshot the
-    caller then executes it in): `values` holds user_id or username as `shape.user` asks,
+    caller then executes it in): `values` holds user_id when `shape.user` asks for it,
     and one value per filtered dimension. Refuses a view it cannot answer exactly."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
     values = dict(values or {})
     params: dict[str, Any] = {"start": start, "end": end, "bound": bound}
-    if shape.user == "id":
+    if shape.user:
         params["user_id"] = values.pop("user_id")
-    elif shape.user == "name":
-        params["username"] = values.pop("username")
     for d in shape.filtered:
         params[f"f_{d}"] = values.pop(d)
     if values:
@@ -480,16 +466,6 @@ def stream_rows(
 def user_usage(conn: Connection, user_id: int, view: View | Granularity, start: int, end: int) -> list[dict[str, Any]]:
     """/api/data/self: the rows of user `user_id` whose bucket starts in [start, end]."""
     return usage(conn, PER_USER, _view(view), start, end, {"user_id": user_id})
-
-
-def user_usage_by_name(
-    conn: Connection, username: str, view: View | Granularity, start: int, end: int
-) -> list[dict[str, Any]]:
-    """/api/data/?username=: the rows of the live user named `username` (none for an
-    unknown or deleted name). Resolved to the user's id rather than matched against the
-    summary's username column, so that the primary key (user_id, created_at, ...) serves
-    the range, and a user's rows from before a rename are still theirs."""
-    return usage(conn, PER_USER_BY_NAME, _view(view), start, end, {"username": username})
 
 
 def site_usage(conn: Connection, view: View | Granularity, start: int, end: int) -> list[dict[str, Any]]:

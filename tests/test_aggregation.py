@@ -77,7 +77,7 @@ def test_answers_without_new_dimensions_read_the_tables_they_read_before():
     # The detail tables serve only what needs a key, channel or group: the seed's answers
     # keep reading the narrower tables, so they read no more rows than before.
     assert queries.PER_USER.summary("hour").table is agg.hourly_usage
-    assert queries.PER_USER_BY_NAME.summary("day").table is agg.daily_usage
+    assert queries.PER_USER.summary("day").table is agg.daily_usage
     assert queries.SITE_WIDE.summary("hour").table is agg.hourly_model_usage
     assert queries.SITE_WIDE.summary("day").table is agg.daily_model_usage
     grouped = queries.Shape(queries.grouped_columns(["model_name", "user_id"]))
@@ -85,5 +85,5 @@ def test_answers_without_new_dimensions_read_the_tables_they_read_before():
     for dims in (["token_id"], ["channel_id"], ["use_group"], ["model_name", "token_id"]):
         # Days by key: the hourly detail rows, whose hours are cut at local midnights.
         assert queries.Shape(queries.grouped_columns(dims)).summary("day").table is agg.hourly_detail_usage
-    filtered = queries.Shape(queries.PER_USER_COLUMNS, filtered=("token_name",), user="id")
+    filtered = queries.Shape(queries.PER_USER_COLUMNS, filtered=("token_name",), user=True)
     assert filtered.summary("hour").table is agg.hourly_detail_usage

@@ -26,7 +26,7 @@ def rollup() -> dict[str, Any]:
     that finds another one running skips (the lock lives in the database)."""
     settings = _settings()
     result = ops.run_rollup(
-        get_engine(settings.database_url), settings, max_seconds=max(1.0, settings.rollup_interval_seconds * 0.8)
+        get_engine(settings.stats_database_url), settings, max_seconds=max(1.0, settings.rollup_interval_seconds * 0.8)
     )
     return asdict(result)
 
@@ -43,7 +43,7 @@ def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> 
         jobs.report_progress(self, done, total, started)
 
     result = ops.run_reaggregate(
-        get_engine(settings.database_url), settings, int(start), int(end), user_id, progress=progress
+        get_engine(settings.stats_database_url), settings, int(start), int(end), user_id, progress=progress
     )
     return jobs.result_record(result, started, time.time())
 
@@ -51,5 +51,5 @@ def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> 
 @shared_task(name=jobs.RETENTION_TASK, ignore_result=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60)
 def retention() -> dict[str, Any]:
     settings = _settings()
-    result = ops.run_retention(get_engine(settings.database_url), settings)
+    result = ops.run_retention(get_engine(settings.stats_database_url), settings)
     return {"deleted": result.deleted, "compacted": result.compacted, "seconds": result.seconds}
