@@ -517,10 +517,52 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, QueueUnavailable):
             print(f"usage-stats: task queue unavailable ({exc})", file=sys.stderr)
             return 1
-        if isinstance(exc, sa.exc.OperationalError):
-            print(f"usage-stats: cannot reach the database: {exc.orig}", file=sys.stderr)
+        missing = _missing_driver(exc)
+        if missing is not None:
+            print(f"usage-stats: {missing}", file=sys.stderr)
+            return 1
+        if isinstance(exc, sa.exc.DBAPIError):
+            print(f"usage-stats: {_database_failure(settings, exc)}", file=sys.stderr)
             return 1
         raise
+
+
+# The package that installs each database driver module, for a one-line hint.
+DRIVER_PACKAGES = {"pymysql": "pymysql", "MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary", "psycopg": "psycopg"}
+
+
+def _missing_driver(exc: BaseException) -> str | None:
+    """A database URL whose driver is not installed, in one line naming the package."""
+    import sqlalchemy as sa
+
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        root = exc.name.split(".")[0]
+        if root in DRIVER_PACKAGES:
+            return f"the database driver {root} is not installed: pip install {DRIVER_PACKAGES[root]}"
+    if isinstance(exc, sa.exc.NoSuchModuleError):
+        return f"no database driver for this URL ({exc}): check the scheme of DATABASE_URL or SQL_DSN"
+    return None
+
+
+def _database_failure(settings: Settings, exc: BaseException) -> str:
+    """What failed: "cannot reach the database" only when a fresh connection to it fails
+    too (a server that refused a statement was reached); either way the driver's first
+    line, without the statement or its parameters."""
+    from .db import make_engine
+
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    urls = dict.fromkeys([settings.stats_database_url, settings.database_url])
+    for url in urls:
+        probe = make_engine(url)
+        try:
+            with probe.connect():
+                pass
+        except Exception:
+            return f"cannot reach the database {_safe_url(url)}: {first}"
+        finally:
+            probe.dispose()
+    return f"the database refused a statement: {first}"
 
 
 if __name__ == "__main__":

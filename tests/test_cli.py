@@ -115,3 +115,35 @@ def test_enqueued_reaggregation_is_known_to_the_api_without_a_worker(tmp_path, m
         assert client.get(f"/api/data/reaggregate/{task_id}x", headers=headers).status_code == 404
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        # Nothing listens there: the server cannot be reached.
+        ("postgresql://postgres@127.0.0.1:1/x", "cannot reach the database postgresql://postgres@127.0.0.1:1/x:"),
+        # A driver that is not installed: one line naming the package.
+        (
+            "mysql+mysqldb://root@127.0.0.1/test",
+            "the database driver MySQLdb is not installed: pip install mysqlclient",
+        ),
+        ("nosuchdb://x", "no database driver for this URL"),
+    ],
+)
+def test_a_database_failure_is_one_line_that_says_which(url, line, monkeypatch, capsys):
+    from shared.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage-stats: {line}") and err.count("\n") == 1, err
+
+
+def test_a_statement_the_server_refuses_is_not_called_unreachable(tmp_path, monkeypatch, capsys):
+    from shared.cli import main
+
+    # A reachable database without our schema: the server answers, and refuses the read.
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("usage-stats: the database refused a statement: no such table"), err
