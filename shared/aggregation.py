@@ -156,7 +156,8 @@ def _include(columns: Sequence[str]) -> dict[str, Any]:
 MYSQL_TEXT_WIDTH = {"model_name": 191, "use_group": 191, "username": 187, "token_name": 187}
 
 
-def _column_type(name: str) -> Any:
+def column_type(name: str) -> Any:
+    """The SQL type of usage field `name` in a table: text as m.KeyText (a key on MySQL)."""
     return m.KeyText(MYSQL_TEXT_WIDTH[name]) if FIELDS[name].type is sa.Text else FIELDS[name].type
 
 
@@ -165,8 +166,8 @@ def _summary_table(name: str, key: Sequence[str], *, covering: bool = False, tim
     return sa.Table(
         name,
         m.metadata,
-        *(sa.Column(k, sa.BigInteger if k == BUCKET else _column_type(k), nullable=False) for k in key),
-        *(sa.Column(a, _column_type(a), nullable=False, server_default="") for a in attributes),
+        *(sa.Column(k, sa.BigInteger if k == BUCKET else column_type(k), nullable=False) for k in key),
+        *(sa.Column(a, column_type(a), nullable=False, server_default="") for a in attributes),
         *(sa.Column(f.name, f.type, nullable=False, server_default="0") for f in MEASURES),
         sa.PrimaryKeyConstraint(
             *key, name=f"{name}_pkey", **_include([*attributes, *MEASURE_NAMES] if covering else [])

@@ -94,6 +94,30 @@ def _code_points_mysql(element: code_points, compiler: SQLCompiler, **kw: Any) -
     return f"(CONVERT({compiler.process(element.clauses, **kw)} USING utf8mb4) COLLATE {collation})"
 
 
+def exactly(column: Any, value: Any) -> Any:
+    """`column = value` by code point on every database. On MySQL a gateway's column is in
+    its own, usually case- and trailing-blank-blind, collation: the plain equality keeps
+    its index, the second test makes the match exact."""
+    return _exactly(column, value)
+
+
+class _exactly(FunctionElement[bool]):
+    inherit_cache = True
+    name = "exactly"
+
+
+@compiles(_exactly)
+def _exactly_default(element: _exactly, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = element.clauses
+    return compiler.process(column == value, **kw)
+
+
+@compiles(_exactly, "mysql")
+def _exactly_mysql(element: _exactly, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = element.clauses
+    return f"({compiler.process(column == value, **kw)} AND {compiler.process(code_points(column) == value, **kw)})"
+
+
 # On MySQL an indexed or defaulted string is new-api's varchar(191) (TEXT can be neither),
 # and content and other are longtext, as GORM makes them.
 IndexedText = Text().with_variant(String(191), "mysql")

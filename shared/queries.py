@@ -250,7 +250,7 @@ def active_user_id(username: Any) -> Any:
     """The id of the live (not soft-deleted) user called `username`, as a scalar
     subquery: NULL, and so no rows, when there is none. users.username is unique."""
     u = m.users.c
-    return sa.select(u.id).where(u.username == username, u.deleted_at.is_(None)).scalar_subquery()
+    return sa.select(u.id).where(m.exactly(u.username, username), u.deleted_at.is_(None)).scalar_subquery()
 
 
 # --- the source: summary rows UNION ALL the tail ---------------------------------------

@@ -834,6 +834,8 @@ def test_ids_starting_again_below_the_watermark_are_counted_or_refused(engine):
     with engine.begin() as conn:  # the gateway's logs start afresh
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("TRUNCATE logs RESTART IDENTITY")
+        elif engine.dialect.name == "mysql":
+            conn.exec_driver_sql("TRUNCATE TABLE logs")  # AUTO_INCREMENT starts again at 1
         else:
             conn.exec_driver_sql("DELETE FROM logs")
             conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'logs'")
