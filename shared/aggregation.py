@@ -60,6 +60,10 @@ class Field:
 
 
 def _coalesce(column: str, default: object) -> Callable[[Any], Expr]:
+    if isinstance(default, str):
+        # Grouped by code point on every database (on MySQL the gateway's collation may
+        # be case-blind).
+        return lambda lg: m.code_points(sa.func.coalesce(lg[column], default))
     return lambda lg: sa.func.coalesce(lg[column], default)
 
 
@@ -159,13 +163,24 @@ def _include(columns: Sequence[str]) -> dict[str, Any]:
     return {"postgresql_include": list(columns)} if columns else {}
 
 
+# The width of each text column on MySQL (m.KeyText): new-api's varchar(191), except
+# that the key of every dimension must fit InnoDB's 3,072 bytes (4 x 8 + 4 x 4 x width):
+# user and key names, which new-api caps at 20 and 30 characters, get 187.
+MYSQL_TEXT_WIDTH = {"model_name": 191, "use_group": 191, "username": 187, "token_name": 187}
+
+
+def column_type(name: str) -> Any:
+    """The SQL type of usage field `name` in a table: text as m.KeyText (a key on MySQL)."""
+    return m.KeyText(MYSQL_TEXT_WIDTH[name]) if FIELDS[name].type is sa.Text else FIELDS[name].type
+
+
 def _summary_table(name: str, key: Sequence[str], *, covering: bool = False, time_index: bool = False) -> sa.Table:
     attributes = attributes_of(k for k in key if k != BUCKET)
     return sa.Table(
         name,
         m.metadata,
-        *(sa.Column(k, sa.BigInteger if k == BUCKET else FIELDS[k].type, nullable=False) for k in key),
-        *(sa.Column(a, FIELDS[a].type, nullable=False, server_default="") for a in attributes),
+        *(sa.Column(k, sa.BigInteger if k == BUCKET else column_type(k), nullable=False) for k in key),
+        *(sa.Column(a, column_type(a), nullable=False, server_default="") for a in attributes),
         *(sa.Column(f.name, f.type, nullable=False, server_default="0") for f in MEASURES),
         sa.PrimaryKeyConstraint(
             *key, name=f"{name}_pkey", **_include([*attributes, *MEASURE_NAMES] if covering else [])

@@ -73,5 +73,8 @@ def live_user_id(conn: Connection, username: str) -> int | None:
     that nothing joins `users` with the rollup's tables (which may live beside `logs` in
     another database), and the summary's primary key (user_id first) serves the range."""
     u = m.users.c
-    found = conn.execute(sa.select(u.id).where(u.username == username, u.deleted_at.is_(None)).limit(1)).scalar()
+    # exactly: a gateway's MySQL collation would take "Alice" for "alice".
+    found = conn.execute(
+        sa.select(u.id).where(m.exactly(u.username, username), u.deleted_at.is_(None)).limit(1)
+    ).scalar()
     return None if found is None else int(found)

@@ -4,9 +4,13 @@ An hour bucket starts at `created_at - created_at % 3600` (new-api's rule). A da
 bucket starts at local midnight in STATS_TIMEZONE, so its length follows the zone's
 daylight-saving changes (23 or 25 hours). PostgreSQL computes local midnight with
 AT TIME ZONE; SQLite has no time zone data, so the engine registers
-`usage_day_start(ts, tz)` (Python's zoneinfo) on every SQLite connection. Both
-give the same answer, also where midnight is skipped or happens twice (the day then
-starts at its first instant).
+`usage_day_start(ts, tz)` (Python's zoneinfo) on every SQLite connection. MySQL and
+MariaDB have time zone data only where an administrator loaded it into the `mysql`
+schema, so the zone's offsets are written into the statement instead: Python's zoneinfo
+gives the instants where the offset changes, and INTERVAL() (a binary search) with ELT()
+looks an instant up among them (see `_mysql_local_start`). All three give the same
+answer, also where midnight is skipped or happens twice (the day then starts at its
+first instant).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -67,6 +72,11 @@ def _compile_day_start(
 @compiles(day_start)
 def _day_start_default(element: day_start, compiler: SQLCompiler, **kw: Any) -> str:
     return _compile_day_start(element, compiler, lambda ts, tz: f"usage_day_start({ts}, {tz})", **kw)
+
+
+@compiles(day_start, "mysql")
+def _day_start_mysql(element: day_start, compiler: SQLCompiler, **kw: Any) -> str:
+    return _compile_day_start(element, compiler, lambda ts, tz: _mysql_local_start(ts, element.tz, "day"), **kw)
 
 
 @compiles(day_start, "postgresql")
@@ -124,6 +134,86 @@ def _period_start_default(element: period_start, compiler: SQLCompiler, **kw: An
 def _period_start_pg(element: period_start, compiler: SQLCompiler, **kw: Any) -> str:
     (created_at,) = element.clauses
     return _pg_local_start(compiler.process(created_at, **kw), _quoted(element.tz), element.unit)
+
+
+@compiles(period_start, "mysql")
+def _period_start_mysql(element: period_start, compiler: SQLCompiler, **kw: Any) -> str:
+    (created_at,) = element.clauses
+    return _mysql_local_start(compiler.process(created_at, **kw), element.tz, element.unit)
+
+
+# --- MySQL: the zone's offsets in the statement ------------------------------------------
+
+# The instants between which MySQL's buckets follow every offset change of the zone
+# exactly: 1970-01-01 to 2100-01-01 UTC. Before, the offset of 1970 holds; after, that of
+# 2100 (Python's zoneinfo would go on with the zone's rules).
+MYSQL_EXACT_FROM, MYSQL_EXACT_UNTIL = 0, 4102444800
+# Floor division by a day or a week with DIV, which truncates toward zero: shifted by a
+# whole number of weeks first, so that it never divides a negative number.
+_SHIFT = 7 * DAY * 150_000
+# TO_DAYS('1970-01-01'): day numbers to MySQL's dates and back.
+_EPOCH_DAYS = 719528
+
+
+@lru_cache(maxsize=256)
+def zone_changes(tz: str) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """`tz`'s UTC offset at MYSQL_EXACT_FROM, and every (instant, offset from then on)
+    where it changes until MYSQL_EXACT_UNTIL: sampled daily (the zone database has no two
+    changes within a day that cancel out), each change found to the second by bisection."""
+    zone = ZoneInfo(tz)
+    first = previous = _offset(zone, MYSQL_EXACT_FROM)
+    changes = []
+    t = MYSQL_EXACT_FROM
+    while t < MYSQL_EXACT_UNTIL:
+        n = min(t + DAY, MYSQL_EXACT_UNTIL)
+        if _offset(zone, n) == previous:
+            t = n
+            continue
+        lo, hi = t, n  # the offset is `previous` at lo, not at hi: find the first instant it is not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if _offset(zone, mid) == previous else (lo, mid)
+        previous = _offset(zone, hi)
+        changes.append((hi, previous))
+        t = hi
+    return first, tuple(changes)
+
+
+def _mysql_lookup(x: str, bounds: list[int], values: list[int]) -> str:
+    """values[k] where k bounds are <= x (bounds increasing, one value more than bounds)."""
+    if not bounds:
+        return str(values[0])
+    if any(b >= c for b, c in pairwise(bounds)):
+        raise ValueError("bounds must increase")
+    return f"CAST(ELT(INTERVAL({x}, {', '.join(map(str, bounds))}) + 1, {', '.join(map(str, values))}) AS SIGNED)"
+
+
+def _mysql_local_start(ts: str, tz: str, unit: str) -> str:
+    """MySQL: unix seconds of the first instant of the local day (or week from Monday, or
+    month) holding unix time `ts` in zone `tz`, as Python's zoneinfo computes it.
+
+    Local time is ts + the offset in force at ts. Its day (week, month) starts at local
+    wall time W, a multiple of a day; the instant of W is W - the offset zoneinfo gives
+    W with fold=0: that of the last change whose wall time, read with the larger of the
+    offsets before and after it, is <= W. So a skipped midnight gives the first instant
+    after the skip, and a midnight that happens twice its first time."""
+    first, changes = zone_changes(tz)
+    instants = [u for u, _ in changes]
+    offsets = [first, *(o for _, o in changes)]
+    walls = [u + max(offsets[k], offsets[k + 1]) for k, u in enumerate(instants)]
+    local = f"({ts} + {_mysql_lookup(ts, instants, offsets)} + {_SHIFT})"
+    if unit == "day":
+        wall = f"({local} DIV {DAY} * {DAY} - {_SHIFT})"
+    elif unit == "week":
+        # 1970-01-01 was a Thursday: weeks counted from Monday 1969-12-29 (-3 days).
+        wall = f"(({local} + {3 * DAY}) DIV {7 * DAY} * {7 * DAY} - {_SHIFT + 3 * DAY})"
+    elif unit == "month":
+        date = f"FROM_DAYS({local} DIV {DAY} - {_SHIFT // DAY - _EPOCH_DAYS})"
+        first_day = f"(LAST_DAY({date}) + INTERVAL 1 DAY - INTERVAL 1 MONTH)"
+        wall = f"((TO_DAYS({first_day}) - {_EPOCH_DAYS}) * {DAY})"
+    else:
+        raise ValueError(f"unit must be day or one of {PERIODS}, got {unit!r}")
+    return f"({wall} - {_mysql_lookup(wall, walls, offsets)})"
 
 
 def bucket_start(created_at: Any, granularity: str, tz: str) -> Any:

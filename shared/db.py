@@ -1,5 +1,8 @@
 """One engine per database URL, with what SQLite needs to behave like a server.
 
+MySQL and MariaDB (`mysql://`, PyMySQL; see `mysql_connect_args`): utf8mb4, a strict
+sql_mode, UTC as the session time zone, READ COMMITTED (shared.rollup says why).
+
 SQLite: WAL so that API reads never wait for the rollup, a busy timeout instead of
 "database is locked", our own BEGIN so that a writer can ask for BEGIN IMMEDIATE
 (take the write lock up front; see `write_connection`), and the usage_day_start and
@@ -23,27 +26,63 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
+# The drivers we install, for URLs that name none.
+_DEFAULT_DRIVERS = {
+    # SQLAlchemy 2.1 would otherwise look for psycopg 3.
+    "postgres://": "postgresql+psycopg2://",
+    "postgresql://": "postgresql+psycopg2://",
+    # PyMySQL: pure Python, installs from its wheel on any machine (mysqlclient needs the
+    # MySQL client headers and a compiler); `mysql+mysqldb://` still selects mysqlclient.
+    "mysql://": "mysql+pymysql://",
+    "mariadb://": "mysql+pymysql://",
+}
+
+# STRICT_ALL_TABLES: a value that does not fit is an error, not a silent truncation;
+# NO_BACKSLASH_ESCAPES is left out (PyMySQL escapes with backslashes); ANSI_QUOTES too,
+# so that new-api's own backquoted DDL and ours read the same.
+MYSQL_SQL_MODE = "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,ONLY_FULL_GROUP_BY"
+
+
 def normalize_url(url: str) -> str:
-    """postgres:// and postgresql:// mean psycopg2, the driver we install (SQLAlchemy
-    2.1 would otherwise look for psycopg 3)."""
-    for prefix in ("postgres://", "postgresql://"):
+    """A URL without a driver gets the one we install: psycopg2 for postgres:// and
+    postgresql://, PyMySQL for mysql:// and mariadb://. mariadb+<driver>:// becomes
+    mysql+<driver>:// (one dialect: MariaDB is told apart by its version)."""
+    for prefix, full in _DEFAULT_DRIVERS.items():
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
+            return full + url[len(prefix) :]
+    if url.startswith("mariadb+"):
+        return "mysql+" + url[len("mariadb+") :]
     return url
+
+
+def mysql_connect_args() -> dict[str, Any]:
+    """Every MySQL connection: utf8mb4 (new-api's character set), a strict sql_mode, and
+    UTC as the session time zone, so that DATETIME values (rollup_gap's, innodb_trx's)
+    are UTC whatever the server's zone, with no time zone tables needed."""
+    return {
+        "charset": "utf8mb4",
+        "init_command": f"SET SESSION sql_mode = '{MYSQL_SQL_MODE}', SESSION time_zone = '+00:00'",
+    }
 
 
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}, "hide_parameters": True}
+        lite: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}, "hide_parameters": True}
         if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
             # One shared connection, or every connection would see its own empty database.
-            kwargs["poolclass"] = StaticPool
-        engine = create_engine(url, **kwargs)
+            lite["poolclass"] = StaticPool
+        engine = create_engine(url, **lite)
         _prepare_sqlite(engine)
         return engine
     # hide_parameters: an error's text never shows bound values, such as a token.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "hide_parameters": True}
+    if url.startswith("mysql"):
+        # READ COMMITTED: every INSERT ... SELECT from logs is then a consistent read that
+        # takes no lock on the gateway's rows (shared.rollup). pool_recycle: the server
+        # drops connections idle for wait_timeout (8 hours by default).
+        kwargs.update(connect_args=mysql_connect_args(), isolation_level="READ COMMITTED", pool_recycle=3600)
+    return create_engine(url, **kwargs)
 
 
 def get_engine(url: str) -> Engine:

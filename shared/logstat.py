@@ -148,6 +148,16 @@ def _case_sensitive_like_pg(element: case_sensitive_like, compiler: SQLCompiler,
     return f"({compiler.process(column, **kw)} LIKE {compiler.process(like, **kw)} ESCAPE '')"
 
 
+@compiles(case_sensitive_like, "mysql")
+def _case_sensitive_like_mysql(element: case_sensitive_like, compiler: SQLCompiler, **kw: Any) -> str:
+    # MySQL ignores ESCAPE '' and escapes with a backslash: the pattern's backslashes are
+    # doubled to stand for themselves. The log rows' text is in a binary collation
+    # (shared.aggregation), so the match is case-sensitive.
+    column, like, _ = element.clauses
+    pattern = f"REPLACE({compiler.process(like, **kw)}, '\\\\', '\\\\\\\\')"
+    return f"({compiler.process(column, **kw)} LIKE {pattern} ESCAPE '\\\\')"
+
+
 # GLOB's own wildcards, matched as themselves inside brackets.
 _GLOB_LITERAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
 _GLOB_WILDCARD = {"%": "*", "_": "?"}

@@ -10,6 +10,8 @@ they hold.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     CHAR,
     BigInteger,
@@ -24,6 +26,102 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.mysql import LONGTEXT
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator
+
+# --- text compared by code point on every database ------------------------------------
+# PostgreSQL compares our text with COLLATE "C" where it matters, SQLite bytewise. On
+# MySQL a key column is VARCHAR (TEXT cannot be in a key) in utf8mb4 with a binary,
+# NO PAD collation: 'a' and 'A' are two keys, and so are 'a' and 'a ' (a PAD SPACE
+# collation such as utf8mb4_bin would make them one, and a duplicate key).
+
+
+def mysql_code_point_collation(dialect: Any) -> str:
+    """utf8mb4's binary NO PAD collation: MariaDB names it utf8mb4_nopad_bin, MySQL 8
+    utf8mb4_0900_bin."""
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
+class KeyText(TypeDecorator[str]):
+    """Text that can be part of a key: TEXT on PostgreSQL and SQLite; on MySQL
+    VARCHAR(`length`) in code point order. `length` is the width of new-api's own
+    column (varchar(191)) or, where a key would exceed InnoDB's 3,072 bytes, the most
+    new-api lets the value be."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int = 191):
+        super().__init__()
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "mysql":
+            return dialect.type_descriptor(_MySQLKeyText(self.length))
+        return dialect.type_descriptor(Text())
+
+
+class _MySQLKeyText(String):
+    __visit_name__ = "usage_key_text"
+
+
+@compiles(_MySQLKeyText, "mysql")
+def _key_text_mysql(type_: _MySQLKeyText, compiler: TypeCompiler, **kw: Any) -> str:
+    return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {mysql_code_point_collation(compiler.dialect)}"
+
+
+class code_points(FunctionElement[str]):
+    """A text expression compared, grouped and ordered by code point: as it is on
+    PostgreSQL's and SQLite's text columns of ours; on MySQL converted to utf8mb4 in the
+    binary NO PAD collation (a gateway's columns are in its own, usually case-blind, one)."""
+
+    type = Text()
+    inherit_cache = True
+    name = "code_points"
+
+
+@compiles(code_points)
+def _code_points_default(element: code_points, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(code_points, "mysql")
+def _code_points_mysql(element: code_points, compiler: SQLCompiler, **kw: Any) -> str:
+    collation = mysql_code_point_collation(compiler.dialect)
+    return f"(CONVERT({compiler.process(element.clauses, **kw)} USING utf8mb4) COLLATE {collation})"
+
+
+def exactly(column: Any, value: Any) -> Any:
+    """`column = value` by code point on every database. On MySQL a gateway's column is in
+    its own, usually case- and trailing-blank-blind, collation: the plain equality keeps
+    its index, the second test makes the match exact."""
+    return _exactly(column, value)
+
+
+class _exactly(FunctionElement[bool]):
+    inherit_cache = True
+    name = "exactly"
+
+
+@compiles(_exactly)
+def _exactly_default(element: _exactly, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = element.clauses
+    return compiler.process(column == value, **kw)
+
+
+@compiles(_exactly, "mysql")
+def _exactly_mysql(element: _exactly, compiler: SQLCompiler, **kw: Any) -> str:
+    column, value = element.clauses
+    return f"({compiler.process(column == value, **kw)} AND {compiler.process(code_points(column) == value, **kw)})"
+
+
+# On MySQL an indexed or defaulted string is new-api's varchar(191) (TEXT can be neither),
+# and content and other are longtext, as GORM makes them.
+IndexedText = Text().with_variant(String(191), "mysql")
+LongText = Text().with_variant(LONGTEXT(), "mysql")
 
 # GORM names an index idx_<table>_<column>; so do we, so that our `logs` and `users`
 # look like new-api's own.
@@ -38,12 +136,12 @@ users = Table(
     "users",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("username", Text, unique=True, index=True),
-    Column("password", Text, nullable=False, server_default=""),
-    Column("display_name", Text, index=True),
+    Column("username", IndexedText, unique=True, index=True),
+    Column("password", IndexedText, nullable=False, server_default=""),
+    Column("display_name", IndexedText, index=True),
     Column("role", BigInteger, server_default="1"),
     Column("status", BigInteger, server_default="1"),
-    Column("email", Text, index=True),
+    Column("email", IndexedText, index=True),
     Column("access_token", CHAR(32), unique=True, nullable=True),
     Column("quota", BigInteger, server_default="0"),
     Column("used_quota", BigInteger, server_default="0"),
@@ -69,10 +167,10 @@ logs = Table(
     Column("user_id", BigInteger, index=True),
     Column("created_at", BigInteger),
     Column("type", BigInteger),
-    Column("content", Text),
-    Column("username", Text, server_default="", index=True),
-    Column("token_name", Text, server_default="", index=True),
-    Column("model_name", Text, server_default="", index=True),
+    Column("content", LongText),
+    Column("username", IndexedText, server_default="", index=True),
+    Column("token_name", IndexedText, server_default="", index=True),
+    Column("model_name", IndexedText, server_default="", index=True),
     Column("quota", BigInteger, server_default="0"),
     Column("prompt_tokens", BigInteger, server_default="0"),
     Column("completion_tokens", BigInteger, server_default="0"),
@@ -80,9 +178,9 @@ logs = Table(
     Column("is_stream", Boolean),
     Column("channel_id", BigInteger, index=True),
     Column("token_id", BigInteger, server_default="0", index=True),
-    Column("group", Text, index=True),
-    Column("ip", Text, server_default="", index=True),
-    Column("other", Text),
+    Column("group", IndexedText, index=True),
+    Column("ip", IndexedText, server_default="", index=True),
+    Column("other", LongText),
     Index("idx_user_id_id", "user_id", "id"),
     Index("idx_created_at_id", "created_at", "id"),
     Index("idx_created_at_type", "created_at", "type"),
@@ -98,9 +196,9 @@ tokens = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, index=True),
     Column("key", String(128), unique=True),
-    Column("name", Text, index=True),
+    Column("name", IndexedText, index=True),
     Column("status", BigInteger, server_default="1"),
-    Column("group", Text, server_default=""),
+    Column("group", IndexedText, server_default=""),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
     sqlite_autoincrement=True,
 )
@@ -111,8 +209,8 @@ channels = Table(
     "channels",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("name", Text, index=True),
-    Column("key", Text, nullable=False, server_default=""),
+    Column("name", IndexedText, index=True),
+    Column("key", IndexedText, nullable=False, server_default=""),
     Column("status", BigInteger, server_default="1"),
     sqlite_autoincrement=True,
 )

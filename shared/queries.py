@@ -246,10 +246,11 @@ def site_wide_select(source: FromClause, start: Any, end: Any) -> AnySelect:
 @contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A connection whose statements all read one snapshot: REPEATABLE READ on
-    PostgreSQL (read-only, so it never fails to serialize); on SQLite the transaction
-    SQLAlchemy begins is one snapshot already (WAL)."""
+    PostgreSQL (read-only, so it never fails to serialize) and on MySQL (InnoDB's read
+    view is taken by the first read and kept; the engine's level is READ COMMITTED); on
+    SQLite the transaction SQLAlchemy begins is one snapshot already (WAL)."""
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name in ("postgresql", "mysql"):
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         yield conn
 

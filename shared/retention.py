@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -134,7 +135,12 @@ def _delete_counted_logs(engine: Engine, settings: Settings, before: int) -> int
                 lg.id <= w,
                 ~sa.exists().where(lg.id.between(g.lo, g.hi)),
             )
-            ids = sa.select(lg.id).where(counted).order_by(lg.id).limit(settings.rollup_batch_size)
+            ids: Any = sa.select(lg.id).where(counted).order_by(lg.id).limit(settings.rollup_batch_size)
+            if conn.dialect.name == "mysql":
+                # MySQL takes no LIMIT in an IN subquery, nor the target table there:
+                # a derived table is read first.
+                batch = ids.subquery("batch")
+                ids = sa.select(batch.c.id)
             n = conn.execute(sa.delete(m.logs).where(lg.id.in_(ids.scalar_subquery()))).rowcount
         total += n
         if n < settings.rollup_batch_size:

@@ -41,6 +41,31 @@ Why this design (pg_incremental's sequence pipeline, without its wait):
 Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule needs
 the default CACHE 1 (new-api's bigserial), and a tick refuses to run otherwise
 (`check_log_sequence`).
+
+On MySQL and MariaDB (InnoDB) the same design, with InnoDB's means:
+- The lock is GET_LOCK (named after the database), taken before the transaction.
+- One view of the logs: in REPEATABLE READ an INSERT ... SELECT reads `logs` with
+  locking reads, which see the newest commits, not the snapshot (and can wait for a
+  gateway's open insert). So rollup transactions run in READ COMMITTED, where every
+  INSERT/CREATE ... SELECT is a consistent, lock-free read of one statement's view, and
+  a tick reads the new logs and the logs inside gaps once, in one statement, into a
+  temporary copy (`_copy_logs`) from which the delta, the gaps seen and the gap ids
+  found all come. Our own tables are written only under the lock, so READ COMMITTED
+  shows each tick its predecessor's commit.
+- Gaps: AUTO_INCREMENT hands ids out before commit, in increasing order in time (in
+  every innodb_autoinc_lock_mode: the counter only grows). An id absent from the copy
+  but below one present belongs to a transaction that took it before the copy was
+  read, so started before, and only one still running can commit it. A gap is settled
+  when information_schema.innodb_trx lists no other transaction, started at or before
+  the gap was seen (trx_started, whole seconds: compared with <=), that has modified
+  rows (trx_rows_modified: an inserted row is one) or is running a statement now
+  (trx_query: an insert between taking its id and writing its row). A transaction that
+  has modified nothing and runs nothing holds no id it can still commit.
+- `check_innodb` refuses what breaks this, with the fix: logs not InnoDB or without
+  AUTO_INCREMENT, auto_increment_increment > 1 (several primaries hand out interleaved
+  ids, and innodb_trx shows only this server's transactions), innodb_trx unreadable
+  (MariaDB and MySQL require the PROCESS privilege), statement-based binary logging
+  (READ COMMITTED cannot write under it).
 """
 
 from __future__ import annotations
@@ -53,10 +78,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from . import aggregation as agg
@@ -70,6 +96,12 @@ log = logging.getLogger("usage_stats.rollup")
 
 # pg_advisory_lock key shared by ticks, re-aggregation and retention ("usag").
 LOCK_KEY = 0x75736167
+# MySQL's GET_LOCK names are server-wide: one lock per database (the name has at most 64
+# characters; database names at most 64 too, so it is cut).
+MYSQL_LOCK = sa.text("SELECT GET_LOCK(LEFT(CONCAT('usage-stats:', DATABASE()), 64), :timeout)")
+MYSQL_UNLOCK = sa.text("SELECT RELEASE_LOCK(LEFT(CONCAT('usage-stats:', DATABASE()), 64))")
+# A tick's copy of the logs it reads (MySQL; see the module's docstring).
+LOG_COPY = "rollup_logs"
 
 
 class RollupError(RuntimeError):
@@ -106,7 +138,7 @@ delta = sa.Table(
     "rollup_delta",
     sa.MetaData(),
     *(sa.Column(grain, sa.BigInteger, nullable=False) for grain in DELTA_GRAINS),
-    *(sa.Column(f.name, f.type, nullable=False) for f in (*agg.DIMENSIONS, *agg.MEASURES)),
+    *(sa.Column(f.name, agg.column_type(f.name), nullable=False) for f in (*agg.DIMENSIONS, *agg.MEASURES)),
     prefixes=["TEMPORARY"],
 )
 
@@ -118,6 +150,10 @@ delta = sa.Table(
 def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
     """A transaction that holds the rollup's lock, or None when `wait` is false and
     someone else holds it."""
+    if engine.dialect.name == "mysql":
+        with _mysql_exclusive(engine, wait=wait) as conn:
+            yield conn
+        return
     if engine.dialect.name != "postgresql":
         with write_connection(engine) as conn:
             yield conn
@@ -147,6 +183,30 @@ def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
 
 
 @contextmanager
+def _mysql_exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
+    """MySQL: GET_LOCK, then a READ COMMITTED transaction (the engine's level)."""
+    with engine.connect() as conn:
+        # GET_LOCK's timeout is in seconds; a year stands for "wait".
+        got = conn.execute(MYSQL_LOCK, {"timeout": 365 * 86400 if wait else 0}).scalar() == 1
+        conn.commit()
+        if not got:
+            yield None
+            return
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            try:
+                # A copy left by a failed tick must never be read by the connection's next user.
+                conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {LOG_COPY}")
+                conn.execute(MYSQL_UNLOCK)
+                conn.commit()
+            except sa.exc.DBAPIError:
+                # A dead connection holds no lock; make sure the pool drops it.
+                conn.invalidate()
+
+
+@contextmanager
 def locked(engine: Engine) -> Iterator[Connection]:
     """A transaction that holds the rollup's lock, waiting for it."""
     with exclusive(engine, wait=True) as conn:
@@ -159,6 +219,30 @@ def locked(engine: Engine) -> Iterator[Connection]:
 
 def _insert(conn: Connection) -> Callable[[sa.Table], Any]:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _upsert(
+    conn: Connection,
+    table: sa.Table,
+    columns: list[str],
+    source: AnySelect,
+    key: list[str],
+    set_: Callable[[Any], dict[str, Any]],
+) -> int:
+    """INSERT INTO table (columns) source, where a row with the same key exists setting
+    `set_(incoming)` on it instead (`incoming`: the incoming row's columns). Returns the
+    rows inserted or updated."""
+    if conn.dialect.name == "mysql":
+        # ON DUPLICATE KEY UPDATE may not refer to a grouped SELECT's columns: the source
+        # is a derived table (also how MySQL 8 replaces the deprecated VALUES()).
+        incoming = source.subquery("incoming")
+        by_target = dict(zip(columns, incoming.c))  # by position, as INSERT ... SELECT maps them
+        ins = mysql.insert(table).from_select(columns, sa.select(*incoming.c))
+        conn.execute(ins.on_duplicate_key_update(set_(by_target)))
+        # Its rowcount counts an updated row twice.
+        return int(conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one())
+    ins = _insert(conn)(table).from_select(columns, source)
+    return int(conn.execute(ins.on_conflict_do_update(index_elements=key, set_=set_(ins.excluded))).rowcount)
 
 
 def _counted_rows(where: Any, tz: str, from_: Any = None) -> AnySelect:
@@ -199,7 +283,9 @@ def _compile_ctas(element: _CreateTempTableAs, compiler: SQLCompiler, **kw: Any)
 
 
 def _temp_table_as(conn: Connection, name: str, select: AnySelect) -> sa.TableClause:
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    # MySQL: DROP TABLE (without TEMPORARY) would commit the transaction.
+    temporary = "TEMPORARY " if conn.dialect.name == "mysql" else ""
+    conn.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {name}")
     conn.execute(_CreateTempTableAs(name, select))
     if conn.dialect.name == "postgresql":
         # Temporary tables get no statistics otherwise: the planner would take a 500,000-row
@@ -213,10 +299,8 @@ def _temp_table_as(conn: Connection, name: str, select: AnySelect) -> sa.TableCl
 
 def _fold(conn: Connection, summary: agg.Summary, source: AnySelect) -> int:
     """Add `source`'s rows (grouped, in the table's column order) into the summary's table."""
-    ins = _insert(conn)(summary.table).from_select([c.name for c in summary.table.columns], source)
-    return conn.execute(
-        ins.on_conflict_do_update(index_elements=summary.key, set_=agg.merge_into(summary, ins.excluded))
-    ).rowcount
+    columns = [c.name for c in summary.table.columns]
+    return _upsert(conn, summary.table, columns, source, list(summary.key), lambda new: agg.merge_into(summary, new))
 
 
 def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
@@ -293,7 +377,13 @@ def read_progress(conn: Connection) -> Progress:
     return Progress(int(state.last_log_id or 0), gaps, state.hours_kept_from)
 
 
-# --- gaps (PostgreSQL only) ----------------------------------------------------------
+# --- gaps (PostgreSQL and MySQL) ----------------------------------------------------
+
+
+def keeps_gaps(dialect: str) -> bool:
+    """Whether ids can commit out of order there (a server with concurrent writers)."""
+    return dialect in ("postgresql", "mysql")
+
 
 _RECORD_GAPS = sa.text("""
 INSERT INTO rollup_gap (lo, hi, discovered_at)
@@ -317,6 +407,72 @@ WHERE settled_at IS NULL AND NOT EXISTS (
       AND l.pid IS DISTINCT FROM pg_backend_pid()
       AND (a.xact_start IS NULL OR a.xact_start <= rollup_gap.discovered_at))
 """)
+
+
+# MySQL: the tick's copy of the logs (LOG_COPY) holds every id it saw above the watermark.
+# NOW(6) is the statement's start, after the copy was read.
+_RECORD_GAPS_MYSQL = sa.text(f"""
+INSERT INTO rollup_gap (lo, hi, discovered_at)
+SELECT prev + 1, id - 1, NOW(6)
+FROM (SELECT id, COALESCE(LAG(id) OVER (ORDER BY id), :w) AS prev
+      FROM {LOG_COPY} WHERE id > :w AND id <= :h) AS seen
+WHERE id - prev > 1
+""")
+
+# InnoDB: see the module's docstring. trx_started is in the session's time zone (UTC,
+# shared.db), as discovered_at is.
+_SETTLE_GAPS_MYSQL = sa.text("""
+UPDATE rollup_gap SET settled_at = NOW(6)
+WHERE settled_at IS NULL AND NOT EXISTS (
+    SELECT 1 FROM information_schema.INNODB_TRX t
+    WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
+      AND t.trx_started <= rollup_gap.discovered_at
+      AND (t.trx_rows_modified > 0 OR t.trx_query IS NOT NULL))
+""")
+
+
+def check_innodb(conn: Connection) -> None:
+    """Refuse what breaks the gap rule on MySQL (see the module's docstring), saying how
+    to fix it."""
+    table = conn.execute(
+        sa.text(
+            "SELECT t.ENGINE, c.EXTRA FROM information_schema.TABLES t JOIN information_schema.COLUMNS c "
+            "ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.COLUMN_NAME = 'id' "
+            "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = 'logs'"
+        )
+    ).first()
+    if table is None:
+        raise RollupError("there is no logs table with an id column: run `usage-stats db upgrade` first")
+    engine_name, extra = table
+    if str(engine_name).lower() != "innodb":
+        raise RollupError(
+            f"the logs table uses the {engine_name} storage engine: the rollup counts logs exactly once on "
+            f"InnoDB only; run `ALTER TABLE logs ENGINE=InnoDB`"
+        )
+    if "auto_increment" not in str(extra).lower():
+        raise RollupError("logs.id is not AUTO_INCREMENT: the rollup follows logs by their increasing ids")
+    increment, log_bin, binlog_format = conn.execute(
+        sa.text("SELECT @@GLOBAL.auto_increment_increment, @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+    ).one()
+    if int(increment) > 1:
+        raise RollupError(
+            f"auto_increment_increment is {increment}: several primaries (or a Galera cluster) then hand out "
+            f"interleaved ids whose transactions this server cannot see, and a late log could be missed; "
+            f"write logs on one primary with `SET GLOBAL auto_increment_increment = 1`"
+        )
+    if int(log_bin or 0) and str(binlog_format).upper() == "STATEMENT":
+        raise RollupError(
+            "binlog_format is STATEMENT: the rollup writes in READ COMMITTED, which InnoDB refuses to log "
+            "as statements; run `SET GLOBAL binlog_format = 'ROW'` (or MIXED)"
+        )
+    try:
+        conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.INNODB_TRX"))
+    except sa.exc.DBAPIError as exc:
+        raise RollupError(
+            "cannot read information_schema.INNODB_TRX, the only way to know when a late log can no longer "
+            "commit: grant the PROCESS privilege to the user usage-stats connects as "
+            f"(`GRANT PROCESS ON *.* TO <user>@<host>`): {str(exc.orig).splitlines()[0]}"
+        ) from exc
 
 
 _LOG_SEQUENCE_CACHE = sa.text("""
@@ -343,6 +499,9 @@ _LOG_SEQUENCE_LAST = {
     "pg_get_serial_sequence('logs', 'id') IS NOT NULL",
     "sqlite": "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'logs'), "
     "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'logs')",
+    # The next id, less one. (MySQL 8 caches these figures: see _check_ids_not_restarted.)
+    "mysql": "SELECT AUTO_INCREMENT - 1, AUTO_INCREMENT IS NOT NULL FROM information_schema.TABLES "
+    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'logs'",
 }
 
 
@@ -351,6 +510,8 @@ def _check_ids_not_restarted(conn: Connection, w: int) -> None:
     logs table recreated or its sequence reset, as after TRUNCATE ... RESTART IDENTITY or a
     restored database): those logs would go uncounted, so stop and say so. Asked of the
     id sequence, so deleting the newest logs is not mistaken for a restart."""
+    if conn.dialect.name == "mysql" and not getattr(conn.dialect, "is_mariadb", False):
+        conn.exec_driver_sql("SET SESSION information_schema_stats_expiry = 0")
     try:
         last, has_sequence = conn.exec_driver_sql(_LOG_SEQUENCE_LAST[conn.dialect.name]).one()
     except (KeyError, sa.exc.DBAPIError):
@@ -378,13 +539,60 @@ def _gap_join() -> sa.Join:
     return m.logs.join(m.rollup_gap, m.logs.c.id.between(g.lo, g.hi))
 
 
-def _split_gaps_around_found(conn: Connection) -> None:
-    """Ids that committed inside a gap were just counted: cut them out of their gap."""
+def _same(statement: Any) -> Any:
+    return statement
+
+
+# The columns of logs a tick reads: the id, and those the aggregation reads.
+_COPIED = ["id"] + sorted(
+    {
+        e.name
+        for e in visitors.iterate(agg.log_rows(sa.true(), agg.grain_buckets("UTC")))
+        if isinstance(e, sa.Column) and e.table is m.logs
+    }
+    - {"id"}
+)
+_log_copy = sa.table(LOG_COPY, *(sa.column(n, m.logs.c[n].type) for n in _COPIED))
+
+
+def _on_copy(statement: Any) -> Any:
+    """`statement` reading the tick's copy of the logs instead of logs (MySQL)."""
+
+    def replace(element: Any, **kw: Any) -> Any:
+        if element is m.logs:
+            return _log_copy
+        if isinstance(element, sa.Column) and element.table is m.logs:
+            return _log_copy.c[element.name]
+        return None
+
+    opts: dict[str, Any] = {}
+    return visitors.replacement_traverse(statement, opts, replace)
+
+
+def _copy_logs(conn: Connection, w: int, batch_size: int, with_gaps: bool) -> None:
+    """MySQL: copy the next `batch_size` logs above `w`, and those inside gaps, into
+    LOG_COPY in one statement: one consistent view of them, read without locks (READ
+    COMMITTED), from which the whole tick is computed."""
+    lg = m.logs.c
+    columns = [lg[n] for n in _COPIED]
+    parts: list[Any] = [sa.select(*columns).where(lg.id > w).order_by(lg.id).limit(batch_size)]
+    if with_gaps:
+        parts.append(sa.select(*columns).select_from(_gap_join()))
+    select: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+    conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {LOG_COPY}")
+    conn.execute(_CreateTempTableAs(f"{LOG_COPY} (PRIMARY KEY (id))", select))
+
+
+def _split_gaps_around_found(conn: Connection, view: Callable[[Any], Any] = _same) -> None:
+    """Ids that committed inside a gap were just counted: cut them out of their gap.
+    `view`: how the tick reads logs (the copy, on MySQL)."""
     g = m.rollup_gap.c
     found = conn.execute(
-        sa.select(g.lo, g.hi, g.discovered_at, g.settled_at, m.logs.c.id)
-        .select_from(_gap_join())
-        .order_by(g.lo, m.logs.c.id)
+        view(
+            sa.select(g.lo, g.hi, g.discovered_at, g.settled_at, m.logs.c.id)
+            .select_from(_gap_join())
+            .order_by(g.lo, m.logs.c.id)
+        )
     ).all()
     by_gap: dict[tuple[Any, ...], list[int]] = {}
     for lo, hi, discovered, settled, log_id in found:
@@ -418,14 +626,23 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
     committed inside known gaps."""
     started = time.perf_counter()
     pg = engine.dialect.name == "postgresql"
+    my = engine.dialect.name == "mysql"
+    gaps_kept = keeps_gaps(engine.dialect.name)
     with exclusive(engine, wait=wait) as conn:
         if conn is None:
             return TickResult(skipped=True)
         state = _state(conn, settings)
         if pg:
             check_log_sequence(conn)
+        if my:
+            check_innodb(conn)
         w = state.last_log_id
-        batch = (
+        has_gaps = gaps_kept and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar_one() > 0
+        # How this tick reads logs: on MySQL, from one copy of them (see the docstring).
+        view = _on_copy if my else _same
+        if my:
+            _copy_logs(conn, w, settings.rollup_batch_size, has_gaps)
+        batch = view(
             sa.select(m.logs.c.id)
             .where(m.logs.c.id > w)
             .order_by(m.logs.c.id)
@@ -435,27 +652,28 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
         h, n_ids = conn.execute(sa.select(sa.func.max(batch.c.id), sa.func.count(batch.c.id))).one()
         if h is None and w > 0:
             _check_ids_not_restarted(conn, w)
-        has_gaps = pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar_one() > 0
 
         result = TickResult(batches=1, last_log_id=h if h is not None else w, more=n_ids >= settings.rollup_batch_size)
         sources = []
         if h is not None:
-            sources.append(_counted_rows(sa.and_(m.logs.c.id > w, m.logs.c.id <= h), settings.stats_timezone))
+            sources.append(view(_counted_rows(sa.and_(m.logs.c.id > w, m.logs.c.id <= h), settings.stats_timezone)))
         if has_gaps:
-            sources.append(_counted_rows(sa.true(), settings.stats_timezone, from_=_gap_join()))
+            sources.append(view(_counted_rows(sa.true(), settings.stats_timezone, from_=_gap_join())))
         if sources:
             _fill_delta(conn, sources[0] if len(sources) == 1 else sa.union_all(*sources))
             result.logs = _delta_logs(conn)
             result.buckets = _fold_delta(conn)
-        if pg:
+        if gaps_kept:
             if has_gaps:
-                _split_gaps_around_found(conn)
+                _split_gaps_around_found(conn, view)
                 # Settled in an earlier transaction, before this snapshot: what committed
                 # in them was counted just now, nothing more can arrive.
                 conn.execute(sa.delete(m.rollup_gap).where(m.rollup_gap.c.settled_at.is_not(None)))
             if h is not None:
-                conn.execute(_RECORD_GAPS, {"w": w, "h": h})
-            conn.execute(_SETTLE_GAPS)
+                conn.execute(_RECORD_GAPS_MYSQL if my else _RECORD_GAPS, {"w": w, "h": h})
+            conn.execute(_SETTLE_GAPS_MYSQL if my else _SETTLE_GAPS)
+        if my:
+            conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {LOG_COPY}")
         result.seconds = time.perf_counter() - started
         conn.execute(
             sa.update(m.rollup_state)
@@ -609,7 +827,10 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
             conn.exec_driver_sql("SET LOCAL jit = off")
             conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         counted = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi, lg.id <= state.last_log_id)
-        if pg and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar():
+        if (
+            keeps_gaps(engine.dialect.name)
+            and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar()
+        ):
             counted = sa.and_(counted, _not_in_gap())
         if user_id is not None:
             counted = sa.and_(counted, lg.user_id == user_id)
@@ -675,6 +896,7 @@ def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) 
     o = sa.select(target).where(where).subquery("o")
     on = sa.and_(*(n.c[k] == o.c[k] for k in key))
     differs = sa.or_(n.c[key[0]].is_(None), o.c[key[0]].is_(None), *(n.c[v] != o.c[v] for v in values))
+    mysql_ = conn.dialect.name == "mysql"
     change = _temp_table_as(
         conn,
         "rollup_change",
@@ -685,19 +907,30 @@ def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) 
             *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in agg.MEASURE_NAMES),
             *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in agg.MEASURE_NAMES),
         )
-        .select_from(n.outerjoin(o, on, full=True))
+        # MySQL has no FULL JOIN: the fresh rows here, the stored rows without one below.
+        .select_from(n.outerjoin(o, on, full=not mysql_))
         .where(differs),
     )
+    if mysql_:
+        absent = (
+            sa.select(
+                *(o.c[k] for k in key),
+                sa.false(),
+                *(sa.literal("") for _ in summary.attributes),
+                *(sa.literal(0) for _ in agg.MEASURE_NAMES),
+                *(o.c[v] for v in agg.MEASURE_NAMES),
+            )
+            .select_from(o.outerjoin(n, on))
+            .where(n.c[key[0]].is_(None))
+        )
+        conn.execute(sa.insert(change).from_select(list(change.c.keys()), absent))
     c = change.c
     gone = sa.select(*(c[k] for k in key)).where(sa.not_(c.present))
     conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(gone)))
-    ins = _insert(conn)(target).from_select(
-        key + values,
-        sa.select(
-            *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
-        ).where(c.present),
-    )
-    conn.execute(ins.on_conflict_do_update(index_elements=key, set_={v: ins.excluded[v] for v in values}))
+    present = sa.select(
+        *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
+    ).where(c.present)
+    _upsert(conn, target, key + values, present, key, lambda new: {v: new[v] for v in values})
     return change
 
 

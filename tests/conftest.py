@@ -1,9 +1,10 @@
-"""Fixtures: SQLite in memory for unit tests, a throwaway PostgreSQL database for
-integration tests (marked `integration`, as are the few tests too long for the fast
-default, `pytest -m "not integration"`).
+"""Fixtures: SQLite in memory for unit tests, a throwaway PostgreSQL and MariaDB (or MySQL)
+database for integration tests (marked `integration`, as are the few tests too long for
+the fast default, `pytest -m "not integration"`).
 
-PostgreSQL is found at TEST_POSTGRES_URL (default: the machine's server, trust auth).
-Without it, integration tests skip locally; with USAGE_STATS_REQUIRE_SERVICES=1 (set by
+PostgreSQL is found at TEST_POSTGRES_URL (default: the machine's server, trust auth),
+MariaDB or MySQL at TEST_MYSQL_URL (default: root without a password on 127.0.0.1:3306).
+Without them, integration tests skip locally; with USAGE_STATS_REQUIRE_SERVICES=1 (set by
 .ci/run) every skipped integration test is turned into a failure, so CI can never pass
 while silently not testing the real database.
 """
@@ -23,6 +24,8 @@ from shared.db import make_engine
 from shared.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+MYSQL_ADMIN_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+ADMIN_URLS = {"postgresql": PG_ADMIN_URL, "mysql": MYSQL_ADMIN_URL}
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("USAGE_STATS_REQUIRE_SERVICES") == "1"
 
@@ -56,6 +59,10 @@ def reset(engine) -> None:
         if engine.dialect.name == "postgresql":
             names = ", ".join(f'"{n}"' for n in ("logs", "users", "tokens", "channels") + OUR_TABLES)
             conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
+        elif engine.dialect.name == "mysql":
+            # TRUNCATE also starts AUTO_INCREMENT again at 1.
+            for name in ("logs", "users", "tokens", "channels") + OUR_TABLES:
+                conn.exec_driver_sql(f"TRUNCATE TABLE `{name}`")
         else:
             for name in ("logs", "users", "tokens", "channels") + OUR_TABLES:
                 conn.exec_driver_sql(f'DELETE FROM "{name}"')
@@ -85,21 +92,25 @@ def sqlite_file_url(tmp_path):
 
 
 @contextmanager
-def throwaway_database(prefix: str):
-    """The URL of a new, empty PostgreSQL database, dropped on exit; skips the test when
-    PostgreSQL cannot be reached."""
+def throwaway_database(prefix: str, dialect: str = "postgresql"):
+    """The URL of a new, empty PostgreSQL (or MariaDB/MySQL: `dialect="mysql"`) database,
+    dropped on exit; skips the test when the server cannot be reached. A MySQL database
+    gets the server's default character set and collation, as a gateway's would."""
+    admin_url = ADMIN_URLS[dialect]
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    quoted = f"`{name}`" if dialect == "mysql" else f'"{name}"'
     try:
-        admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+        admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
     except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}")
+        pytest.skip(f"{dialect} not reachable at {admin_url}: {exc.orig}")
     try:
         yield admin.url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            force = " WITH (FORCE)" if dialect == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}{force}")
         admin.dispose()
 
 
@@ -121,9 +132,32 @@ def pg_engine(pg_url):
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+@pytest.fixture(scope="session")
+def mysql_url():
+    """A fresh MariaDB (or MySQL) database for this test session, migrated, dropped at the end."""
+    with throwaway_database("usage_stats_test", "mysql") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def mysql_engine(mysql_url):
+    engine = make_engine(mysql_url)
+    reset(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", marks=pytest.mark.integration),
+    ]
+)
 def engine(request):
-    """The same test on the embedded default and on PostgreSQL."""
-    if request.param == "sqlite":
-        return request.getfixturevalue("sqlite_engine")
-    return request.getfixturevalue("pg_engine")
+    """The same test on the embedded default, on PostgreSQL and on MariaDB."""
+    fixture = {"sqlite": "sqlite_engine", "postgresql": "pg_engine", "mariadb": "mysql_engine"}[request.param]
+    return request.getfixturevalue(fixture)

@@ -108,7 +108,8 @@ def truth(engine, granularity: str, start: int, end: int, *, user_id=None, site_
     q = sa.select(*cols).select_from(source).where(lg.type == m.LOG_CONSUME)
     if user_id is not None:
         q = q.where(lg.user_id == user_id)
-    q = q.group_by(*keys).having(bucket.between(start, end))
+    grouped = q.group_by(*keys).subquery()
+    q = sa.select(grouped).where(grouped.c.bucket.between(start, end))
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(q).mappings()]
     for r in rows:  # the API's field name for the bucket start

@@ -1,4 +1,5 @@
-"""`db upgrade` beside an existing new-api database (PostgreSQL).
+"""`db upgrade` beside an existing new-api database (PostgreSQL, and MariaDB with the
+tables GORM makes on MySQL).
 
 A fixture creates new-api's own `users` and `logs` the way new-api (GORM) does -- bigserial
 ids, text columns, its indexes, and the columns usage-stats never reads (request_id,
@@ -146,37 +147,78 @@ NEWAPI_DDL = [
 ]
 NEWAPI_TABLES = ("users", "logs", "tokens", "channels")
 
+# GORM on MySQL (spec/new-api-schema.md): bigint AUTO_INCREMENT ids, indexed or defaulted
+# strings varchar(191), other text longtext, datetime(3) soft deletes, backquotes, utf8mb4.
+_INDEXED_TEXT = {
+    "username",
+    "display_name",
+    "email",
+    "github_id",
+    "discord_id",
+    "oidc_id",
+    "wechat_id",
+    "telegram_id",
+    "linux_do_id",
+    "token_name",
+    "model_name",
+    "group",
+    "ip",
+    "name",
+}
+
+
+def _mysql_ddl(statement: str) -> str:
+    lines = []
+    for line in statement.replace('"', "`").splitlines():
+        column = line.strip().split(" ", 1)[0].strip("`")
+        if " text" in line:
+            wide = column in _INDEXED_TEXT or "DEFAULT" in line
+            line = line.replace(" text", " varchar(191)" if wide else " longtext")
+        lines.append(line.replace("bigserial", "bigint AUTO_INCREMENT").replace("timestamptz", "datetime(3) NULL"))
+    out = "\n".join(lines)
+    return out + " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if out.startswith("CREATE TABLE") else out
+
+
+NEWAPI_MYSQL_DDL = [_mysql_ddl(d) for d in NEWAPI_DDL]
+
 T0 = 1_700_000_000
 MODELS = ("gpt-4o", "claude-3-5-sonnet", "deepseek-chat")
 
 
-@pytest.fixture
-def newapi_url():
+@pytest.fixture(params=["postgresql", "mysql"])
+def newapi_url(request):
     """A fresh database holding new-api's tables and some history, dropped afterwards."""
-    with throwaway_database("usage_stats_newapi") as url:
+    with throwaway_database("usage_stats_newapi", request.param) as url:
         yield _with_newapi_history(url)
 
 
 def _with_newapi_history(url: str) -> str:
     engine = make_engine(url)
+    mysql = engine.dialect.name == "mysql"
+
+    def q(sql: str) -> str:  # identifiers as the database quotes them (group and key are reserved)
+        return sql.replace('"', "`") if mysql else sql
+
     with engine.begin() as conn:
-        for ddl in NEWAPI_DDL:
+        for ddl in NEWAPI_MYSQL_DDL if mysql else NEWAPI_DDL:
             conn.exec_driver_sql(ddl)
         for i in range(1, 6):
             conn.exec_driver_sql(
-                "INSERT INTO users (username, password, display_name, role, status, access_token, aff_code, "
-                '"group", created_at, setting, remark, stripe_customer) '
-                "VALUES (%(u)s, 'hash', %(u)s, %(role)s, 1, %(tok)s, %(aff)s, 'default', %(t)s, '{}', 'r', 'cus_x')",
+                q(
+                    "INSERT INTO users (username, password, display_name, role, status, access_token, aff_code, "
+                    '"group", created_at, setting, remark, stripe_customer) '
+                    "VALUES (%(u)s, 'hash', %(u)s, %(role)s, 1, %(tok)s, %(aff)s, 'default', %(t)s, '{}', 'r', 'cus_x')"
+                ),
                 {"u": f"user{i}", "role": 100 if i == 1 else 1, "tok": f"{i:032d}", "aff": f"AF{i}", "t": T0},
             )
         for i in range(4):
             conn.exec_driver_sql(
-                "INSERT INTO tokens (user_id, key, name, created_time) VALUES (%(u)s, %(k)s, %(n)s, 0)",
+                q('INSERT INTO tokens (user_id, "key", name, created_time) VALUES (%(u)s, %(k)s, %(n)s, 0)'),
                 {"u": 1 + i, "k": f"sk-secret-{i}", "n": f"key-{i}"},
             )
         for i in range(2):
             conn.exec_driver_sql(
-                "INSERT INTO channels (key, name, models) VALUES ('upstream-secret', %(n)s, 'gpt-4o')",
+                q("""INSERT INTO channels ("key", name, models) VALUES ('upstream-secret', %(n)s, 'gpt-4o')"""),
                 {"n": f"channel-main-{i}"},
             )
         rows = []
@@ -207,8 +249,10 @@ def _with_newapi_history(url: str) -> str:
             )
         cols = list(rows[0])
         conn.exec_driver_sql(
-            f"INSERT INTO logs ({', '.join(chr(34) + c + chr(34) for c in cols)}) "
-            f"VALUES ({', '.join('%(' + c + ')s' for c in cols)})",
+            q(
+                f"INSERT INTO logs ({', '.join(chr(34) + c + chr(34) for c in cols)}) "
+                f"VALUES ({', '.join('%(' + c + ')s' for c in cols)})"
+            ),
             rows,
         )
     engine.dispose()
@@ -216,6 +260,8 @@ def _with_newapi_history(url: str) -> str:
 
 
 def _snapshot(engine) -> dict:
+    if engine.dialect.name == "mysql":
+        return _mysql_snapshot(engine)
     with engine.connect() as conn:
         out = {}
         for table in NEWAPI_TABLES:
@@ -249,6 +295,18 @@ def _snapshot(engine) -> dict:
             .scalars()
             .all()
         )
+    return out
+
+
+def _mysql_snapshot(engine) -> dict:
+    """Each new-api table's full definition (SHOW CREATE TABLE: columns, types, defaults,
+    collations, indexes), its rows, and the tables there are."""
+    with engine.connect() as conn:
+        out = {}
+        for table in NEWAPI_TABLES:
+            out[table, "definition"] = conn.exec_driver_sql(f"SHOW CREATE TABLE `{table}`").one()[1]
+            out[table, "rows"] = conn.exec_driver_sql(f"SELECT * FROM `{table}` ORDER BY id").all()
+        out["tables"] = sorted(conn.exec_driver_sql("SHOW TABLES").scalars().all())
     return out
 
 

@@ -91,7 +91,7 @@ def models_database(dialect: str) -> Iterator[Engine]:
         yield engine
         engine.dispose()
         return
-    with throwaway_database("usage_stats_models") as url:
+    with throwaway_database("usage_stats_models", dialect) as url:
         engine = make_engine(url)
         m.metadata.create_all(engine)
         yield engine

@@ -129,18 +129,31 @@ def test_name_rows_leaves_rows_without_keys_or_channels(engine):
 def test_without_the_gateway_tables(engine):
     """A database without `tokens` and `channels` (usage-stats beside a log database
     alone): recorded key names, channel-<id>. The tables are dropped inside a transaction
-    that is rolled back (DDL is transactional on both databases)."""
+    that is rolled back (DDL is transactional on PostgreSQL and SQLite); MySQL's DDL is
+    not, so there they are renamed aside and back."""
     rows = [{"token_id": 1, "token_name": "recorded", "channel_id": 4, "quota": 1}]
+
+    def check(conn):
+        assert names.token_names(conn, [1]) == {}
+        assert names.channel_names(conn, [4]) == {4: "channel-4"}
+        assert names.name_rows(conn, rows) == [
+            {"token_id": 1, "token_name": "recorded", "channel_id": 4, "channel_name": "channel-4", "quota": 1}
+        ]
+
     with engine.connect() as conn:
-        with conn.begin() as tx:
-            conn.execute(sa.text("DROP TABLE tokens"))
-            conn.execute(sa.text("DROP TABLE channels"))
-            assert names.token_names(conn, [1]) == {}
-            assert names.channel_names(conn, [4]) == {4: "channel-4"}
-            assert names.name_rows(conn, rows) == [
-                {"token_id": 1, "token_name": "recorded", "channel_id": 4, "channel_name": "channel-4", "quota": 1}
-            ]
-            tx.rollback()
+        if engine.dialect.name == "mysql":
+            conn.exec_driver_sql("RENAME TABLE tokens TO tokens_aside, channels TO channels_aside")
+            try:
+                check(conn)
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql("RENAME TABLE tokens_aside TO tokens, channels_aside TO channels")
+        else:
+            with conn.begin() as tx:
+                conn.execute(sa.text("DROP TABLE tokens"))
+                conn.execute(sa.text("DROP TABLE channels"))
+                check(conn)
+                tx.rollback()
         assert sa.inspect(conn).has_table("tokens")
 
 

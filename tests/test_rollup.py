@@ -277,6 +277,88 @@ def test_postgres_day_start_equals_python_around_every_offset_change(pg_engine, 
     assert not wrong, f"{len(wrong)} instants differ (ts, local, postgres, python), e.g. {wrong[:3]}"
 
 
+def _instants_around_every_offset_change(tz, start=None, end=None):
+    """Three ordinary days (for zones that no longer change), and 30 h around every change
+    of `tz`'s offset in [start, end) (2000-2027 by default), every 15 minutes."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone, points, previous = ZoneInfo(tz), set(range(utc(2024, 6, 1), utc(2024, 6, 4), 900)), None
+    for t in range(start or utc(2000, 1, 1), end or utc(2027, 1, 1), 3 * HOUR):
+        offset = datetime.fromtimestamp(t, UTC).astimezone(zone).utcoffset()
+        if previous is not None and offset != previous:
+            points.update(range(t - 30 * HOUR, t + 30 * HOUR, 900))
+        previous = offset
+    return sorted(points)
+
+
+def _mysql_buckets(engine, stamps, tz):
+    """(ts, day_start, period_start week, period_start month) of every instant, on MySQL."""
+    from shared.buckets import day_start, period_start
+
+    with engine.connect() as conn:
+        conn.exec_driver_sql("DROP TEMPORARY TABLE IF EXISTS instants")
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE instants (x BIGINT PRIMARY KEY)")
+        conn.execute(sa.text("INSERT INTO instants (x) VALUES (:x)"), [{"x": t} for t in stamps])
+        x = sa.table("instants", sa.column("x", sa.BigInteger)).c.x
+        return conn.execute(
+            sa.select(x, day_start(x, tz), period_start(x, tz, "week"), period_start(x, tz, "month")).order_by(x)
+        ).all()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tz", DAY_START_ZONES)
+def test_mariadb_buckets_equal_python_around_every_offset_change(mysql_engine, tz):
+    """MySQL's day, week and month starts, computed from the offsets written into the
+    statement (no time zone tables on the server), equal zoneinfo's (SQLite's and the
+    re-aggregation's) near every offset change from 1970 to 2100, and at random instants."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from shared.buckets import local_midnight, local_period_start
+
+    rnd = random.Random(tz)
+    stamps = set(_instants_around_every_offset_change(tz, utc(1970, 1, 2), utc(2100, 1, 1)))
+    stamps.update(rnd.randrange(0, utc(2100, 1, 1)) for _ in range(2000))
+    rows = _mysql_buckets(mysql_engine, sorted(stamps), tz)
+    assert len(rows) == len(stamps)
+    zone = ZoneInfo(tz)
+    wrong = [
+        (ts, datetime.fromtimestamp(ts, zone).isoformat(), got)
+        for ts, *got in rows
+        if got != [local_midnight(ts, tz), local_period_start(ts, tz, "week"), local_period_start(ts, tz, "month")]
+    ]
+    assert not wrong, f"{len(wrong)} instants differ (ts, local, mysql day/week/month), e.g. {wrong[:3]}"
+
+
+@pytest.mark.integration
+def test_mariadb_buckets_of_every_tenth_accepted_zone(mysql_engine):
+    """Zones of every kind bucket alike on MySQL and in Python, in every season of 2024."""
+    import zoneinfo
+
+    from shared.buckets import local_midnight, local_period_start
+    from shared.config import ConfigError
+
+    accepted = []
+    for name in sorted(zoneinfo.available_timezones()):
+        try:
+            accepted.append(Settings.from_env({"STATS_TIMEZONE": name}).stats_timezone)
+        except ConfigError:
+            pass
+    stamps = [utc(2024, month, d, h) for month in (1, 3, 4, 7, 10, 11) for d in (1, 15, 28) for h in (0, 12)]
+    wrong = []
+    for name in accepted[::10]:
+        for ts, *got in _mysql_buckets(mysql_engine, stamps, name):
+            want = [
+                local_midnight(ts, name),
+                local_period_start(ts, name, "week"),
+                local_period_start(ts, name, "month"),
+            ]
+            if got != want:
+                wrong.append((name, ts, got, want))
+    assert not wrong, f"{len(wrong)} differ: {wrong[:5]}"
+
+
 @pytest.mark.parametrize("tz", ["CET", "EET", "MET", "WET"])
 def test_zone_names_postgres_reads_as_abbreviations_are_refused(tz):
     """BUG-7 (fixed in configuration): PostgreSQL reads AT TIME ZONE 'CET' as the
@@ -752,6 +834,8 @@ def test_ids_starting_again_below_the_watermark_are_counted_or_refused(engine):
     with engine.begin() as conn:  # the gateway's logs start afresh
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("TRUNCATE logs RESTART IDENTITY")
+        elif engine.dialect.name == "mysql":
+            conn.exec_driver_sql("TRUNCATE TABLE logs")  # AUTO_INCREMENT starts again at 1
         else:
             conn.exec_driver_sql("DELETE FROM logs")
             conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'logs'")

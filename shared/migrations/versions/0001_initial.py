@@ -22,17 +22,26 @@ depends_on = None
 _gateway = sa.MetaData(naming_convention={"ix": "idx_%(table_name)s_%(column_0_name)s"})
 # SQLite auto-increments only an INTEGER PRIMARY KEY; everywhere else it is a bigint.
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# On MySQL, as GORM makes them there: an indexed or defaulted string is varchar(191)
+# (TEXT can be neither), content and other are longtext.
+_Indexed = sa.Text().with_variant(sa.String(191), "mysql")
+_Long = sa.Text().with_variant(sa.Text(2**32 - 1), "mysql")  # a length this large is LONGTEXT
+
+
+def _mysql_table():
+    return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
 
 _users = sa.Table(
     "users",
     _gateway,
     sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("username", sa.Text, unique=True, index=True),
-    sa.Column("password", sa.Text, nullable=False, server_default=""),
-    sa.Column("display_name", sa.Text, index=True),
+    sa.Column("username", _Indexed, unique=True, index=True),
+    sa.Column("password", _Indexed, nullable=False, server_default=""),
+    sa.Column("display_name", _Indexed, index=True),
     sa.Column("role", sa.BigInteger, server_default="1"),
     sa.Column("status", sa.BigInteger, server_default="1"),
-    sa.Column("email", sa.Text, index=True),
+    sa.Column("email", _Indexed, index=True),
     sa.Column("access_token", sa.CHAR(32), unique=True, nullable=True),
     sa.Column("quota", sa.BigInteger, server_default="0"),
     sa.Column("used_quota", sa.BigInteger, server_default="0"),
@@ -43,6 +52,7 @@ _users = sa.Table(
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("created_at", sa.BigInteger),
     sqlite_autoincrement=True,
+    **_mysql_table(),
 )
 
 _logs = sa.Table(
@@ -52,10 +62,10 @@ _logs = sa.Table(
     sa.Column("user_id", sa.BigInteger, index=True),
     sa.Column("created_at", sa.BigInteger),
     sa.Column("type", sa.BigInteger),
-    sa.Column("content", sa.Text),
-    sa.Column("username", sa.Text, server_default="", index=True),
-    sa.Column("token_name", sa.Text, server_default="", index=True),
-    sa.Column("model_name", sa.Text, server_default="", index=True),
+    sa.Column("content", _Long),
+    sa.Column("username", _Indexed, server_default="", index=True),
+    sa.Column("token_name", _Indexed, server_default="", index=True),
+    sa.Column("model_name", _Indexed, server_default="", index=True),
     sa.Column("quota", sa.BigInteger, server_default="0"),
     sa.Column("prompt_tokens", sa.BigInteger, server_default="0"),
     sa.Column("completion_tokens", sa.BigInteger, server_default="0"),
@@ -63,17 +73,30 @@ _logs = sa.Table(
     sa.Column("is_stream", sa.Boolean),
     sa.Column("channel_id", sa.BigInteger, index=True),
     sa.Column("token_id", sa.BigInteger, server_default="0", index=True),
-    sa.Column("group", sa.Text, index=True),
-    sa.Column("ip", sa.Text, server_default="", index=True),
-    sa.Column("other", sa.Text),
+    sa.Column("group", _Indexed, index=True),
+    sa.Column("ip", _Indexed, server_default="", index=True),
+    sa.Column("other", _Long),
     sa.Index("idx_user_id_id", "user_id", "id"),
     sa.Index("idx_created_at_id", "created_at", "id"),
     sa.Index("idx_created_at_type", "created_at", "type"),
     sa.Index("index_username_model_name", "model_name", "username"),
     sqlite_autoincrement=True,
+    **_mysql_table(),
 )
 
 # --- ours ----------------------------------------------------------------------------
+
+
+def _key_text(width: int = 191) -> sa.types.TypeEngine[str]:
+    """Text in a key: TEXT; on MySQL (where TEXT cannot be in a key) varchar(`width`) in
+    utf8mb4's binary NO PAD collation, so that keys compare by code point as on
+    PostgreSQL (COLLATE "C") and SQLite."""
+    dialect = op.get_bind().dialect
+    if dialect.name != "mysql":
+        return sa.Text()
+    return sa.String(
+        width, collation="utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+    )
 
 
 def _measures() -> list[sa.Column[int]]:
@@ -97,17 +120,19 @@ def upgrade() -> None:
             name,
             sa.Column("user_id", sa.BigInteger, primary_key=True),
             sa.Column("created_at", sa.BigInteger, primary_key=True),
-            sa.Column("model_name", sa.Text, primary_key=True),
-            sa.Column("username", sa.Text, nullable=False, server_default=""),
+            sa.Column("model_name", _key_text(), primary_key=True),
+            sa.Column("username", _key_text(187), nullable=False, server_default=""),
             *_measures(),
+            **_mysql_table(),
         )
         op.create_index(f"ix_{name}_created_at", name, ["created_at"])
     for name in ("hourly_model_usage", "daily_model_usage"):
         op.create_table(
             name,
             sa.Column("created_at", sa.BigInteger, primary_key=True),
-            sa.Column("model_name", sa.Text, primary_key=True),
+            sa.Column("model_name", _key_text(), primary_key=True),
             *_measures(),
+            **_mysql_table(),
         )
     op.create_table(
         "rollup_state",
@@ -117,6 +142,7 @@ def upgrade() -> None:
         sa.Column("last_tick_at", sa.Float, nullable=True),
         sa.Column("last_tick_seconds", sa.Float, nullable=True),
         sa.Column("last_tick_logs", sa.BigInteger, nullable=True),
+        **_mysql_table(),
     )
     op.execute("INSERT INTO rollup_state (id, last_log_id) VALUES (1, 0)")
     op.create_table(
@@ -125,6 +151,7 @@ def upgrade() -> None:
         sa.Column("hi", sa.BigInteger, nullable=False),
         sa.Column("discovered_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("settled_at", sa.DateTime(timezone=True), nullable=True),
+        **_mysql_table(),
     )
 
 

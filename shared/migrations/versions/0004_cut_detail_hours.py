@@ -28,7 +28,16 @@ depends_on = None
 
 KEY = ("user_id", "created_at", "model_name", "token_id", "channel_id", "use_group", "username", "token_name")
 MEASURES = ("count", "quota", "token_used", "prompt_tokens", "completion_tokens")
-TEXT_COLUMNS = {"model_name", "use_group", "username", "token_name"}
+# Text in the key, and its width on MySQL (as revision 0003 made it).
+MYSQL_WIDTH = {"model_name": 191, "use_group": 191, "username": 187, "token_name": 187}
+
+
+def _key_text(bind: sa.engine.Connection, width: int) -> sa.types.TypeEngine[str]:
+    if bind.dialect.name != "mysql":
+        return sa.Text()
+    return sa.String(
+        width, collation="utf8mb4_nopad_bin" if getattr(bind.dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+    )
 
 
 def upgrade() -> None:
@@ -42,10 +51,16 @@ def downgrade() -> None:
     with op.batch_alter_table("rollup_state") as batch:
         batch.drop_column("hours_kept_from")
     name = "daily_detail_usage"
+    bind = op.get_bind()
     op.create_table(
         name,
-        *(sa.Column(k, sa.Text if k in TEXT_COLUMNS else sa.BigInteger, nullable=False) for k in KEY),
+        *(
+            sa.Column(k, _key_text(bind, MYSQL_WIDTH[k]) if k in MYSQL_WIDTH else sa.BigInteger, nullable=False)
+            for k in KEY
+        ),
         *(sa.Column(v, sa.BigInteger, nullable=False, server_default="0") for v in MEASURES),
         sa.PrimaryKeyConstraint(*KEY, name=f"{name}_pkey"),
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
     )
     op.create_index(f"ix_{name}_created_at", name, ["created_at"])
