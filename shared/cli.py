@@ -60,13 +60,26 @@ def _jobs_client(settings: Settings, connect_timeout: float = 3.0) -> Celery:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from .migrate import upgrade
 
     engine = _engine(settings)
-    upgraded = upgrade(engine)
-    print(f"database {_safe_url(settings.stats_database_url)}: schema {upgraded}")
+    upgraded = _upgrade(settings, engine)
     _fill_added_summaries(engine, settings, upgraded)
     return 0
+
+
+def _upgrade(settings: Settings, engine: Engine) -> UpgradeResult:
+    """Migrate the database of `logs` (and, with the logs apart, make sure the main one
+    has new-api's users, tokens and channels), saying what was done."""
+    from .migrate import ensure_gateway_tables, upgrade
+
+    apart = settings.log_database_url is not None
+    upgraded = upgrade(engine, gateway_tables=not apart)
+    print(f"database {_safe_url(settings.stats_database_url)}: schema {upgraded}")
+    if apart:
+        created = ensure_gateway_tables(_gateway(settings))
+        what = f"created {', '.join(created)}" if created else "users, tokens and channels present"
+        print(f"main database {_safe_url(settings.database_url)}: {what}")
+    return upgraded
 
 
 def _fill_added_summaries(engine: Engine, settings: Settings, upgraded: UpgradeResult) -> None:
@@ -336,14 +349,12 @@ def _roll_up_at_start(engine: Engine, settings: Settings) -> None:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Migrate, optionally seed, roll up, then run worker + beat (+ API) until Ctrl-C."""
-    from .migrate import upgrade
 
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # each line as it happens, also into a pipe
     engine = _engine(settings)
     try:
-        upgraded = upgrade(engine)
-        print(f"database {_safe_url(settings.stats_database_url)}: schema {upgraded}")
+        upgraded = _upgrade(settings, engine)
         _fill_added_summaries(engine, settings, upgraded)
         creds = _seed_demo(engine, _gateway(settings), args.days) if args.demo else None
         _roll_up_at_start(engine, settings)

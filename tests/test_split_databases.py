@@ -2,8 +2,8 @@
 another (issue 13). The rollup's tables live beside `logs`; who is asking and the names of
 keys and channels are read from the main database; nothing joins the two in SQL.
 
-Set up as an operator would, from new-api's own settings (SQL_DSN / LOG_SQL_DSN, or
-SQLITE_PATH and LOG_DATABASE_URL for SQLite files), through the CLI and the app built
+Set up as an operator would, from new-api's own settings (SQL_DSN / LOG_SQL_DSN: Go MySQL
+DSNs for MariaDB, postgres:// URLs; SQLITE_PATH and LOG_DATABASE_URL for SQLite files), through the CLI and the app built
 from the environment; answers checked against the raw logs.
 """
 
@@ -42,12 +42,17 @@ def two_databases(family: str, tmp_path) -> Iterator[tuple[dict[str, str], str, 
         env = {"SQL_DSN": "local", "SQLITE_PATH": str(main_file), "LOG_DATABASE_URL": f"sqlite:///{log_file}"}
         yield env, f"sqlite:///{main_file}", f"sqlite:///{log_file}"
         return
+    dialect = "mysql" if family == "mariadb" else "postgresql"
     with ExitStack() as stack:
-        main_url = stack.enter_context(throwaway_database("split_main"))
-        log_url = stack.enter_context(throwaway_database("split_logs"))
+        main_url = stack.enter_context(throwaway_database("split_main", dialect))
+        log_url = stack.enter_context(throwaway_database("split_logs", dialect))
 
         def dsn(url: str) -> str:  # as new-api writes it
-            return "postgres://" + url.split("://", 1)[1]
+            if dialect == "postgresql":
+                return "postgres://" + url.split("://", 1)[1]
+            u = sa.make_url(url)
+            password = f":{u.password}" if u.password else ""
+            return f"{u.username}{password}@tcp({u.host}:{u.port or 3306})/{u.database}?charset=utf8mb4&parseTime=True&loc=Local"
 
         yield {"SQL_DSN": dsn(main_url), "LOG_SQL_DSN": dsn(log_url)}, main_url, log_url
 
@@ -60,7 +65,13 @@ def gateway_tables(url: str) -> sa.Engine:
     return engine
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", marks=pytest.mark.integration),
+    ]
+)
 def split(request, tmp_path, monkeypatch):
     for name in ("DATABASE_URL", "SQL_DSN", "LOG_SQL_DSN", "LOG_DATABASE_URL", "SQLITE_PATH", "STATS_TIMEZONE"):
         monkeypatch.delenv(name, raising=False)
@@ -68,7 +79,12 @@ def split(request, tmp_path, monkeypatch):
     with two_databases(request.param, tmp_path) as (env, main_url, log_url):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        gateway = gateway_tables(main_url)
+        if request.param == "sqlite":
+            # A standalone install: db upgrade creates new-api's tables in the main database.
+            assert main(["db", "upgrade"]) == 0
+            gateway = make_engine(main_url)
+        else:
+            gateway = gateway_tables(main_url)  # as the gateway made them
         tokens = {
             ROOT: add_user(gateway, ROOT, "root", role=m.ROLE_ROOT),
             ALICE: add_user(gateway, ALICE, "alice"),
@@ -117,6 +133,7 @@ def test_logs_apart_from_users_answer_exactly(split):
     insert(logs, rows[200:])  # the rest only in the real-time tail
     # The rollup's tables went beside the logs, none into the gateway's database.
     assert "hourly_usage" in sa.inspect(logs).get_table_names()
+    assert not {"users", "tokens", "channels"} & set(sa.inspect(logs).get_table_names())
     assert set(sa.inspect(gateway).get_table_names()) == {"users", "tokens", "channels"}
 
     api = Api(create_app(Settings.from_env()))

@@ -9,7 +9,7 @@ Revises:
 """
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0001"
 down_revision = None
@@ -111,7 +111,9 @@ def upgrade() -> None:
     # The gateway's tables are new-api's, not ours: an existing new-api database keeps
     # them exactly as they are; a standalone install gets them in new-api's shape.
     existing = set(sa.inspect(bind).get_table_names())
-    for table in (_users, _logs):
+    # Not `users` where it lives in another database than `logs` (shared.migrate).
+    gateway_tables = context.config.attributes.get("gateway_tables", True)
+    for table in (_users, _logs) if gateway_tables else (_logs,):
         if table.name not in existing:
             table.create(bind)
 

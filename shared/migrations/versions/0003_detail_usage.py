@@ -11,7 +11,7 @@ Revises: 0002
 """
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0003"
 down_revision = "0002"
@@ -75,7 +75,9 @@ def _key_text(bind: sa.engine.Connection, width: int) -> sa.types.TypeEngine[str
 def upgrade() -> None:
     bind = op.get_bind()
     existing = set(sa.inspect(bind).get_table_names())
-    for table in (_tokens, _channels):
+    # Not where they live in another database than `logs` (shared.migrate).
+    gateway_tables = context.config.attributes.get("gateway_tables", True)
+    for table in (_tokens, _channels) if gateway_tables else ():
         if table.name not in existing:
             table.create(bind)
     for name in DETAIL_TABLES:
