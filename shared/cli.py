@@ -520,9 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         import sqlalchemy as sa
 
         from .jobs import QueueUnavailable
+        from .migrate import MigrationFailed
         from .rollup import RollupError
 
-        if isinstance(exc, RollupError):
+        if isinstance(exc, (RollupError, MigrationFailed)):
             print(f"usage-stats: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, QueueUnavailable):

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 # Our own version table, so that we never collide with anything in a gateway's database.
@@ -71,13 +72,58 @@ def upgrade(engine: Engine, revision: str = "head", *, gateway_tables: bool = Tr
     another database than `logs` (LOG_SQL_DSN: see `ensure_gateway_tables`)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes[GATEWAY_TABLES] = gateway_tables
+    if engine.dialect.name == "mysql":
+        return _upgrade_stepwise(engine, config, revision)
     with engine.begin() as conn:
         before = current_revision(conn)
         config.attributes["connection"] = conn
-        config.attributes[GATEWAY_TABLES] = gateway_tables
         command.upgrade(config, revision)
         after = current_revision(conn)
     return UpgradeResult(before, after)
+
+
+class MigrationFailed(RuntimeError):
+    """A revision failed; the message says which, why, and the state it left."""
+
+
+def _upgrade_stepwise(engine: Engine, config: Config, revision: str) -> UpgradeResult:
+    """MySQL commits each DDL statement at once, so a failed revision cannot be rolled
+    back: run the revisions one at a time, and when one fails drop the tables it had
+    created (never one that was there before it), so the database is as the previous
+    revision left it -- as found, when that was the first -- and the next upgrade runs
+    the failed revision again from its start. (A revision that drops or alters what was
+    there does so in a form that a second run completes: 0004.)"""
+    script = ScriptDirectory.from_config(config)
+    with engine.connect() as conn:
+        first = current_revision(conn)
+    target = script.get_revision(revision)
+    if target is None:
+        return UpgradeResult(first, first)
+    # The revisions to run, oldest first.
+    todo = [r.revision for r in script.iterate_revisions(target.revision, first)][::-1]
+    for step in todo:
+        with engine.connect() as conn:
+            tables_before = set(sa.inspect(conn).get_table_names())
+        try:
+            with engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, step)
+        except Exception as exc:
+            with engine.begin() as conn:
+                created = set(sa.inspect(conn).get_table_names()) - tables_before
+                for name in sorted(created):
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{name}`")
+                now = current_revision(conn) if VERSION_TABLE not in created else None
+            orig = getattr(exc, "orig", None) or exc
+            reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            state = f"as revision {now} left it" if now else "as it was before (no schema of ours)"
+            raise MigrationFailed(
+                f"revision {step} failed: {reason}; its new tables were dropped and the database is {state}: "
+                f"fix the cause and run `usage-stats db upgrade` again"
+            ) from exc
+    with engine.connect() as conn:
+        return UpgradeResult(first, current_revision(conn))
 
 
 def ensure_gateway_tables(engine: Engine) -> list[str]:

@@ -178,3 +178,46 @@ def test_an_upgrade_that_adds_summaries_fills_them_from_the_counted_logs_only(pg
     # The log the rollup has not counted is left to the next tick, in every table alike.
     assert actual_tables(engine) == counted
     assert fill_added_summaries(engine, settings, upgrade(engine)) is None  # already current
+
+
+@pytest.mark.integration
+def test_a_failed_mysql_upgrade_leaves_the_database_as_it_was_and_the_next_one_completes():
+    """MySQL commits DDL at once: a revision failing half-way must not leave its tables
+    behind (nor, on a gateway's database, our version table and a `users` or `logs` it
+    had to create), and the next upgrade must complete."""
+    from shared.migrate import MigrationFailed
+    from tests.conftest import throwaway_database
+
+    with throwaway_database("failed_upgrade", "mysql") as url:
+        engine = make_engine(url)
+        # A gateway's table of ours' name with another shape: revision 0001 creates
+        # users, logs and the four summary tables, then fails on rollup_state.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE rollup_state (something INT)")
+        before = set(sa.inspect(engine).get_table_names())
+        with pytest.raises(MigrationFailed, match=r"revision 0001 failed: .*as it was before"):
+            upgrade(engine)
+        assert set(sa.inspect(engine).get_table_names()) == before == {"rollup_state"}
+
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE rollup_state")
+        assert str(upgrade(engine, "0002")) == "created (revision 0002)"
+        # Revision 0003 fails after creating tokens, channels and hourly_detail_usage.
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE daily_detail_usage (something INT)")
+        at_0002 = set(sa.inspect(engine).get_table_names())
+        with pytest.raises(MigrationFailed, match=r"revision 0003 failed: .*as revision 0002 left it"):
+            upgrade(engine)
+        assert set(sa.inspect(engine).get_table_names()) == at_0002
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE daily_detail_usage")
+        done = upgrade(engine)
+        assert done.before == "0002" and done.after is not None and done.after >= "0004"
+        assert "hourly_detail_usage" in sa.inspect(engine).get_table_names()
+        # 0004 half done (its steps ran, its version was not recorded): a second run
+        # completes it.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0003'")
+        again = upgrade(engine)
+        assert (again.before, again.after) == ("0003", done.after)
+        engine.dispose()

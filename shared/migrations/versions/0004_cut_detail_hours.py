@@ -41,9 +41,14 @@ def _key_text(bind: sa.engine.Connection, width: int) -> sa.types.TypeEngine[str
 
 
 def upgrade() -> None:
-    op.drop_table("daily_detail_usage")
-    with op.batch_alter_table("rollup_state") as batch:
-        batch.add_column(sa.Column("hours_kept_from", sa.BigInteger, nullable=True))
+    # Each step only if still to do: on MySQL, where DDL commits at once, a second run
+    # after a failure half-way completes it (shared.migrate).
+    inspector = sa.inspect(op.get_bind())
+    if "daily_detail_usage" in inspector.get_table_names():
+        op.drop_table("daily_detail_usage")
+    if "hours_kept_from" not in {c["name"] for c in inspector.get_columns("rollup_state")}:
+        with op.batch_alter_table("rollup_state") as batch:
+            batch.add_column(sa.Column("hours_kept_from", sa.BigInteger, nullable=True))
 
 
 def downgrade() -> None:
