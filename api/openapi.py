@@ -911,7 +911,12 @@ def _schemas() -> dict:
                     "type": ["integer", "null"],
                     "minimum": 1,
                     "maximum": INT64_MAX,
-                    "description": "Only this user's rows (site-wide rows are rebuilt from per-user rows)",
+                    "description": "Only this user's rows (site-wide rows are summed again where they changed)",
+                },
+                "check_every_table": {
+                    "type": ["boolean", "null"],
+                    "description": "Compare every summary table with the logs, not only the finest one: a repair of "
+                    "tables edited by hand (slower). Default false.",
                 },
             },
             "required": ["start_timestamp", "end_timestamp"],

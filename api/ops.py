@@ -35,7 +35,7 @@ from .params import INT64_MAX
 bp = Blueprint("usage_stats_ops", __name__)
 access_log = logging.getLogger("usage_stats.access")
 
-REAGGREGATE_FIELDS = ("start_timestamp", "end_timestamp", "user_id")
+REAGGREGATE_FIELDS = ("start_timestamp", "end_timestamp", "user_id", "check_every_table")
 _TASK_ID = re.compile(r"[A-Za-z0-9_.\-]{1,155}", re.ASCII)
 _client_lock = threading.Lock()
 
@@ -141,8 +141,9 @@ def _required_int_field(body: dict[str, Any], name: str) -> int:
     return value
 
 
-def parse_reaggregate_body() -> tuple[int, int, int | None]:
-    """The JSON body {start_timestamp, end_timestamp, user_id?}; raises ApiError(400)."""
+def parse_reaggregate_body() -> tuple[int, int, int | None, bool]:
+    """The JSON body {start_timestamp, end_timestamp, user_id?, check_every_table?};
+    raises ApiError(400)."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(
@@ -154,22 +155,25 @@ def parse_reaggregate_body() -> tuple[int, int, int | None]:
     start = _required_int_field(body, "start_timestamp")
     end = _required_int_field(body, "end_timestamp")
     user_id = _int_field(body, "user_id", minimum=1)
+    check_every_table = body.get("check_every_table")
+    if check_every_table is not None and not isinstance(check_every_table, bool):
+        raise ApiError(400, "check_every_table must be true or false")
     if end <= start:
         raise ApiError(400, "end_timestamp must be after start_timestamp")
     try:
         check_reaggregate_range(current_app.extensions["usage_stats"].settings, start)
     except ValueError as e:
         raise ApiError(400, str(e)) from None
-    return start, end, user_id
+    return start, end, user_id, bool(check_every_table)
 
 
 @bp.post("/api/data/reaggregate")
 def reaggregate_enqueue() -> Response:
     with current_app.extensions["usage_stats"].gateway.connect() as conn:
         authenticate(conn, m.ROLE_ADMIN)
-    start, end, user_id = parse_reaggregate_body()
+    start, end, user_id, check_every_table = parse_reaggregate_body()
     try:
-        task_id = jobs.enqueue_reaggregate(_jobs_client(), start, end, user_id)
+        task_id = jobs.enqueue_reaggregate(_jobs_client(), start, end, user_id, check_every_table=check_every_table)
     except jobs.QueueUnavailable as e:
         return _unavailable(e)
     error_log.info("re-aggregation %s enqueued: [%d, %d) user=%s", task_id, start, end, user_id)

@@ -145,7 +145,11 @@ def cmd_reaggregate(settings: Settings, args: argparse.Namespace) -> int:
         from .jobs import enqueue_reaggregate
 
         # With its "enqueued" marker: GET /api/data/reaggregate/<id> knows it at once.
-        print(enqueue_reaggregate(_jobs_client(settings), start, end, args.user_id))
+        print(
+            enqueue_reaggregate(
+                _jobs_client(settings), start, end, args.user_id, check_every_table=args.check_every_table
+            )
+        )
         return 0
     from tqdm import tqdm
 
@@ -155,7 +159,15 @@ def cmd_reaggregate(settings: Settings, args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    r = run_reaggregate(_engine(settings), settings, start, end, args.user_id, progress=show_progress)
+    r = run_reaggregate(
+        _engine(settings),
+        settings,
+        start,
+        end,
+        args.user_id,
+        progress=show_progress,
+        check_every_table=args.check_every_table,
+    )
     bar.close()
     print(f"re-aggregated [{r.start}, {r.end}) in {r.chunks} chunk(s): {r.logs} consume logs, {r.seconds:.3f}s")
     return 0
@@ -473,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--enqueue", action="store_true", help="hand it to the worker and print the id (GET /api/data/reaggregate/<id>)"
     )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--check-every-table",
+        action="store_true",
+        help="compare every summary table with the logs, not only the finest one (a repair; slower)",
+    )
     r.set_defaults(func=cmd_reaggregate)
 
     d = sub.add_parser("demo-data", help="write realistic synthetic users and logs")

@@ -150,7 +150,9 @@ def client(settings: Settings, *, connect_timeout: float = 3.0) -> Celery:
 # --- re-aggregation jobs -----------------------------------------------------------------
 
 
-def enqueue_reaggregate(app: Celery, start: int, end: int, user_id: int | None = None) -> str:
+def enqueue_reaggregate(
+    app: Celery, start: int, end: int, user_id: int | None = None, *, check_every_table: bool = False
+) -> str:
     """Hand a re-aggregation of [start, end) to the workers; returns its id.
 
     The "enqueued" marker (a PENDING record) is written before the task is sent: a status
@@ -163,7 +165,7 @@ def enqueue_reaggregate(app: Celery, start: int, end: int, user_id: int | None =
     except errors as e:
         raise QueueUnavailable("result backend", e) from e
     try:
-        app.send_task(REAGGREGATE_TASK, args=[start, end, user_id], task_id=task_id, retry=False)
+        app.send_task(REAGGREGATE_TASK, args=[start, end, user_id, check_every_table], task_id=task_id, retry=False)
     except errors as e:
         try:
             app.backend.forget(task_id)

@@ -88,7 +88,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from . import aggregation as agg
 from . import models as m
 from .aggregation import AnySelect
-from .buckets import HOUR, day_start, first_split_hour, local_midnight, next_local_midnight
+from .buckets import HOUR, day_start, first_split_hour, hour_start, local_midnight, next_local_midnight
 from .config import Settings
 from .db import write_connection
 
@@ -745,14 +745,25 @@ def adopt_timezone(engine: Engine, settings: Settings) -> bool:
         current = conn.execute(sa.select(m.rollup_state.c.timezone).where(m.rollup_state.c.id == 1)).scalar()
         if current in (None, settings.stats_timezone):
             return False
-        lg = m.logs.c
+        lg, s = m.logs.c, m.rollup_state.c
         lo, hi = conn.execute(sa.select(sa.func.min(lg.created_at), sa.func.max(lg.created_at))).one()
+        compacted = conn.execute(sa.select(s.hours_kept_from).where(s.id == 1)).scalar() is not None
         # Hours cut at midnight are the plain hours wherever neither zone's midnight falls
-        # inside one: keep them then.
-        cut = lo is not None and any(first_split_hour(tz, lo, hi + 1) for tz in (current, settings.stats_timezone))
+        # inside one, and retention compacted none into the old zone's days: then they
+        # stay, and the new zone's days are summed from them at once. Otherwise they go
+        # too, and `reaggregate --all` rebuilds everything from the logs.
+        cut = compacted or (
+            lo is not None and any(first_split_hour(tz, lo, hi + 1) for tz in (current, settings.stats_timezone))
+        )
         for summary in agg.SUMMARIES:
             if summary.grain == "day" or (summary.cut_at_midnight and cut):
                 conn.execute(sa.delete(summary.table))
+        if cut:
+            conn.execute(sa.update(m.rollup_state).where(s.id == 1).values(hours_kept_from=None))
+        else:
+            for summary in agg.SUMMARIES:
+                if summary.grain == "day":
+                    _derive_all(conn, summary, settings.stats_timezone)
         conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
     log.info("daily rows dropped: built in %s, STATS_TIMEZONE is now %s", current, settings.stats_timezone)
     return True
@@ -781,12 +792,19 @@ def reaggregate(
     end: int,
     user_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    check_every_table: bool = False,
 ) -> ReaggregateResult:
     """Recompute every hourly and daily bucket of the local days touching [start, end)
     from the raw logs and replace them; for one user when `user_id` is given.
 
     Idempotent, one transaction per `reaggregate_chunk_days` days, safe beside ticks and
-    writers. The hour rows of every hour overlapping those days are replaced too."""
+    writers. The hour rows of every hour overlapping those days are replaced too.
+
+    The finest table is compared with the logs, the others are summed again from it
+    where it changed (they are written with it in every transaction, so they agree
+    with it). `check_every_table`: compare every table with the logs instead, for
+    tables that cannot agree with the finest yet (a new, empty one: shared.ops)."""
     if end <= start:
         raise ValueError(f"end ({end}) must be after start ({start})")
     started = time.perf_counter()
@@ -796,7 +814,7 @@ def reaggregate(
     result = ReaggregateResult(start=days[0], end=days[-1], days=days)
     for done, i in enumerate(bounds, 1):
         lo, hi = days[i], days[min(i + step, len(days) - 1)]
-        result.logs += _reaggregate_days(engine, settings, lo, hi, user_id)
+        result.logs += _reaggregate_days(engine, settings, lo, hi, user_id, check_every_table)
         result.chunks = done
         if progress:
             progress(done, len(bounds))
@@ -813,7 +831,9 @@ def reaggregate(
     return result
 
 
-def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, user_id: int | None) -> int:
+def _reaggregate_days(
+    engine: Engine, settings: Settings, d_lo: int, d_hi: int, user_id: int | None, check_every_table: bool = False
+) -> int:
     # Hours are UTC-aligned, days local: rebuild every hour that overlaps the days, from
     # all its logs (in a half-hour zone the first and last hours straddle into the
     # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
@@ -844,6 +864,23 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
         hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
         all_dimensions = set(agg.DIMENSION_NAMES)
         ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
+        if not check_every_table:
+            # The finest table against the logs; every other table, at the keys that
+            # changed, summed again from the finest (see `_rederive`).
+            finest = agg.SUMMARIES[0]
+            key = _key_columns(finest, fresh)
+            in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
+            if hours_in_one_day:
+                rows = sa.select(*key, *(f[v] for v in finest.values)).where(in_range)
+            else:
+                rows = agg.aggregate(fresh, key, finest.values).where(in_range)
+            stored = sa.and_(finest.table.c[agg.BUCKET] >= h_lo, finest.table.c[agg.BUCKET] < h_hi)
+            if user_id is not None:
+                stored = sa.and_(stored, finest.table.c.user_id == user_id)
+            change = _sync(conn, finest, rows, stored)
+            for summary in agg.SUMMARIES[1:]:
+                _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
+            return _fresh_logs(conn, fresh, d_lo, d_hi)
         # Per grain, the last table synced and its change (rollup_change holds only the
         # latest _sync's): the tables without users are moved by it.
         synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
@@ -877,11 +914,59 @@ def _reaggregate_days(engine: Engine, settings: Settings, d_lo: int, d_hi: int, 
                     ).group_by(*by),
                 )
                 conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
-        return int(
-            conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(f[agg.LOG_COUNT]), 0)).where(f.day >= d_lo, f.day < d_hi)
-            ).scalar_one()
-        )
+        return _fresh_logs(conn, fresh, d_lo, d_hi)
+
+
+def _fresh_logs(conn: Connection, fresh: sa.TableClause, d_lo: int, d_hi: int) -> int:
+    """The consume logs of the days [d_lo, d_hi) in rollup_fresh."""
+    f = fresh.c
+    return int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(f[agg.LOG_COUNT]), 0)).where(f.day >= d_lo, f.day < d_hi)
+        ).scalar_one()
+    )
+
+
+def _rederive(conn: Connection, summary: agg.Summary, change: sa.TableClause, tz: str, lo: int, hi: int) -> None:
+    """Make `summary`'s rows at the keys that `change` (the finest table's rollup_change)
+    touched equal the sums of the finest table's rows there. The finest table holds every
+    dimension and hours cut at local midnights, so each of its rows lies in one key of
+    every other table, hour and local day alike: summing them is exactly the GROUP BY of
+    those keys' logs, names (MAX) included, whatever rows the other tables held before.
+    Where nothing changed this reads nothing: a re-aggregation of unchanged history
+    compares one table with the logs, not five. (For one user: the keys of tables
+    without users are summed over every user's finest rows, so they stay exact.)"""
+    touched = _temp_table_as(conn, "rollup_touched", sa.select(*_key_from_finest(summary, change.c, tz)).distinct())
+    if not conn.execute(sa.select(sa.literal(1)).select_from(touched).limit(1)).first():
+        return
+    target = summary.table
+    in_touched = sa.tuple_(*(target.c[k] for k in summary.key)).in_(sa.select(*(touched.c[k] for k in summary.key)))
+    conn.execute(sa.delete(target).where(in_touched))
+    # A day touched at the range's edge (an hour straddling a half-hour midnight) reaches
+    # out of [lo, hi): read its rows whole (a day lasts at most 25 hours).
+    f = agg.SUMMARIES[0].table.c
+    reach = 26 * HOUR
+    around = sa.and_(f.created_at >= lo - reach, f.created_at < hi + reach)
+    rows = sa.select(agg.SUMMARIES[0].table).where(around).subquery("finest")
+    key = _key_from_finest(summary, rows.c, tz)
+    from_finest = agg.aggregate(rows, key, summary.values).where(
+        sa.tuple_(*map(agg.unlabel, key)).in_(sa.select(*(touched.c[k] for k in summary.key)))
+    )
+    _fold(conn, summary, from_finest)
+
+
+def _key_from_finest(summary: agg.Summary, columns: Any, tz: str) -> list[Any]:
+    """`summary`'s key from the columns of a row of the finest table (or its change):
+    the hour, or the local day in `tz`, of its bucket, and the summary's dimensions."""
+    bucket = columns[agg.BUCKET]
+    at = hour_start(bucket) if summary.grain == "hour" else day_start(bucket, tz)
+    return [at.label(agg.BUCKET) if k == agg.BUCKET else columns[k] for k in summary.key]
+
+
+def _derive_all(conn: Connection, summary: agg.Summary, tz: str) -> None:
+    """Fill `summary` (emptied) with the sums of the finest table's rows, days in `tz`."""
+    rows = agg.SUMMARIES[0].table.alias("finest")
+    _fold(conn, summary, agg.aggregate(rows, _key_from_finest(summary, rows.c, tz), summary.values))
 
 
 def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) -> sa.TableClause:

@@ -104,7 +104,7 @@ def test_a_job_is_known_from_the_moment_it_is_enqueued(settings):
         message.ack()
         queue.close()
     assert message.headers["task"] == jobs.REAGGREGATE_TASK and message.headers["id"] == task_id
-    assert message.payload[0] == [1_700_000_000, 1_700_086_400, 7]
+    assert message.payload[0] == [1_700_000_000, 1_700_086_400, 7, False]
 
 
 def test_the_record_through_its_states(settings):

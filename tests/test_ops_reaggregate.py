@@ -220,7 +220,8 @@ def test_trigger_and_poll_through_a_real_worker(pg_engine, pg_url, redis_url, tm
     try:
         client = create_app(settings, engine=pg_engine).test_client()
         start, end = now - 5 * 86400, now + 3600
-        r = client.post(POST, json={"start_timestamp": start, "end_timestamp": end}, headers=_headers(token, 1))
+        body = {"start_timestamp": start, "end_timestamp": end, "check_every_table": True}
+        r = client.post(POST, json=body, headers=_headers(token, 1))
         assert r.status_code == 202, r.get_data(as_text=True)
         _conforms(client, "post", POST, r)
         body = r.get_json()

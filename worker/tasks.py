@@ -32,7 +32,9 @@ def rollup() -> dict[str, Any]:
 
 
 @shared_task(name=jobs.REAGGREGATE_TASK, bind=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
-def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> dict[str, Any]:
+def reaggregate(
+    self: Any, start: int, end: int, user_id: int | None = None, check_every_table: bool = False
+) -> dict[str, Any]:
     """Its record (shared.jobs): PROGRESS with done / total / started while it runs,
     then the result record; GET /api/data/reaggregate/<id> reads it."""
     settings = _settings()
@@ -43,7 +45,13 @@ def reaggregate(self: Any, start: int, end: int, user_id: int | None = None) -> 
         jobs.report_progress(self, done, total, started)
 
     result = ops.run_reaggregate(
-        get_engine(settings.stats_database_url), settings, int(start), int(end), user_id, progress=progress
+        get_engine(settings.stats_database_url),
+        settings,
+        int(start),
+        int(end),
+        user_id,
+        progress=progress,
+        check_every_table=bool(check_every_table),
     )
     return jobs.result_record(result, started, time.time())
 
