@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .buckets import local_midnight, local_period_start
@@ -55,14 +55,16 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def mysql_connect_args() -> dict[str, Any]:
+def mysql_connect_args(url_init_command: str | None = None) -> dict[str, Any]:
     """Every MySQL connection: utf8mb4 (new-api's character set), a strict sql_mode, and
     UTC as the session time zone, so that DATETIME values (rollup_gap's, innodb_trx's)
-    are UTC whatever the server's zone, with no time zone tables needed."""
-    return {
-        "charset": "utf8mb4",
-        "init_command": f"SET SESSION sql_mode = '{MYSQL_SQL_MODE}', SESSION time_zone = '+00:00'",
-    }
+    are UTC whatever the server's zone, with no time zone tables needed. The URL's own
+    init_command (the session variables of new-api's SQL_DSN: shared.dsn) runs first,
+    so these two win where both set them."""
+    ours = f"SET SESSION sql_mode = '{MYSQL_SQL_MODE}', SESSION time_zone = '+00:00'"
+    if url_init_command:
+        ours = f"{url_init_command.removesuffix(';')}, {ours.removeprefix('SET ')}"
+    return {"charset": "utf8mb4", "init_command": ours}
 
 
 def make_engine(url: str) -> Engine:
@@ -81,7 +83,14 @@ def make_engine(url: str) -> Engine:
         # READ COMMITTED: every INSERT ... SELECT from logs is then a consistent read that
         # takes no lock on the gateway's rows (shared.rollup). pool_recycle: the server
         # drops connections idle for wait_timeout (8 hours by default).
-        kwargs.update(connect_args=mysql_connect_args(), isolation_level="READ COMMITTED", pool_recycle=3600)
+        parsed = make_url(url)
+        init = parsed.query.get("init_command")
+        kwargs.update(
+            connect_args=mysql_connect_args(init if isinstance(init, str) else None),
+            isolation_level="READ COMMITTED",
+            pool_recycle=3600,
+        )
+        return create_engine(parsed.difference_update_query(["init_command"]), **kwargs)
     return create_engine(url, **kwargs)
 
 

@@ -264,13 +264,17 @@ def test_url_from_a_go_dsn_connects_to_mariadb():
     pytest.importorskip("pymysql")
     from shared.db import make_engine
 
-    dsn = MARIADB_DSN + "?charset=utf8mb4&parseTime=True&loc=Local&time_zone=%27%2B05%3A00%27"
+    # A session variable of the DSN is set (the engine's own session settings, a UTC
+    # time zone and a strict sql_mode, are applied after it and win).
+    dsn = MARIADB_DSN + "?charset=utf8mb4&parseTime=True&loc=Local&group_concat_max_len=4321"
     engine = make_engine(Settings.from_env({"SQL_DSN": dsn}).database_url)
     try:
         with engine.connect() as conn:
-            row = conn.exec_driver_sql("SELECT DATABASE(), @@session.time_zone, @@session.character_set_client").one()
+            row = conn.exec_driver_sql(
+                "SELECT DATABASE(), @@session.group_concat_max_len, @@session.character_set_client"
+            ).one()
     except sa.exc.OperationalError as exc:
         pytest.skip(f"MariaDB not reachable through {MARIADB_DSN}: {exc.orig}")
     finally:
         engine.dispose()
-    assert tuple(row) == ("test", "+05:00", "utf8mb4")
+    assert tuple(row) == ("test", 4321, "utf8mb4")
