@@ -59,8 +59,11 @@ On MySQL and MariaDB (InnoDB) the same design, with InnoDB's means:
   when information_schema.innodb_trx lists no other transaction, started at or before
   the gap was seen (trx_started, whole seconds: compared with <=), that has modified
   rows (trx_rows_modified: an inserted row is one) or is running a statement now
-  (trx_query: an insert between taking its id and writing its row). A transaction that
-  has modified nothing and runs nothing holds no id it can still commit.
+  (trx_query: an insert between taking its id and writing its row), on a connection to
+  this database or to none (PROCESSLIST.DB; new-api writes logs from connections to the
+  database holding them, and a writer idle in another database of a shared server would
+  otherwise hold every gap open). A transaction that has modified nothing and runs
+  nothing holds no id it can still commit.
 - `check_innodb` refuses what breaks this, with the fix: logs not InnoDB or without
   AUTO_INCREMENT, auto_increment_increment > 1 (several primaries hand out interleaved
   ids, and innodb_trx shows only this server's transactions), innodb_trx unreadable
@@ -425,9 +428,11 @@ _SETTLE_GAPS_MYSQL = sa.text("""
 UPDATE rollup_gap SET settled_at = NOW(6)
 WHERE settled_at IS NULL AND NOT EXISTS (
     SELECT 1 FROM information_schema.INNODB_TRX t
+    LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
     WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
       AND t.trx_started <= rollup_gap.discovered_at
-      AND (t.trx_rows_modified > 0 OR t.trx_query IS NOT NULL))
+      AND (t.trx_rows_modified > 0 OR t.trx_query IS NOT NULL)
+      AND (p.DB IS NULL OR p.DB = DATABASE()))
 """)
 
 

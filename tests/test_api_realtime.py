@@ -246,14 +246,14 @@ def add_gaps(engine, ranges):
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
-def server(request):
+def realtime_server(request):
     """The same test on each database server."""
     return request.getfixturevalue({"postgresql": "pg_engine", "mariadb": "mysql_engine"}[request.param])
 
 
 @pytest.mark.integration
-def test_a_late_commit_inside_a_gap_counts_once(server):
-    engine = server
+def test_a_late_commit_inside_a_gap_counts_once(realtime_server):
+    engine = realtime_server
     settings, api, tokens = people(engine)
     rnd = random.Random(3)
     with engine.connect() as late:
@@ -282,8 +282,8 @@ def test_a_late_commit_inside_a_gap_counts_once(server):
 
 
 @pytest.mark.integration
-def test_a_reader_sees_a_committing_tick_entirely_or_not_at_all(server):
-    engine = server
+def test_a_reader_sees_a_committing_tick_entirely_or_not_at_all(realtime_server):
+    engine = realtime_server
     settings, api, tokens = people(engine)
     insert(engine, random_logs(random.Random(5), 150))
     # A separate engine for the tick, so that only its commits are held back.
@@ -367,8 +367,8 @@ def concurrent_ticks_and_reads(engine, settings, api, tokens, n_logs: int) -> in
 
 
 @pytest.mark.integration
-def test_concurrent_ticks_never_make_a_log_count_twice_or_not_at_all(server):
-    assert concurrent_ticks_and_reads(server, *people(server), 400) > 0
+def test_concurrent_ticks_never_make_a_log_count_twice_or_not_at_all(realtime_server):
+    assert concurrent_ticks_and_reads(realtime_server, *people(realtime_server), 400) > 0
 
 
 def test_concurrent_ticks_on_a_sqlite_file(sqlite_file_url):

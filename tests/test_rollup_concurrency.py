@@ -93,7 +93,7 @@ def settle(engine, s, rounds=20):
 @pytest.fixture(params=["postgresql", "mariadb"])
 def server(request):
     """The rollup's engine on each database server (a fresh database per session)."""
-    return request.getfixturevalue({"postgresql": "server", "mariadb": "mysql_engine"}[request.param])
+    return request.getfixturevalue({"postgresql": "pg_engine", "mariadb": "mysql_engine"}[request.param])
 
 
 @pytest.fixture

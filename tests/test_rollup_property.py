@@ -253,3 +253,19 @@ def test_summaries_equal_group_by_over_committed_logs_postgres(pg_url):
         check()
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_summaries_equal_group_by_over_committed_logs_mariadb(mysql_url):
+    engine = make_engine(mysql_url)
+
+    @PROPERTY
+    @given(data=scenario)
+    def check(data):
+        reset(engine)
+        run_scenario(engine, data, can_hold=True)
+
+    try:
+        check()
+    finally:
+        engine.dispose()
