@@ -1,5 +1,5 @@
 """Issue 6.5: a catalogue of bad requests against the running API (gunicorn, the real
-PostgreSQL): methods; headers missing, duplicated, oversized, non-ASCII; tokens empty,
+PostgreSQL, then the real MariaDB: the whole catalogue on each): methods; headers missing, duplicated, oversized, non-ASCII; tokens empty,
 wrong, another user's, a disabled or deleted user's, SQL-looking; every invalid form of
 every parameter of every route (the data endpoints' group_by, filters, format and
 default_time, /api/data/users, the flow, the log statistics, the rankings' period; and
@@ -130,6 +130,14 @@ CATALOGUE = [
         401,
         headers=[("Authorization", None), ("Authorization", "@bob")],
         fragment="does not match",
+    ),
+    # MariaDB's (and MySQL's) default collations compare without case: the token found
+    # by the lookup must still be refused when it is not the same bytes.
+    Case(
+        "the user's own token in upper case",
+        401,
+        headers=[("Authorization", None), ("Authorization", "@ALICE")],
+        fragment="invalid access token",
     ),
     Case("another user's token and id, on the admin route", 403, ALL, who="bob", fragment="administrator"),
     Case("a disabled user's token", 403, who="carol", fragment="disabled"),
@@ -514,9 +522,17 @@ RAW = [
 ]
 
 
-@pytest.fixture(scope="module")
-def live():
-    with live_api("usage_stats_badinput") as api:
+# The API on each database family (tests.conftest.throwaway_database's dialect).
+DATABASES = {"postgresql": "postgresql", "mariadb": "mysql"}
+
+
+@pytest.fixture(scope="module", params=list(DATABASES))
+def live(request):
+    # Module scope: pytest runs every test of one database before starting the next API,
+    # so test_sql_looking_input_changed_nothing still comes after that database's catalogue.
+    with live_api("usage_stats_badinput", dialect=DATABASES[request.param]) as api:
+        assert api.engine.dialect.name == DATABASES[request.param]
+        assert any(c.isalpha() for c in api.tokens["alice"]), "an all-digit token has no upper case"
         yield api
 
 
@@ -527,8 +543,10 @@ def build_headers(live, case: Case) -> list:
         if value is None:
             out = [(k, v) for k, v in out if k.lower() != name.lower()]
         else:
-            if value.startswith("@"):  # another user's token
-                value = "Bearer " + live.tokens[value[1:]]
+            if value.startswith("@"):  # a user's token ("@ALICE": alice's, upper-cased)
+                who = value[1:]
+                token = live.tokens[who.lower()]
+                value = "Bearer " + (token.upper() if who.isupper() else token)
             out.append((name, value))
     return out
 

@@ -5,17 +5,24 @@ The worker is the project's own app run as `celery -A tests.faults.killer worker
 module adds only SQLAlchemy event listeners that SIGKILL the process at the n-th event
 of a rollup task (before / after each statement, at each commit, after the task
 returned and before Celery acknowledged it). The database (a throwaway PostgreSQL
-database) and the broker (a redis-server of our own) are real.
+database, then a throwaway MariaDB one: every test runs on both) and the broker (a
+redis-server of our own) are real.
 
 - prefork (the default pool): the process running the tick is the pool's child; the
   worker forks a new one and the tick is delivered again (acks_late). One kill between
-  every two statements of a tick (found by recording one first: 27 points with the
-  late-commit paths taken), at every commit, and after the task returned; and five kills from outside while a
-  statement of the tick is executing on the server (held there by a row lock the test
-  holds): during each INSERT ... ON CONFLICT into the four summary tables, and during
-  the UPDATE that saves the watermark.
+  every two statements of a tick (found by recording one first, with the late-commit
+  paths taken: 29 points on PostgreSQL, 40 on MariaDB, whose tick also copies the logs,
+  reads innodb_trx and drops the copy), at every commit, and after the task returned;
+  and five kills from outside while a statement of the tick is executing on the server
+  (held there by a row lock the test holds: FOR UPDATE, on InnoDB as on PostgreSQL):
+  during each INSERT ... ON CONFLICT (ON DUPLICATE KEY UPDATE) into four summary
+  tables, and during the UPDATE that saves the watermark. On MariaDB a sixth, during the
+  tick's one read of the logs (a consistent read no row lock holds: LOCK TABLES does).
+  The statement is seen waiting in pg_stat_activity, or in information_schema (innodb_trx
+  in LOCK WAIT, or the processlist waiting for a metadata lock).
 - solo: the whole worker process dies; the test starts a new worker, as a supervisor
-  would.
+  would. The points: the lock (pg_try_advisory_lock, GET_LOCK), the aggregation, the
+  watermark, the commit, the unlock; on MariaDB also the copy of the logs.
 
 Every round also commits a log whose id was taken a round earlier (a late commit, a
 gap to fill), opens a new one (a gap to remember), and writes old timestamps.
@@ -122,17 +129,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# A session of this database whose statement starting so waits for a lock.
+BLOCKED = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND wait_event_type = 'Lock' AND query LIKE :q",
+    # A row lock wait is innodb_trx's; a table (metadata) lock wait is the processlist's.
+    "mysql": "SELECT count(*) FROM information_schema.PROCESSLIST p LEFT JOIN information_schema.INNODB_TRX t "
+    "ON t.trx_mysql_thread_id = p.ID WHERE p.DB = DATABASE() AND p.INFO LIKE :q "
+    "AND (t.trx_state = 'LOCK WAIT' OR p.STATE = 'Waiting for table metadata lock')",
+}
+
+
 def blocked_backend(engine, statement_prefix: str) -> bool:
     with engine.connect() as conn:
-        return bool(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                    "AND query LIKE :q"
-                ),
-                {"q": statement_prefix + "%"},
-            ).scalar()
-        )
+        return bool(conn.execute(sa.text(BLOCKED[engine.dialect.name]), {"q": statement_prefix + "%"}).scalar())
 
 
 # Statements held mid-execution by a row lock the test takes first: (statement, lock).
@@ -155,20 +165,29 @@ DURING = [
     ),
     ("UPDATE rollup_state", "SELECT 1 FROM rollup_state FOR UPDATE"),
 ]
+# MariaDB: the tick reads the logs once, into its copy of them (shared.rollup), with a
+# consistent read that no row lock holds; a table lock does (a metadata lock wait).
+DURING_READ = {"mysql": [("CREATE TEMPORARY TABLE rollup_logs", "LOCK TABLES logs WRITE")]}
 
 
 def kill_during(h: Harness, statement: str, lock_sql: str, worker_pid=None) -> str:
     """SIGKILL the process running the tick while `statement` executes on the server."""
     h.gateway.step()
+    table_lock = lock_sql.startswith("LOCK TABLES")
+    if table_lock:
+        h.gateway.close()  # its open transaction holds a metadata lock on logs: LOCK TABLES would wait
     fixed = h.gateway.fixed_at
     locker = h.engine.connect()
     tx = locker.begin()
     try:
-        held = locker.execute(
-            sa.text(lock_sql),
-            {"u": FIXED_USER, "m": FIXED_MODEL, "h": fixed - fixed % 3600, "d": fixed - fixed % 86400},
-        ).all()
-        assert held, f"nothing to lock for {statement}"
+        if table_lock:
+            locker.exec_driver_sql(lock_sql)
+        else:
+            held = locker.execute(
+                sa.text(lock_sql),
+                {"u": FIXED_USER, "m": FIXED_MODEL, "h": fixed - fixed % 3600, "d": fixed - fixed % 86400},
+            ).all()
+            assert held, f"nothing to lock for {statement}"
         (h.folder / "tick-pid").unlink(missing_ok=True)
         task_id = h.tick()
         wait_until(lambda: blocked_backend(h.engine, statement), ROUND_TIMEOUT, f"the tick to block in {statement}")
@@ -177,16 +196,23 @@ def kill_during(h: Harness, statement: str, lock_sql: str, worker_pid=None) -> s
         if worker_pid is None:  # a prefork child, reaped by the worker (the caller waits for its own child)
             wait_until(lambda: not pid_alive(pid), ROUND_TIMEOUT, f"pid {pid} to die")
     finally:
+        if table_lock:
+            locker.exec_driver_sql("UNLOCK TABLES")
         tx.rollback()
         locker.close()
     h.kills.append(("during", statement))
     return task_id
 
 
-@pytest.fixture
-def harness(tmp_path):
-    with throwaway_database("usage_stats_kill") as url, redis_server() as redis:
+# tests.conftest.throwaway_database's dialect of each database the tests run on.
+DATABASES = {"postgresql": "postgresql", "mariadb": "mysql"}
+
+
+@pytest.fixture(params=list(DATABASES))
+def harness(request, tmp_path):
+    with throwaway_database("usage_stats_kill", DATABASES[request.param]) as url, redis_server() as redis:
         h = Harness(tmp_path, url, redis.url)
+        assert h.engine.dialect.name == DATABASES[request.param]
         try:
             yield h
         finally:
@@ -217,7 +243,8 @@ def test_prefork_child_killed_at_every_event_of_a_tick(harness):
             h.kills.append(("prefork", what))
             # The worker forks a new child and runs the killed tick again (acks_late).
             h.recover(f"at event {n} ({what})", redelivered=task_id)
-        for statement, lock_sql in DURING:
+        during = DURING + DURING_READ.get(h.engine.dialect.name, [])
+        for statement, lock_sql in during:
             task_id = kill_during(h, statement, lock_sql)
             h.recover(f"during {statement}", redelivered=task_id)
         assert worker.alive(), worker.output()[-3000:]
@@ -225,23 +252,37 @@ def test_prefork_child_killed_at_every_event_of_a_tick(harness):
         h.recover("after the last late writer committed")
     assert h.gateway.counted() == h.gateway.consume_logs() == h.gateway.committed
     print(
-        f"\n[reliability] prefork kills: {len(h.kills)} ({len(points)} points of a tick + {len(DURING)} during statements); "
+        f"\n[reliability] {h.engine.dialect.name} prefork kills: {len(h.kills)} ({len(points)} points of a tick + {len(during)} during statements); "
         f"consume logs {h.gateway.committed}, counted {h.gateway.counted()}, lost 0"
     )
     assert len(h.kills) >= 20
 
 
-# Points at which the whole (solo) worker dies: the first statement, the aggregation, the
-# watermark before and after it is saved, the commit, after the commit, after the task.
-SOLO_POINTS = (
-    "before SELECT pg_try_advisory_lock",
-    "before INSERT INTO rollup_delta",
-    "before INSERT INTO hourly_usage",
-    "before UPDATE rollup_state",
-    "after UPDATE rollup_state",
-    "before SELECT pg_advisory_unlock",
-    "postrun",
-)
+# Points at which the whole (solo) worker dies: the first statement (the lock), the
+# aggregation, the watermark before and after it is saved, the commit (right after the
+# watermark, added by the test), after the commit (the unlock), after the task. On
+# MariaDB also the one read of the logs (the tick's copy of them).
+SOLO_POINTS = {
+    "postgresql": (
+        "before SELECT pg_try_advisory_lock",
+        "before INSERT INTO rollup_delta",
+        "before INSERT INTO hourly_usage",
+        "before UPDATE rollup_state",
+        "after UPDATE rollup_state",
+        "before SELECT pg_advisory_unlock",
+        "postrun",
+    ),
+    "mysql": (
+        "before SELECT GET_LOCK",
+        "before CREATE TEMPORARY TABLE rollup_logs",
+        "before INSERT INTO rollup_delta",
+        "before INSERT INTO hourly_usage",
+        "before UPDATE rollup_state",
+        "after UPDATE rollup_state",
+        "before SELECT RELEASE_LOCK",
+        "postrun",
+    ),
+}
 
 
 def test_solo_worker_killed_mid_tick_and_restarted(harness):
@@ -253,10 +294,12 @@ def test_solo_worker_killed_mid_tick_and_restarted(harness):
         h.gateway.step()
         h.recover("(none: warm-up)")
         events = h.record_tick()
-        points = [events.index(next(e for e in events if e.startswith(p))) + 1 for p in SOLO_POINTS]
-        commit_index = points[4] + 1  # the commit right after the watermark was saved
+        solo_points = SOLO_POINTS[h.engine.dialect.name]
+        points = [events.index(next(e for e in events if e.startswith(p))) + 1 for p in solo_points]
+        saved = solo_points.index("after UPDATE rollup_state")
+        commit_index = points[saved] + 1  # the commit right after the watermark was saved
         assert events[commit_index - 1] == "commit", events
-        points.insert(5, commit_index)
+        points.insert(saved + 1, commit_index)
         for i, n in enumerate(points, 1):
             current = workers[-1]
             h.gateway.step()
@@ -283,5 +326,8 @@ def test_solo_worker_killed_mid_tick_and_restarted(harness):
         for w in workers:
             w.stop(timeout=10)
     assert h.gateway.counted() == h.gateway.consume_logs() == h.gateway.committed
-    print(f"\n[reliability] solo worker kills: {len(h.kills)}; consume logs {h.gateway.committed}, lost 0")
-    assert len(h.kills) == len(SOLO_POINTS) + 2
+    print(
+        f"\n[reliability] {h.engine.dialect.name} solo worker kills: {len(h.kills)}; "
+        f"consume logs {h.gateway.committed}, lost 0"
+    )
+    assert len(h.kills) == len(solo_points) + 2

@@ -1,6 +1,7 @@
-"""A running API with data: a throwaway PostgreSQL database with users of every kind and
-rolled-up logs, served by gunicorn (the production server and configuration) on a free
-port. For the bad-input catalogue, the fuzzer and the security tests."""
+"""A running API with data: a throwaway PostgreSQL (or MariaDB: `dialect="mysql"`)
+database with users of every kind and rolled-up logs, served by gunicorn (the production
+server and configuration) on a free port. For the bad-input catalogue, the fuzzer and the
+security tests."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ class LiveApi:
 
 
 @contextmanager
-def live_api(prefix: str = "usage_stats_live", workers: int = 1, **env):
-    with throwaway_database(prefix) as url:
+def live_api(prefix: str = "usage_stats_live", workers: int = 1, dialect: str = "postgresql", **env):
+    with throwaway_database(prefix, dialect) as url:
         engine = make_engine(url)
         upgrade(engine)
         tokens = {
