@@ -3,7 +3,7 @@
     celery -A bench.four_table_worker worker ...
 
 bench/run.py starts it beside the product's worker, so that a re-aggregation into four
-tables is measured the same way as into all six (bench/variants.py).
+tables is measured the same way as into all five (bench/variants.py).
 """
 
 from bench import variants

@@ -40,7 +40,7 @@ def storage_table(storage: dict[str, Any]) -> list[str]:
         )
     groups = {
         "the four original summary tables": [n for n in storage["tables"] if n in ORIGINAL_TABLES],
-        "the two detail tables (issue 12)": [n for n in storage["tables"] if n.endswith("_detail_usage")],
+        "the detail table (issue 12)": [n for n in storage["tables"] if n.endswith("_detail_usage")],
         "all summary tables": [n for n in storage["tables"] if n != "logs"],
     }
     for label, names in groups.items():
@@ -75,7 +75,7 @@ def _ms(x: float | None) -> str:
 
 def tick_breakdown(t: dict[str, Any]) -> list[str]:
     """Figure 6's per-statement medians (ms) for each case, and the EXPLAIN ANALYZE of the
-    six-table tick's inserts."""
+    five-table tick's inserts."""
     cases = list(t["statement_ms"])
     kinds = sorted({k for c in cases for k in t["statement_ms"][c]}, key=lambda k: (k == "other", k))
     out = [
@@ -88,11 +88,11 @@ def tick_breakdown(t: dict[str, Any]) -> list[str]:
     for k in kinds:
         out.append(f"| {k} | " + " | ".join(_ms(t["statement_ms"][c].get(k)) for c in cases) + " |")
     out.append("| **the tick (median wall time)** | " + " | ".join(f"**{t['median_ms'][c]}**" for c in cases) + " |")
-    ex = t.get("explain_six_tables")
+    ex = t.get("explain_five_tables")
     if ex:
         out += [
             "",
-            "EXPLAIN (ANALYZE, BUFFERS, WAL) of each insert of a six-table tick on the full history "
+            "EXPLAIN (ANALYZE, BUFFERS, WAL) of each insert of a five-table tick on the full history "
             "(medians of the explained ticks):",
             "",
             "| insert into | ms | rows in | inserted | updated (conflicting) | buffers hit | read | dirtied "
@@ -111,7 +111,7 @@ def tick_breakdown(t: dict[str, Any]) -> list[str]:
 
 
 def reaggregation_breakdown(spent: dict[str, dict[str, float]]) -> list[str]:
-    """Figure 9: a full re-aggregation's seconds by statement, six tables and four."""
+    """Figure 9: a full re-aggregation's seconds by statement, five tables and four."""
 
     def group(kind: str) -> str:
         if kind.startswith("create rollup_change from "):
@@ -129,13 +129,13 @@ def reaggregation_breakdown(spent: dict[str, dict[str, float]]) -> list[str]:
             g[variant] = g.get(variant, 0.0) + seconds
     order = sorted(rows, key=lambda k: (k.startswith("**"), k in ("commit and python", "other"), k))
     out = [
-        "Where a full re-aggregation's time goes, history unchanged (seconds, one run each in the benchmark's "
-        "process, figure 9):",
+        "Where a full re-aggregation's time goes, history unchanged (seconds, medians of `--repeats` runs each, "
+        "alternating, in the benchmark's process, figure 9):",
         "",
-        "| step | six tables | four tables |",
+        "| step | five tables | four tables |",
         "|---|---|---|",
     ]
-    out += [f"| {k} | {rows[k].get('six', 0):.2f} | {rows[k].get('four', 0):.2f} |" for k in order]
+    out += [f"| {k} | {rows[k].get('five', 0):.2f} | {rows[k].get('four', 0):.2f} |" for k in order]
     return out
 
 
@@ -158,41 +158,47 @@ def designs_table(name: str) -> list[str]:
     return out
 
 
+def _tables(plan: dict[str, Any]) -> str:
+    return "; ".join(f"`{t}` {v['rows']:,} rows ({', '.join(v['nodes'])})" for t, v in plan["tables"].items())
+
+
 def issue12(r: dict[str, Any]) -> list[str]:
-    """Issue 12's constraints of one run: six summary tables against the four original ones."""
-    out = ["| # | constraint | measured: six tables (the product) against four (today's) | target | |"]
+    """Issue 12's constraints of one run: five summary tables against the four original ones."""
+    out = ["| # | constraint | measured: five tables (the product) against four (today's) | target | |"]
     out.append("|---|---|---|---|---|")
     t = r.get("issue12_tick")
     if t:
         med = t["median_ms"]
         out.append(
             f"| 1 | tick of 10,000 logs ({t['consume_logs_per_tick']:,} consume) on the full history, medians of "
-            f"{len(t['tick_seconds']['history_six'])} alternating rounds | {med['history_six']} ms / "
+            f"{len(t['tick_seconds']['history_five'])} alternating rounds | {med['history_five']} ms / "
             f"{med['history_four']} ms = **{t['ratio']}x** (per-round ratios: median {t['paired_ratio_median']}, "
             f"{min(t['paired_ratios'])}-{max(t['paired_ratios'])}) | <= 1.5x | {_ok(t['ratio'] <= 1.5)} |"
         )
     g = r.get("issue12_reaggregation")
     if g:
-        six, four = g["ratio_unchanged"], g["ratio_rebuild"]
+        same, empty = g["ratio_unchanged"], g["ratio_rebuild"]
+        d, e = g["ratio_unchanged_to_detail_bare"], g["ratio_rebuild_to_detail_bare"]
         out.append(
             f"| 2 | full re-aggregation / bare GROUP BY (hour, user, model) = {g['bare_median_seconds']:.2f} s, "
-            f"history unchanged | six {statistics.median(g['unchanged_seconds']['six']):.2f} s = **{six['six']}**; "
-            f"four {statistics.median(g['unchanged_seconds']['four']):.2f} s = **{six['four']}**: "
-            f"**{g['six_over_four_unchanged']}x** today's ratio | today's ratio (1.0x) | "
-            f"{_ok(g['six_over_four_unchanged'] <= 1.0)} |"
+            f"history unchanged | five {statistics.median(g['unchanged_seconds']['five']):.2f} s = "
+            f"**{same['five']}**; four {statistics.median(g['unchanged_seconds']['four']):.2f} s = "
+            f"**{same['four']}**: **{g['five_over_four_unchanged']}x** today's ratio | today's ratio (1.0x) | "
+            f"{_ok(g['five_over_four_unchanged'] <= 1.0)} |"
         )
         out.append(
-            f"| 2b | the same into empty tables | six {g['rebuild_seconds']['six'][0]:.2f} s = **{four['six']}**; "
-            f"four {g['rebuild_seconds']['four'][0]:.2f} s = **{four['four']}**: "
-            f"**{g['six_over_four_rebuild']}x** today's ratio | today's ratio (1.0x) | "
-            f"{_ok(g['six_over_four_rebuild'] <= 1.0)} |"
+            f"| 2b | the same into empty tables | five {g['rebuild_seconds']['five'][0]:.2f} s = **{empty['five']}**; "
+            f"four {g['rebuild_seconds']['four'][0]:.2f} s = **{empty['four']}**: "
+            f"**{g['five_over_four_rebuild']}x** today's ratio | today's ratio (1.0x) | "
+            f"{_ok(g['five_over_four_rebuild'] <= 1.0)} |"
         )
-        d = g["ratio_unchanged_to_detail_bare"]
-        e = g["ratio_rebuild_to_detail_bare"]
         out.append(
-            f"| 2c | (no target) against a bare GROUP BY at the detail grain (every dimension) = "
-            f"{g['bare_detail_median_seconds']:.2f} s | unchanged: six {d['six']}, four {d['four']}; "
-            f"into empty tables: six {e['six']}, four {e['four']} | | |"
+            f"| 2c | each against the bare GROUP BY at its finest table's grain: five / the detail grain "
+            f"(every dimension) = {g['bare_detail_median_seconds']:.2f} s, against four / (hour, user, model) | "
+            f"unchanged: five **{d['five']}** against four {same['four']}: "
+            f"**{g['five_at_detail_over_four_unchanged']}x**; into empty tables: five **{e['five']}** against "
+            f"four {empty['four']}: **{g['five_at_detail_over_four_rebuild']}x** | today's ratio (1.0x) | "
+            f"{_ok(g['five_at_detail_over_four_unchanged'] <= 1.0)}; {_ok(g['five_at_detail_over_four_rebuild'] <= 1.0)} |"
         )
     reads = r.get("issue12_reads")
     if reads:
@@ -203,17 +209,11 @@ def issue12(r: dict[str, Any]) -> list[str]:
             )
         ):
             q = reads[name]
-            six, four = q["six"], q["four"]
-
-            def tables(plan: dict[str, Any]) -> str:
-                return "; ".join(
-                    f"`{t}` {v['rows']:,} rows ({', '.join(v['nodes'])})" for t, v in plan["tables"].items()
-                )
-
+            five, four = q["five"], q["four"]
             out.append(
-                f"| 3{'ab'[i]} | rows read by {what} | six: {tables(six)}, {six['shared_hit'] + six['shared_read']} "
-                f"buffers, {six['execution_ms']} ms; four: {tables(four)}, "
-                f"{four['shared_hit'] + four['shared_read']} buffers, {four['execution_ms']} ms | "
+                f"| 3{'ab'[i]} | rows read by {what} | five: {_tables(five)}, "
+                f"{five['shared_hit'] + five['shared_read']} buffers, {five['execution_ms']} ms; four: "
+                f"{_tables(four)}, {four['shared_hit'] + four['shared_read']} buffers, {four['execution_ms']} ms | "
                 f"the same tables, no more rows | {_ok(q['same_tables_and_rows'])} |"
             )
     csv = r.get("issue12_csv")
@@ -232,6 +232,16 @@ def issue12(r: dict[str, Any]) -> list[str]:
                     f"serving worker RSS {f['idle_rss_mb']} MB before, **peak {f['peak_rss_mb']} MB** "
                     f"(+{f['growth_mb']} MB) | {target} | {met} |"
                 )
+            reads_of = e.get("reads")
+            if reads_of:
+                five, six = reads_of["five"], reads_of["six"]
+                out.append(
+                    f"| 4r | (no target) what that export's statement reads (EXPLAIN ANALYZE): five tables, days "
+                    f"summed from hours | five: {_tables(five)}, {five['shared_hit'] + five['shared_read']:,} "
+                    f"buffers, **{five['execution_ms']:,} ms**; the dropped six-table design (daily detail table): "
+                    f"{_tables(six)}, {six['shared_hit'] + six['shared_read']:,} buffers, "
+                    f"**{six['execution_ms']:,} ms** | | |"
+                )
     if len(out) == 2:
         return []
     if t:
@@ -247,6 +257,9 @@ def render(name: str) -> str:
     # No shape: results of the dense data before it carried keys, channels and groups.
     shape = r["data"].get("shape")
     runs = r.get("figure_runs")
+    if runs:
+        # A later partial run records its figures' start; the others ran with the file's run.
+        runs = {k: runs.get(k, r["started"]) for k in r if k.startswith(("fig", "issue12_")) and k != "figure_runs"}
     starts = sorted(set(runs.values())) if runs else []
     if not runs:
         when = f"run {r['started']} UTC, {r['seconds']:.0f} s in all"
@@ -379,7 +392,7 @@ def render(name: str) -> str:
         out += [*storage_table(storage), ""]
     constraints = issue12(r)
     if constraints:
-        out += ["Issue 12's constraints, six summary tables against the four original ones, in this run:", ""]
+        out += ["Issue 12's constraints, five summary tables against the four original ones, in this run:", ""]
         out += [*constraints, ""]
     designs = designs_table(name)
     if designs:

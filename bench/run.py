@@ -21,17 +21,19 @@ Figures (targets from issue 5):
 4. freshness: seconds from a log's commit to its appearance in the API (beat at its
    default interval; and with the real-time tail)
 5. worker peak RSS during the full re-aggregation                    (<= 300 MB)
-Issue 12's constraints: the product's six summary tables against the four original ones
+Issue 12's constraints: the product's five summary tables against the four original ones
 (bench/variants.py), alternately in the same run:
-6. a tick of 10,000 logs on the full history, six tables / four      (<= 1.5; measured
+6. a tick of 10,000 logs on the full history, five tables / four      (<= 1.5; measured
    with figure 2, in the same rounds)
-1. re-aggregation / bare GROUP BY, six tables against four, each in a real worker
+1. re-aggregation / bare GROUP BY, five tables against four, each in a real worker
    (today's ratio kept; measured with figure 1, in the same rounds)
 7. the reads of today's answers (/self heavy user 30 days hourly, site-wide 30 days
    daily): EXPLAIN (ANALYZE, BUFFERS), tables and rows read   (no more than with four)
 8. CSV export, 366 days site-wide by day x model x channel, and the same as JSON: rows,
-   bytes and the serving gunicorn worker's peak RSS                    (bounded)
-9. (on request) a full re-aggregation in this process, statement by statement, six
+   bytes and the serving gunicorn worker's peak RSS                    (bounded); and
+   what its statement reads, days summed from hourly_detail_usage against the dropped
+   six-table design's daily detail table (a scratch copy)
+9. (on request) a full re-aggregation in this process, statement by statement, five
    tables and four
 """
 
@@ -374,11 +376,11 @@ def vacuum_summaries(engine: Any) -> None:
 
 
 # The Celery app module of each variant's worker (bench/variants.py), and its queue.
-WORKERS = {"six": "worker", "four": "bench.four_table_worker"}
+WORKERS = {"five": "worker", "four": "bench.four_table_worker"}
 
 
 def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
-    """Full re-aggregations in real workers, the product's (six tables) and one writing
+    """Full re-aggregations in real workers, the product's (five tables) and one writing
     the four original tables, alternately, each beside the bare GROUP BY; then both into
     emptied tables. Both workers run throughout, each on a queue of its own."""
     from worker import make_celery
@@ -405,10 +407,10 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
 
     redis.Redis.from_url(REDIS).flushdb()
     with (
-        celery_worker(url, workdir, app=WORKERS["six"], queue="bench-six") as six,
+        celery_worker(url, workdir, app=WORKERS["five"], queue="bench-five") as five,
         celery_worker(url, workdir, app=WORKERS["four"], queue="bench-four") as four,
     ):
-        workers = {"six": six, "four": four}
+        workers = {"five": five, "four": four}
         for i in range(repeats):
             bare.append(bare_group_by(engine))
             bare_detail.append(bare_group_by(engine, BARE_DETAIL))
@@ -419,8 +421,8 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
         # The other case: the summary rows are gone (a new STATS_TIMEZONE, a first
         # install beside an old gateway) and every row must be written. Each variant
         # empties the tables it writes; the four-table variant goes first, so the
-        # six-table one leaves every table whole.
-        for variant in ("four", "six"):
+        # five-table one leaves every table whole.
+        for variant in ("four", "five"):
             with engine.begin() as conn:
                 for s in variants.VARIANTS[variant]:
                     conn.execute(sa.delete(s.table))
@@ -438,10 +440,10 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
         "fig1": {
             "bare_seconds": bare,
             "bare_detail_seconds": bare_detail,
-            "reaggregate_unchanged_seconds": unchanged["six"],
-            "reaggregate_rebuild_seconds": rebuild["six"],
-            "ratio_unchanged": ratio["six"],
-            "ratio_rebuild": ratio_rebuild["six"],
+            "reaggregate_unchanged_seconds": unchanged["five"],
+            "reaggregate_rebuild_seconds": rebuild["five"],
+            "ratio_unchanged": ratio["five"],
+            "ratio_rebuild": ratio_rebuild["five"],
             "target": 1.5,
         },
         "issue12_reaggregation": {
@@ -455,15 +457,21 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
                 v: round(statistics.median(unchanged[v]) / floor_detail, 2) for v in WORKERS
             },
             "ratio_rebuild_to_detail_bare": {v: round(rebuild[v][0] / floor_detail, 2) for v in WORKERS},
-            # The constraint: six tables keep today's (four tables') ratio to the bare GROUP BY.
-            "six_over_four_unchanged": round(ratio["six"] / ratio["four"], 2),
-            "six_over_four_rebuild": round(ratio_rebuild["six"] / ratio_rebuild["four"], 2),
+            # The constraint: five tables keep today's (four tables') ratio to the bare GROUP BY.
+            "five_over_four_unchanged": round(ratio["five"] / ratio["four"], 2),
+            "five_over_four_rebuild": round(ratio_rebuild["five"] / ratio_rebuild["four"], 2),
+            # Each variant against the bare GROUP BY at the grain of its finest table: five
+            # tables' to the detail grain's, over four's to (hour, user, model)'s.
+            "five_at_detail_over_four_unchanged": round(
+                statistics.median(unchanged["five"]) / floor_detail / ratio["four"], 2
+            ),
+            "five_at_detail_over_four_rebuild": round(rebuild["five"][0] / floor_detail / ratio_rebuild["four"], 2),
             "peak_rss_mb": rss,
         },
         "fig5": {
-            "peak_rss_mb": rss["six"],
-            "worst_child_mb": max(r["child"] for r in rss["six"]),
-            "worst_main_mb": max(r["main"] for r in rss["six"]),
+            "peak_rss_mb": rss["five"],
+            "worst_child_mb": max(r["child"] for r in rss["five"]),
+            "worst_main_mb": max(r["main"] for r in rss["five"]),
             "target_mb": 300,
         },
     }
@@ -471,7 +479,7 @@ def figure_1_and_5(url: str, workdir: Path, repeats: int) -> dict:
 
 def figure_9(url: str, repeats: int = 1) -> dict:
     """Where a full re-aggregation's time goes, statement by statement: in this process,
-    with six tables and with four, alternately (history unchanged)."""
+    with five tables and with four, alternately (history unchanged)."""
     engine = make_engine(url)
     timer = StatementTimer(engine)
     spent: dict[str, list[dict[str, float]]] = {v: [] for v in WORKERS}
@@ -519,7 +527,7 @@ class StatementTimer:
         if created:
             # A re-aggregation's comparison of fresh rows with a summary table's: named
             # by the first summary table it reads.
-            read = [s.table.name for s in variants.VARIANTS["six"] if re.search(rf"\b{s.table.name}\b", statement)]
+            read = [t for t in variants.ALL_TABLES if re.search(rf"\b{t}\b", statement)]
             return f"create {created[1]}" + (f" from {read[0]}" if read else "")
         return "other"
 
@@ -586,14 +594,14 @@ def insert_plan_facts(plan: Any) -> dict:
     }
 
 
-TICK_CASES = (("history", "six"), ("history", "four"), ("empty", "six"))
+TICK_CASES = (("history", "five"), ("history", "four"), ("empty", "five"))
 
 
 def figure_2(url: str, rows: int, rounds: int, shape: str, batch: int = 10_000, explained: int = 3) -> dict:
-    """Ticks of `batch` new logs in the data's last hour: on the full history with all six
-    summary tables, on it with the four original ones, and on an empty database with six;
+    """Ticks of `batch` new logs in the data's last hour: on the full history with all five
+    summary tables, on it with the four original ones, and on an empty database with five;
     the three in turn, the order rotating each round. Then `explained` more ticks on the
-    full history, six tables, each insert run under EXPLAIN ANALYZE (not timed)."""
+    full history, five tables, each insert run under EXPLAIN ANALYZE (not timed)."""
     big = make_engine(url)
     empty_url = recreate_database("usage_stats_bench_empty")
     empty = make_engine(empty_url)
@@ -647,9 +655,9 @@ def figure_2(url: str, rows: int, rounds: int, shape: str, batch: int = 10_000, 
                 counted[name].append(result.logs)
                 buckets[name].append(result.buckets)
             log(
-                f"  fig 2 round {i + 1}: tick on history, six tables {times['history_six'][-1] * 1000:.1f} ms, "
-                f"four tables {times['history_four'][-1] * 1000:.1f} ms; on empty, six tables "
-                f"{times['empty_six'][-1] * 1000:.1f} ms ({counted['history_six'][-1]:,} consume logs)"
+                f"  fig 2 round {i + 1}: tick on history, five tables {times['history_five'][-1] * 1000:.1f} ms, "
+                f"four tables {times['history_four'][-1] * 1000:.1f} ms; on empty, five tables "
+                f"{times['empty_five'][-1] * 1000:.1f} ms ({counted['history_five'][-1]:,} consume logs)"
             )
         for _ in range(explained):
             add_logs("history")
@@ -669,7 +677,7 @@ def figure_2(url: str, rows: int, rounds: int, shape: str, batch: int = 10_000, 
         with admin_engine().connect() as conn:
             conn.exec_driver_sql('DROP DATABASE IF EXISTS "usage_stats_bench_empty" WITH (FORCE)')
     med = {k: statistics.median(v) for k, v in times.items()}
-    paired = [a / b for a, b in zip(times["history_six"], times["history_four"], strict=True)]
+    paired = [a / b for a, b in zip(times["history_five"], times["history_four"], strict=True)]
 
     def statement_medians(name: str) -> dict[str, float]:
         kinds = sorted({k for one in spent[name] for k in one})
@@ -687,24 +695,24 @@ def figure_2(url: str, rows: int, rounds: int, shape: str, batch: int = 10_000, 
     }
     return {
         "fig2": {
-            "tick_seconds": {"history": times["history_six"], "empty": times["empty_six"]},
-            "consume_logs_per_tick": counted["history_six"][0],
-            "median_ms": {"history": round(med["history_six"] * 1000, 1), "empty": round(med["empty_six"] * 1000, 1)},
-            "ratio": round(med["history_six"] / med["empty_six"], 2),
+            "tick_seconds": {"history": times["history_five"], "empty": times["empty_five"]},
+            "consume_logs_per_tick": counted["history_five"][0],
+            "median_ms": {"history": round(med["history_five"] * 1000, 1), "empty": round(med["empty_five"] * 1000, 1)},
+            "ratio": round(med["history_five"] / med["empty_five"], 2),
             "target_ratio": 2,
             "target_tick_ms": 100,
         },
         "issue12_tick": {
             "tick_seconds": times,
-            "consume_logs_per_tick": counted["history_six"][0],
+            "consume_logs_per_tick": counted["history_five"][0],
             "finest_hourly_rows_touched": {k: statistics.median(v) for k, v in buckets.items()},
             "median_ms": {k: round(v * 1000, 1) for k, v in med.items()},
-            "ratio": round(med["history_six"] / med["history_four"], 2),
+            "ratio": round(med["history_five"] / med["history_four"], 2),
             "paired_ratio_median": round(statistics.median(paired), 2),
             "paired_ratios": [round(r, 2) for r in paired],
             "target_ratio": 1.5,
             "statement_ms": {k: statement_medians(k) for k in times},
-            "explain_six_tables": explain,
+            "explain_five_tables": explain,
         },
     }
 
@@ -881,7 +889,7 @@ def explain_answer(conn, statement: Any, params: dict) -> dict:
 def figure_7(url: str, repeats: int = 3) -> dict:
     """EXPLAIN (ANALYZE, BUFFERS) of today's two answers, as the API runs them
     (shared.queries.prepare, with the real-time tail): the /self heavy user's 30 days by
-    the hour and the site-wide 30 days by day, with six summary tables and with the four
+    the hour and the site-wide 30 days by day, with five summary tables and with the four
     original ones, alternately; the last of `repeats` runs each (a warm cache)."""
     from shared import queries
 
@@ -897,17 +905,17 @@ def figure_7(url: str, repeats: int = 3) -> dict:
     for name, (shape, view, values) in answers.items():
         out[name] = {}
         for i in range(repeats):
-            for variant in ("six", "four") if i % 2 == 0 else ("four", "six"):
+            for variant in ("five", "four") if i % 2 == 0 else ("four", "five"):
                 with variants.summaries(variant), queries.snapshot(engine) as conn:
                     statement, params = queries.prepare(conn, shape, view, start, end, values)
                     out[name][variant] = explain_answer(conn, statement, params)
-        six, four = out[name]["six"], out[name]["four"]
-        out[name]["same_tables_and_rows"] = {t: v["rows"] for t, v in six["tables"].items()} == {
+        five, four = out[name]["five"], out[name]["four"]
+        out[name]["same_tables_and_rows"] = {t: v["rows"] for t, v in five["tables"].items()} == {
             t: v["rows"] for t, v in four["tables"].items()
         }
         log(
-            f"  fig 7 {name}: six tables read "
-            + ", ".join(f"{t} {v['rows']:,} rows ({'; '.join(v['nodes'])})" for t, v in six["tables"].items())
+            f"  fig 7 {name}: five tables read "
+            + ", ".join(f"{t} {v['rows']:,} rows ({'; '.join(v['nodes'])})" for t, v in five["tables"].items())
             + f"; four tables the same: {out[name]['same_tables_and_rows']}"
         )
     engine.dispose()
@@ -1021,6 +1029,36 @@ def figure_8(url: str, workdir: Path, exports: dict[str, tuple[str, ...]]) -> di
             )
         if len(formats) == 2:
             assert out[name]["csv"]["rows"] == out[name]["json"]["rows"], f"{name}: CSV and JSON rows differ"
+    if "model_channel" in exports:
+        out["model_channel"]["reads"] = export_reads(url, start, end, EXPORTS["model_channel"])
+    return out
+
+
+def export_reads(url: str, start: int, end: int, group_by: str, repeats: int = 3) -> dict:
+    """EXPLAIN (ANALYZE, BUFFERS) of an export's statement (site-wide, by day, grouped by
+    `group_by`), as the API makes it: with the five tables (days summed from
+    hourly_detail_usage) and with the six-table design (a daily detail table beside
+    them, bench/variants.py), alternately; the last of `repeats` runs each."""
+    from api.params import GROUP_BY
+    from shared import queries
+
+    shape = queries.Shape(queries.grouped_columns([GROUP_BY[g] for g in group_by.split(",")]))
+    view = queries.View(granularity="day")
+    engine = make_engine(url)
+    out: dict[str, Any] = {}
+    with variants.daily_detail(engine):
+        for i in range(repeats):
+            for variant in ("five", "six") if i % 2 == 0 else ("six", "five"):
+                with variants.summaries(variant), queries.snapshot(engine) as conn:
+                    statement, params = queries.prepare(conn, shape, view, start, end)
+                    out[variant] = explain_answer(conn, statement, params)
+    engine.dispose()
+    for variant, plan in out.items():
+        log(
+            f"  fig 8 export reads, {variant} tables: "
+            + ", ".join(f"{t} {v['rows']:,} rows" for t, v in plan["tables"].items())
+            + f"; {plan['rows_returned']:,} rows out in {plan['execution_ms']} ms"
+        )
     return out
 
 
@@ -1178,7 +1216,7 @@ def main(argv=None) -> int:
         help="which figures (5 comes with 1, 6 with 2; 9 on request; 'none': build only)",
     )
     parser.add_argument("--rebuild", action="store_true", help="build the data set again")
-    parser.add_argument("--repeats", type=int, default=3, help="re-aggregation rounds in figure 1")
+    parser.add_argument("--repeats", type=int, default=3, help="re-aggregation rounds in figures 1 and 9")
     parser.add_argument("--tick-rounds", type=int, default=9)
     parser.add_argument("--wrk-seconds", type=int, default=20)
     parser.add_argument("--api-workers", type=int, default=4)
@@ -1208,16 +1246,16 @@ def main(argv=None) -> int:
     # Measured by the build (a data set built before that was recorded: measured now).
     report["storage"] = meta.get("storage") or data.storage(make_engine(url))
     if "1" in figures or "5" in figures:
-        log("figure 1 and 5: full re-aggregation in real workers, six tables and four, vs bare GROUP BY")
+        log("figure 1 and 5: full re-aggregation in real workers, five tables and four, vs bare GROUP BY")
         report.update(figure_1_and_5(url, workdir, args.repeats))
     if "2" in figures or "6" in figures:
-        log("figure 2 and 6: a tick of 10,000 logs: full history with six and four tables, empty history")
+        log("figure 2 and 6: a tick of 10,000 logs: full history with five and four tables, empty history")
         report.update(figure_2(url, args.rows, args.tick_rounds, args.shape))
     if "9" in figures:
-        log("figure 9: a full re-aggregation statement by statement, six tables and four")
-        report["issue12_reaggregation_statements"] = figure_9(url)
+        log("figure 9: a full re-aggregation statement by statement, five tables and four")
+        report["issue12_reaggregation_statements"] = figure_9(url, args.repeats)
     if "7" in figures:
-        log("figure 7: what today's answers read, six tables and four")
+        log("figure 7: what today's answers read, five tables and four")
         report["issue12_reads"] = figure_7(url)
     if "8" in figures:
         log("figure 8: CSV and JSON exports of 366 days, the serving worker's RSS")
