@@ -35,7 +35,9 @@ Why this design (pg_incremental's sequence pipeline, without its wait):
   rollup has counted (id <= last_log_id and in no gap), one chunk of days per
   transaction, and writes only the rows that differ (a FULL JOIN of the fresh rows with
   the stored ones): re-checking unchanged history costs an aggregation and a comparison,
-  not a rewrite of every row. Ticks can run between chunks; each chunk sees a
+  not a rewrite of every row. The comparison is with the finest table only; the others
+  are summed again from it at the keys that changed (`_rederive`), since every
+  transaction writes them together. Ticks can run between chunks; each chunk sees a
   consistent watermark, so the two never count a log twice or miss it.
 
 Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule needs
@@ -869,10 +871,12 @@ def _reaggregate_days(
         hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
         all_dimensions = set(agg.DIMENSION_NAMES)
         ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
-        if not check_every_table:
+        finest = agg.SUMMARIES[0]
+        # Summing the others from the finest needs it to hold every dimension, in hours
+        # that lie inside local days.
+        if not check_every_table and finest.cut_at_midnight and set(finest.dimensions) == all_dimensions:
             # The finest table against the logs; every other table, at the keys that
             # changed, summed again from the finest (see `_rederive`).
-            finest = agg.SUMMARIES[0]
             key = _key_columns(finest, fresh)
             in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
             if hours_in_one_day:
