@@ -57,11 +57,17 @@ def two_databases(family: str, tmp_path) -> Iterator[tuple[dict[str, str], str, 
         yield {"SQL_DSN": dsn(main_url), "LOG_SQL_DSN": dsn(log_url)}, main_url, log_url
 
 
-def gateway_tables(url: str) -> sa.Engine:
-    """The gateway's main database as new-api has it: users, tokens, channels."""
+def newapi_tables(url: str, tables: tuple[str, ...]) -> sa.Engine:
+    """`tables` made by new-api's own DDL (as GORM makes it on that database)."""
+    from tests.test_existing_newapi_db import NEWAPI_DDL, NEWAPI_MYSQL_DDL
+
     engine = make_engine(url)
-    for table in (m.users, m.tokens, m.channels):
-        table.create(engine)
+    mysql = engine.dialect.name == "mysql"
+    with engine.begin() as conn:
+        for ddl in NEWAPI_MYSQL_DDL if mysql else NEWAPI_DDL:
+            names = {t for t in tables if f'"{t}"' in ddl or f"`{t}`" in ddl}
+            if names:
+                conn.exec_driver_sql(ddl)
     return engine
 
 
@@ -84,7 +90,10 @@ def split(request, tmp_path, monkeypatch):
             assert main(["db", "upgrade"]) == 0
             gateway = make_engine(main_url)
         else:
-            gateway = gateway_tables(main_url)  # as the gateway made them
+            # As new-api made them: users, tokens and channels in the main database,
+            # logs in the other.
+            gateway = newapi_tables(main_url, ("users", "tokens", "channels"))
+            newapi_tables(log_url, ("logs",)).dispose()
         tokens = {
             ROOT: add_user(gateway, ROOT, "root", role=m.ROLE_ROOT),
             ALICE: add_user(gateway, ALICE, "alice"),
