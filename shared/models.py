@@ -26,7 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.mysql import LONGTEXT
+from sqlalchemy.dialects.mysql import DOUBLE, LONGTEXT
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -231,8 +231,9 @@ rollup_state = Table(
     Column("last_log_id", BigInteger, nullable=False, server_default="0"),
     # The STATS_TIMEZONE the daily rows were built in.
     Column("timezone", Text, nullable=True),
-    Column("last_tick_at", Float, nullable=True),
-    Column("last_tick_seconds", Float, nullable=True),
+    # Double precision everywhere: MySQL's FLOAT is 4 bytes, minutes off for a unix time.
+    Column("last_tick_at", Float().with_variant(DOUBLE(), "mysql"), nullable=True),
+    Column("last_tick_seconds", Float().with_variant(DOUBLE(), "mysql"), nullable=True),
     Column("last_tick_logs", BigInteger, nullable=True),
     # Retention's horizon (migration 0004): hourly rows before it are gone, and
     # hourly_detail_usage holds whole local days there (NULL: every hour is kept).

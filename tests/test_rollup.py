@@ -13,6 +13,7 @@ without created_at stopping the rollup); they now guard the fixes.
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC
 
 import pytest
@@ -902,3 +903,14 @@ def test_with_log_retention_a_zone_change_names_the_way_out_and_it_works(sqlite_
     rollup(engine, cfg(engine, "Asia/Shanghai"))
     assert_exact(engine, "Asia/Shanghai")
     engine.dispose()
+
+
+def test_the_tick_time_is_kept_to_the_second(engine):
+    # MySQL's FLOAT (4 bytes) would round a unix time by up to a minute.
+    insert(engine, [log(created_at=utc(2024, 1, 1))])
+    before = time.time()
+    rollup(engine, cfg(engine))
+    after = time.time()
+    with engine.connect() as conn:
+        at_ = conn.execute(sa.select(m.rollup_state.c.last_tick_at)).scalar()
+    assert before - 0.001 <= at_ <= after + 0.001
