@@ -232,8 +232,8 @@ rollup_state = Table(
     # The STATS_TIMEZONE the daily rows were built in.
     Column("timezone", Text, nullable=True),
     # Double precision everywhere: MySQL's FLOAT is 4 bytes, minutes off for a unix time.
-    Column("last_tick_at", Float().with_variant(DOUBLE(), "mysql"), nullable=True),
-    Column("last_tick_seconds", Float().with_variant(DOUBLE(), "mysql"), nullable=True),
+    Column("last_tick_at", Float().with_variant(DOUBLE(asdecimal=False), "mysql"), nullable=True),
+    Column("last_tick_seconds", Float().with_variant(DOUBLE(asdecimal=False), "mysql"), nullable=True),
     Column("last_tick_logs", BigInteger, nullable=True),
     # Retention's horizon (migration 0004): hourly rows before it are gone, and
     # hourly_detail_usage holds whole local days there (NULL: every hour is kept).

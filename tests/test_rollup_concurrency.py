@@ -165,7 +165,12 @@ def test_late_commit_is_counted_once_it_commits(server, writer):
 
 
 @integration
-def test_rolled_back_id_gap_is_forgotten(server, writer):
+def test_rolled_back_id_gap_is_forgotten(server, writer, request):
+    if server.dialect.name == "mysql":
+        # Open (issue 13): after the rollback, information_schema.INNODB_TRX still lists
+        # the writer's transaction with its 2 modified rows, so the gap is kept (safe:
+        # never miscounted, only not forgotten). Not understood yet.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="InnoDB lists the rolled-back writer"))
     s = cfg(server)
     a = writer.connect()
     a_tx = a.begin()

@@ -10,7 +10,6 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import context, op
-from sqlalchemy.dialects import mysql
 
 revision = "0001"
 down_revision = None
@@ -143,8 +142,8 @@ def upgrade() -> None:
         sa.Column("last_log_id", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("timezone", sa.Text, nullable=True),
         # MySQL's FLOAT is 4 bytes, minutes off for a unix time: DOUBLE there.
-        sa.Column("last_tick_at", sa.Float().with_variant(mysql.DOUBLE(), "mysql"), nullable=True),
-        sa.Column("last_tick_seconds", sa.Float().with_variant(mysql.DOUBLE(), "mysql"), nullable=True),
+        sa.Column("last_tick_at", sa.Float().with_variant(sa.Double(), "mysql"), nullable=True),
+        sa.Column("last_tick_seconds", sa.Float().with_variant(sa.Double(), "mysql"), nullable=True),
         sa.Column("last_tick_logs", sa.BigInteger, nullable=True),
         **_mysql_table(),
     )
