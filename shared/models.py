@@ -220,7 +220,7 @@ LOG_TOPUP, LOG_CONSUME, LOG_MANAGE, LOG_SYSTEM, LOG_ERROR, LOG_REFUND = 1, 2, 3,
 
 # --- ours ----------------------------------------------------------------------------
 # The summary tables (hourly_usage, daily_usage, hourly_model_usage, daily_model_usage,
-# hourly_detail_usage, daily_detail_usage) are declared in shared.aggregation, from the
+# hourly_detail_usage) are declared in shared.aggregation, from the
 # dimensions and measures they hold.
 
 rollup_state = Table(
