@@ -114,40 +114,48 @@ def throwaway_database(prefix: str, dialect: str = "postgresql"):
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
-    with throwaway_database("usage_stats_test") as url:
+@contextmanager
+def migrated_database(dialect: str):
+    """The URL of a fresh database of `dialect` for a test session, migrated, dropped at the end."""
+    with throwaway_database("usage_stats_test", dialect) as url:
         engine = make_engine(url)
         upgrade(engine)
         engine.dispose()
+        yield url
+
+
+@contextmanager
+def reset_engine(url: str):
+    """An engine on the session's database, every table emptied first."""
+    engine = make_engine(url)
+    reset(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    with migrated_database("postgresql") as url:
         yield url
 
 
 @pytest.fixture
 def pg_engine(pg_url):
-    engine = make_engine(pg_url)
-    reset(engine)
-    yield engine
-    engine.dispose()
+    with reset_engine(pg_url) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session")
 def mysql_url():
-    """A fresh MariaDB (or MySQL) database for this test session, migrated, dropped at the end."""
-    with throwaway_database("usage_stats_test", "mysql") as url:
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    """MariaDB (or MySQL)."""
+    with migrated_database("mysql") as url:
         yield url
 
 
 @pytest.fixture
 def mysql_engine(mysql_url):
-    engine = make_engine(mysql_url)
-    reset(engine)
-    yield engine
-    engine.dispose()
+    with reset_engine(mysql_url) as engine:
+        yield engine
 
 
 @pytest.fixture(

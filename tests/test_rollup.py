@@ -47,6 +47,21 @@ def cfg(engine, tz="UTC", **kw) -> Settings:
     return Settings(database_url=str(engine.url), stats_timezone=tz, **kw)
 
 
+def accepted_zones() -> list[str]:
+    """Every zone of the zone database that STATS_TIMEZONE accepts."""
+    import zoneinfo
+
+    from shared.config import ConfigError
+
+    accepted = []
+    for name in sorted(zoneinfo.available_timezones()):
+        try:
+            accepted.append(Settings.from_env({"STATS_TIMEZONE": name}).stats_timezone)
+        except ConfigError:
+            pass
+    return accepted
+
+
 def keys(engine, table):
     return sorted(actual_tables(engine)[table])
 
@@ -335,17 +350,10 @@ def test_mariadb_buckets_equal_python_around_every_offset_change(mysql_engine, t
 @pytest.mark.integration
 def test_mariadb_buckets_of_every_tenth_accepted_zone(mysql_engine):
     """Zones of every kind bucket alike on MySQL and in Python, in every season of 2024."""
-    import zoneinfo
 
     from shared.buckets import local_midnight, local_period_start
-    from shared.config import ConfigError
 
-    accepted = []
-    for name in sorted(zoneinfo.available_timezones()):
-        try:
-            accepted.append(Settings.from_env({"STATS_TIMEZONE": name}).stats_timezone)
-        except ConfigError:
-            pass
+    accepted = accepted_zones()
     stamps = [utc(2024, month, d, h) for month in (1, 3, 4, 7, 10, 11) for d in (1, 15, 28) for h in (0, 12)]
     wrong = []
     for name in accepted[::10]:
@@ -376,17 +384,10 @@ def test_zone_names_postgres_reads_as_abbreviations_are_refused(tz):
 def test_every_accepted_zone_name_gets_the_same_days_on_postgres(pg_engine):
     """Any STATS_TIMEZONE that configuration accepts is bucketed alike by PostgreSQL and by
     Python (SQLite, re-aggregation's day ranges), in every season of 2024."""
-    import zoneinfo
 
     from shared.buckets import day_start, local_midnight
-    from shared.config import ConfigError
 
-    accepted = []
-    for name in sorted(zoneinfo.available_timezones()):
-        try:
-            accepted.append(Settings.from_env({"STATS_TIMEZONE": name}).stats_timezone)
-        except ConfigError:
-            pass
+    accepted = accepted_zones()
     assert "America/New_York" in accepted and "CET" not in accepted
     stamps = [utc(2024, month, 15, 12) for month in (1, 4, 7, 10)]
     wrong = []
