@@ -65,7 +65,10 @@ On MySQL and MariaDB (InnoDB) the same design, with InnoDB's means:
   this database or to none (PROCESSLIST.DB; new-api writes logs from connections to the
   database holding them, and a writer idle in another database of a shared server would
   otherwise hold every gap open). A transaction that has modified nothing and runs
-  nothing holds no id it can still commit.
+  nothing holds no id it can still commit. innodb_trx is a cache InnoDB refreshes only
+  after 0.1 s unread: a tick settles only gaps recorded by earlier ticks, and only when
+  its one read of innodb_trx lists the tick's own transaction (so the cache is newer
+  than every such gap) and InnoDB did not truncate it; otherwise a later tick does.
 - `check_innodb` refuses what breaks this, with the fix: logs not InnoDB or without
   AUTO_INCREMENT, auto_increment_increment > 1 (several primaries hand out interleaved
   ids, and innodb_trx shows only this server's transactions), innodb_trx unreadable
@@ -424,18 +427,40 @@ FROM (SELECT id, COALESCE(LAG(id) OVER (ORDER BY id), :w) AS prev
 WHERE id - prev > 1
 """)
 
-# InnoDB: see the module's docstring. trx_started is in the session's time zone (UTC,
-# shared.db), as discovered_at is.
-_SETTLE_GAPS_MYSQL = sa.text("""
+# InnoDB: see the module's docstring. INNODB_TRX is a cache that InnoDB refreshes only
+# once it has gone 0.1 s unread, so a tick reads it once, into TRX_COPY, and trusts that
+# copy only if it lists the tick's own transaction: then it was taken after this
+# transaction began, so after every gap an earlier tick recorded (the lock orders ticks).
+# Gaps this tick records wait for the next tick. trx_started is in the session's time
+# zone (UTC, shared.db), as discovered_at is.
+TRX_COPY = "rollup_trx"
+_COPY_INNODB_TRX = sa.text(f"""
+CREATE TEMPORARY TABLE {TRX_COPY} AS
+SELECT t.trx_mysql_thread_id AS thread, t.trx_started AS started
+FROM information_schema.INNODB_TRX t
+LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+WHERE t.trx_mysql_thread_id = CONNECTION_ID()
+   OR ((t.trx_rows_modified > 0 OR t.trx_query IS NOT NULL) AND (p.DB IS NULL OR p.DB = DATABASE()))
+""")
+_SETTLE_GAPS_MYSQL = sa.text(f"""
 UPDATE rollup_gap SET settled_at = NOW(6)
 WHERE settled_at IS NULL AND NOT EXISTS (
-    SELECT 1 FROM information_schema.INNODB_TRX t
-    LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-    WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
-      AND t.trx_started <= rollup_gap.discovered_at
-      AND (t.trx_rows_modified > 0 OR t.trx_query IS NOT NULL)
-      AND (p.DB IS NULL OR p.DB = DATABASE()))
+    SELECT 1 FROM {TRX_COPY} t
+    WHERE t.thread <> CONNECTION_ID() AND t.started <= rollup_gap.discovered_at)
 """)
+
+
+def _settle_gaps_mysql(conn: Connection) -> None:
+    """Settle the gaps of earlier ticks whose writers are all gone, if INNODB_TRX's cache
+    is known to be fresh (see TRX_COPY); otherwise leave them to a later tick."""
+    conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {TRX_COPY}")
+    conn.execute(_COPY_INNODB_TRX)
+    # InnoDB leaves transactions out when the cache reaches its memory limit, and warns.
+    truncated = any("truncated" in str(w[2]).lower() for w in conn.exec_driver_sql("SHOW WARNINGS"))
+    fresh = conn.execute(sa.text(f"SELECT COUNT(*) FROM {TRX_COPY} WHERE thread = CONNECTION_ID()")).scalar_one()
+    if fresh and not truncated:
+        conn.execute(_SETTLE_GAPS_MYSQL)
+    conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {TRX_COPY}")
 
 
 def check_innodb(conn: Connection) -> None:
@@ -676,9 +701,12 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
                 # Settled in an earlier transaction, before this snapshot: what committed
                 # in them was counted just now, nothing more can arrive.
                 conn.execute(sa.delete(m.rollup_gap).where(m.rollup_gap.c.settled_at.is_not(None)))
+            if my:
+                _settle_gaps_mysql(conn)
             if h is not None:
                 conn.execute(_RECORD_GAPS_MYSQL if my else _RECORD_GAPS, {"w": w, "h": h})
-            conn.execute(_SETTLE_GAPS_MYSQL if my else _SETTLE_GAPS)
+            if not my:
+                conn.execute(_SETTLE_GAPS)
         if my:
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {LOG_COPY}")
         result.seconds = time.perf_counter() - started
