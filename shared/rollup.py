@@ -37,8 +37,13 @@ Why this design (pg_incremental's sequence pipeline, without its wait):
   the stored ones): re-checking unchanged history costs an aggregation and a comparison,
   not a rewrite of every row. The comparison is with the finest table only; the others
   are summed again from it at the keys that changed (`_rederive`), since every
-  transaction writes them together. Ticks can run between chunks; each chunk sees a
-  consistent watermark, so the two never count a log twice or miss it.
+  transaction writes them together. A chunk aggregates its days *without* the lock,
+  from the logs counted at one moment of progress P0 (last_log_id, then the gaps: see
+  `_progress_then`), so ticks and other chunks run meanwhile; then, under the lock, it
+  adds the logs of its days counted since (ids above P0's watermark, or inside P0's
+  gaps, and in no gap now: exactly what the ticks in between folded), so its fresh rows
+  are the days' counted logs at that moment, and compares and writes. A chunk killed
+  before its write leaves only temporary tables; its write commits whole or not at all.
 
 Sequences with CACHE > 1 hand out ids out of order across sessions; the gap rule needs
 the default CACHE 1 (new-api's bigserial), and a tick refuses to run otherwise
@@ -98,7 +103,6 @@ from . import models as m
 from .aggregation import AnySelect
 from .buckets import HOUR, day_start, first_split_hour, hour_start, local_midnight, next_local_midnight
 from .config import Settings
-from .db import write_connection
 
 log = logging.getLogger("usage_stats.rollup")
 
@@ -158,60 +162,52 @@ delta = sa.Table(
 def exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
     """A transaction that holds the rollup's lock, or None when `wait` is false and
     someone else holds it."""
-    if engine.dialect.name == "mysql":
-        with _mysql_exclusive(engine, wait=wait) as conn:
-            yield conn
-        return
-    if engine.dialect.name != "postgresql":
-        with write_connection(engine) as conn:
-            yield conn
-        return
-    with engine.connect() as conn:
-        if wait:
-            conn.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
-            got = True
-        else:
-            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar())
-        conn.commit()
-        if not got:
-            yield None
-            return
-        try:
-            # One snapshot for the whole transaction, taken after the lock was granted.
-            conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
-        finally:
-            try:
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
-                conn.commit()
-            except sa.exc.DBAPIError:
-                # A dead connection holds no lock; make sure the pool drops it.
-                conn.invalidate()
+    with engine.connect() as conn, exclusive_on(conn, wait=wait) as got:
+        yield got
 
 
 @contextmanager
-def _mysql_exclusive(engine: Engine, *, wait: bool) -> Iterator[Connection | None]:
-    """MySQL: GET_LOCK, then a READ COMMITTED transaction (the engine's level)."""
-    with engine.connect() as conn:
+def exclusive_on(conn: Connection, *, wait: bool) -> Iterator[Connection | None]:
+    """`exclusive` on a connection of the caller's (which keeps its temporary tables);
+    it must have no transaction open."""
+    if conn.dialect.name == "sqlite":
+        # BEGIN IMMEDIATE (shared.db.write_connection): SQLite's write lock is the lock.
+        conn = conn.execution_options(sqlite_begin_immediate=True)
+        with conn.begin():
+            yield conn
+        return
+    mysql_ = conn.dialect.name == "mysql"
+    if mysql_:
         # GET_LOCK's timeout is in seconds; a year stands for "wait".
         got = conn.execute(MYSQL_LOCK, {"timeout": 365 * 86400 if wait else 0}).scalar() == 1
-        conn.commit()
-        if not got:
-            yield None
-            return
+    elif wait:
+        conn.execute(sa.select(sa.func.pg_advisory_lock(LOCK_KEY)))
+        got = True
+    else:
+        got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK_KEY))).scalar())
+    conn.commit()
+    if not got:
+        yield None
+        return
+    try:
+        if not mysql_:
+            # One snapshot for the whole transaction, taken after the lock was granted.
+            # (MySQL: READ COMMITTED, the engine's level; see the module's docstring.)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+    finally:
         try:
-            with conn.begin():
-                yield conn
-        finally:
-            try:
+            if mysql_:
                 # A copy left by a failed tick must never be read by the connection's next user.
                 conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {LOG_COPY}")
                 conn.execute(MYSQL_UNLOCK)
-                conn.commit()
-            except sa.exc.DBAPIError:
-                # A dead connection holds no lock; make sure the pool drops it.
-                conn.invalidate()
+            else:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_KEY)))
+            conn.commit()
+        except sa.exc.DBAPIError:
+            # A dead connection holds no lock; make sure the pool drops it.
+            conn.invalidate()
 
 
 @contextmanager
@@ -874,84 +870,154 @@ def _reaggregate_days(
     # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
     h_lo, h_hi = d_lo - d_lo % HOUR, -(-d_hi // HOUR) * HOUR
     lg = m.logs.c
-    pg = engine.dialect.name == "postgresql"
-    with locked(engine) as conn:
-        state = _state(conn, settings)
-        if pg:
-            # JIT compiling these few statements costs more than it saves.
-            conn.exec_driver_sql("SET LOCAL jit = off")
-            conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-        counted = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi, lg.id <= state.last_log_id)
-        if (
-            keeps_gaps(engine.dialect.name)
-            and conn.execute(sa.select(sa.func.count()).select_from(m.rollup_gap)).scalar()
-        ):
-            counted = sa.and_(counted, _not_in_gap())
-        if user_id is not None:
-            counted = sa.and_(counted, lg.user_id == user_id)
-        fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_counted_rows(counted, settings.stats_timezone)))
-        f = fresh.c
-        # rollup_fresh is keyed by (hour, day, dimensions). Where every local midnight
-        # falls on a UTC hour (all zones but a few half-hour ones), an hour lies in one
-        # day, so its rows are unique by (hour, dimensions) already: the finest hourly
-        # table takes them as they are, without a second GROUP BY over hundreds of
-        # thousands of rows.
-        hours_in_one_day = all(d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone)))
-        all_dimensions = set(agg.DIMENSION_NAMES)
-        ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
-        finest = agg.SUMMARIES[0]
-        # Summing the others from the finest needs it to hold every dimension, in hours
-        # that lie inside local days.
-        if not check_every_table and finest.cut_at_midnight and set(finest.dimensions) == all_dimensions:
-            # The finest table against the logs; every other table, at the keys that
-            # changed, summed again from the finest (see `_rederive`).
-            key = _key_columns(finest, fresh)
-            in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
-            if hours_in_one_day:
-                rows = sa.select(*key, *(f[v] for v in finest.values)).where(in_range)
-            else:
-                rows = agg.aggregate(fresh, key, finest.values).where(in_range)
-            stored = sa.and_(finest.table.c[agg.BUCKET] >= h_lo, finest.table.c[agg.BUCKET] < h_hi)
-            if user_id is not None:
-                stored = sa.and_(stored, finest.table.c.user_id == user_id)
-            change = _sync(conn, finest, rows, stored)
-            for summary in agg.SUMMARIES[1:]:
-                _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
-            return _fresh_logs(conn, fresh, d_lo, d_hi)
-        # Per grain, the last table synced and its change (rollup_change holds only the
-        # latest _sync's): the tables without users are moved by it.
-        synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
-        for summary in agg.SUMMARIES:
-            lo, hi = ranges[summary.grain]
-            target = summary.table
-            in_range = sa.and_(f[summary.grain] >= lo, f[summary.grain] < hi)
-            key = _key_columns(summary, fresh)
-            if summary.grain == "hour" and hours_in_one_day and set(summary.dimensions) == all_dimensions:
-                rows = sa.select(*key, *(f[v] for v in summary.values)).where(in_range)
-            else:
-                rows = agg.aggregate(fresh, key, summary.values).where(in_range)
-            stored = sa.and_(target.c[agg.BUCKET] >= lo, target.c[agg.BUCKET] < hi)
-            if user_id is None or "user_id" in summary.dimensions:
-                # Every log of these rows is in rollup_fresh: make the stored rows equal them.
-                if user_id is not None:
-                    stored = sa.and_(stored, target.c.user_id == user_id)
-                synced[summary.grain] = (summary, _sync(conn, summary, rows, stored))
-            else:
-                # Only one user's logs were read: move these rows by the change of a
-                # table of the same grain that holds that user's rows.
-                source, change = synced[summary.grain]
-                assert set(summary.dimensions) < set(source.dimensions), (summary, source)
-                c = change.c
-                by = [c[k] for k in summary.key]
-                _fold(
-                    conn,
-                    summary,
-                    sa.select(
-                        *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
-                    ).group_by(*by),
+    in_range = sa.and_(lg.created_at >= h_lo, lg.created_at < h_hi)
+    if user_id is not None:
+        in_range = sa.and_(in_range, lg.user_id == user_id)
+    tz = settings.stats_timezone
+    with engine.connect() as conn:
+        # 1. Without the lock (ticks and other chunks go on): aggregate the logs counted
+        # at one moment of the rollup's progress, the long part of the work.
+        then = _progress_then(conn)
+        with conn.begin():
+            _tune_for_aggregation(conn)
+            counted = sa.and_(in_range, lg.id <= then.last_log_id)
+            if then.gaps:
+                counted = sa.and_(counted, ~sa.exists().where(_in_gap_then()))
+            fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_counted_rows(counted, tz)))
+        # 2. Under the lock: add the logs counted since (a tick's few, if any), then
+        # compare and write.
+        with exclusive_on(conn, wait=True) as locked_conn:
+            assert locked_conn is not None  # a waiting caller always gets the lock
+            conn = locked_conn
+            now = _state(conn, settings).last_log_id
+            late = 0
+            if now != then.last_log_id or then.gaps:
+                _tune_for_aggregation(conn)
+                newer = lg.id > then.last_log_id
+                since = sa.and_(
+                    in_range,
+                    lg.id <= now,
+                    sa.or_(newer, sa.exists().where(_in_gap_then())) if then.gaps else newer,
                 )
-                conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
+                if keeps_gaps(engine.dialect.name):
+                    since = sa.and_(since, _not_in_gap())
+                late = conn.execute(
+                    sa.insert(fresh).from_select(
+                        [c.name for c in fresh.columns], _delta_select(_counted_rows(since, tz))
+                    )
+                ).rowcount
+            return _replace_days(conn, settings, fresh, d_lo, d_hi, h_lo, h_hi, user_id, check_every_table, late > 0)
+
+
+GAPS_THEN = "rollup_gap_then"
+
+
+def _progress_then(conn: Connection) -> Progress:
+    """The rollup's progress now, its gaps also copied into GAPS_THEN. last_log_id is read
+    before the gaps: a tick committing in between can only have closed some of them (ids
+    it counted, or that will never commit) and opened new ones above that watermark, so
+    the logs counted by (last_log_id, gaps) are counted at both moments."""
+    with conn.begin():
+        s = m.rollup_state.c
+        last = conn.execute(sa.select(s.last_log_id).where(s.id == 1)).scalar_one_or_none()
+        if last is None:
+            raise RollupError("rollup_state is empty: run `usage-stats db upgrade` first")
+        gaps = _temp_table_as(conn, GAPS_THEN, sa.select(m.rollup_gap.c.lo, m.rollup_gap.c.hi))
+        found = conn.execute(sa.select(gaps.c.lo, gaps.c.hi)).all()
+    return Progress(int(last), [(lo, hi) for lo, hi in found])
+
+
+def _in_gap_then() -> Any:
+    g = sa.table(GAPS_THEN, sa.column("lo"), sa.column("hi")).c
+    return m.logs.c.id.between(g.lo, g.hi)
+
+
+def _tune_for_aggregation(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # JIT compiling these few statements costs more than it saves.
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+
+
+def _replace_days(
+    conn: Connection,
+    settings: Settings,
+    fresh: sa.TableClause,
+    d_lo: int,
+    d_hi: int,
+    h_lo: int,
+    h_hi: int,
+    user_id: int | None,
+    check_every_table: bool,
+    regroup: bool,
+) -> int:
+    """Make the summary rows of the days [d_lo, d_hi) (hours [h_lo, h_hi)) equal
+    rollup_fresh. `regroup`: rollup_fresh may hold a key more than once (late logs were
+    added to it)."""
+    f = fresh.c
+    # rollup_fresh is keyed by (hour, day, dimensions). Where every local midnight
+    # falls on a UTC hour (all zones but a few half-hour ones), an hour lies in one
+    # day, so its rows are unique by (hour, dimensions) already: the finest hourly
+    # table takes them as they are, without a second GROUP BY over hundreds of
+    # thousands of rows.
+    hours_in_one_day = not regroup and all(
+        d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone))
+    )
+    all_dimensions = set(agg.DIMENSION_NAMES)
+    ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
+    finest = agg.SUMMARIES[0]
+    # Summing the others from the finest needs it to hold every dimension, in hours
+    # that lie inside local days.
+    if not check_every_table and finest.cut_at_midnight and set(finest.dimensions) == all_dimensions:
+        # The finest table against the logs; every other table, at the keys that
+        # changed, summed again from the finest (see `_rederive`).
+        key = _key_columns(finest, fresh)
+        in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
+        if hours_in_one_day:
+            rows = sa.select(*key, *(f[v] for v in finest.values)).where(in_range)
+        else:
+            rows = agg.aggregate(fresh, key, finest.values).where(in_range)
+        stored = sa.and_(finest.table.c[agg.BUCKET] >= h_lo, finest.table.c[agg.BUCKET] < h_hi)
+        if user_id is not None:
+            stored = sa.and_(stored, finest.table.c.user_id == user_id)
+        change = _sync(conn, finest, rows, stored)
+        for summary in agg.SUMMARIES[1:]:
+            _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
         return _fresh_logs(conn, fresh, d_lo, d_hi)
+    # Per grain, the last table synced and its change (rollup_change holds only the
+    # latest _sync's): the tables without users are moved by it.
+    synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
+    for summary in agg.SUMMARIES:
+        lo, hi = ranges[summary.grain]
+        target = summary.table
+        in_range = sa.and_(f[summary.grain] >= lo, f[summary.grain] < hi)
+        key = _key_columns(summary, fresh)
+        if summary.grain == "hour" and hours_in_one_day and set(summary.dimensions) == all_dimensions:
+            rows = sa.select(*key, *(f[v] for v in summary.values)).where(in_range)
+        else:
+            rows = agg.aggregate(fresh, key, summary.values).where(in_range)
+        stored = sa.and_(target.c[agg.BUCKET] >= lo, target.c[agg.BUCKET] < hi)
+        if user_id is None or "user_id" in summary.dimensions:
+            # Every log of these rows is in rollup_fresh: make the stored rows equal them.
+            if user_id is not None:
+                stored = sa.and_(stored, target.c.user_id == user_id)
+            synced[summary.grain] = (summary, _sync(conn, summary, rows, stored))
+        else:
+            # Only one user's logs were read: move these rows by the change of a
+            # table of the same grain that holds that user's rows.
+            source, change = synced[summary.grain]
+            assert set(summary.dimensions) < set(source.dimensions), (summary, source)
+            c = change.c
+            by = [c[k] for k in summary.key]
+            _fold(
+                conn,
+                summary,
+                sa.select(
+                    *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
+                ).group_by(*by),
+            )
+            conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
+    return _fresh_logs(conn, fresh, d_lo, d_hi)
 
 
 def _fresh_logs(conn: Connection, fresh: sa.TableClause, d_lo: int, d_hi: int) -> int:

@@ -23,6 +23,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from shared import aggregation as agg
 from shared import models as m
 from shared.config import Settings
 from shared.db import make_engine
@@ -321,6 +322,63 @@ def test_reaggregation_does_not_count_a_committed_log_still_in_a_gap(server, wri
     assert totals(server) == (2, 1007)
     assert_exact(server, TZ)
     reaggregate(server, s, lo, hi)  # now counted: re-aggregation includes it
+    assert_exact(server, TZ)
+
+
+@integration
+@pytest.mark.parametrize("late", ["new_id", "inside_a_gap"])
+def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late):
+    """A re-aggregation aggregates its days without the lock, then takes it to write. A
+    tick that counts logs of those days in between (a new id, or one that committed
+    inside a gap the aggregation left out) must leave them counted exactly once."""
+    s = cfg(server)
+    lo, hi = day_bounds(T, TZ)
+    held = writer.connect()
+    held_tx = held.begin()
+    insert(held, log(user_id=1, created_at=T + 5, quota=1000))  # its id, still uncommitted
+    insert(writer, [log(user_id=1, created_at=T, quota=7), log(user_id=2, created_at=T + 60, quota=5)])
+    tick(server, s)
+    assert len(gaps(server)) == 1
+    if late == "new_id":
+        held_tx.rollback()
+        held.close()
+    with server.begin() as conn:  # history that the re-aggregation must repair
+        finest = agg.SUMMARIES[0].table
+        conn.execute(sa.delete(finest).where(finest.c.user_id == 2))
+    fired = []
+
+    def between(conn, cursor, statement, parameters, context, executemany):
+        # The chunk has aggregated (rollup_fresh exists) and now asks for the lock.
+        if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
+            fired.append(statement)
+            if late == "new_id":
+                insert(writer, log(user_id=1, created_at=T + 30, quota=300))
+            else:
+                held_tx.commit()
+                held.close()
+            if late == "new_id":
+                tick(server, s)
+            else:
+                forget_gaps(server, s)
+
+    fresh_made = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if "TABLE rollup_fresh AS" in statement:
+            fresh_made.append(True)
+
+    sa.event.listen(server, "after_cursor_execute", watch)
+    sa.event.listen(server, "before_cursor_execute", between)
+    try:
+        r = reaggregate(server, s, lo, hi)
+    finally:
+        sa.event.remove(server, "before_cursor_execute", between)
+        sa.event.remove(server, "after_cursor_execute", watch)
+    assert fired, "the tick never ran between the chunk's two phases"
+    assert r.logs == 3  # the day's logs, the tick's included
+    assert totals(server) == (3, 1012 if late == "inside_a_gap" else 312)
+    assert_exact(server, TZ)
+    forget_gaps(server, s)
     assert_exact(server, TZ)
 
 
