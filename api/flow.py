@@ -31,7 +31,7 @@ from shared import models as m
 from shared import names, queries
 from shared.auth import live_user_id
 
-from . import csvexport, params
+from . import csvexport, etag, params
 from .auth import authenticate
 from .config import DAY, ApiLimits
 from .errors import ApiError
@@ -62,7 +62,7 @@ USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user=True)
 def data_users() -> Response:
     state = app_state()
     with state.connections() as (conn, gateway):
-        authenticate(gateway, m.ROLE_ADMIN)
+        user = authenticate(gateway, m.ROLE_ADMIN)
         window = request_window(state, USERS_PARAMETERS)
         username = params.parse_username(request.args)
         csv = params.parse_format(request.args, csvexport.prefers_csv(request))
@@ -71,13 +71,21 @@ def data_users() -> Response:
         if username is not None:
             shape, values = USERS_BY_NAME, {"user_id": live_user_id(gateway, username)}
         queries.check_answerable(window.view, window.start, window.end)
+        nobody = shape.user and values["user_id"] is None
+        asked = etag.request_of(
+            str(request.endpoint), user.id, shape, window.view, window.start, window.end, values, csv=csv, owner=None
+        )
+        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not nobody)
+        if (unchanged := etag.not_modified(tagged.tag)) is not None:
+            return unchanged
         rows = []
-        if not csv and not (shape.user and values["user_id"] is None):
-            rows = queries.usage(conn, shape, window.view, window.start, window.end, values)
+        if not csv and tagged.version is not None:
+            progress = tagged.version.progress
+            rows = queries.usage(conn, shape, window.view, window.start, window.end, values, progress)
     if csv:
         filename = f"usage-users-{window.granularity}-{window.start}-{window.end}.csv"
-        return csv_answer(state, shape, window.view, window.start, window.end, values, filename)
-    return success(rows)
+        return csv_answer(state, shape, window.view, window.start, window.end, values, filename, None, tagged.tag)
+    return etag.with_tag(success(rows), tagged.tag)
 
 
 # --- /api/data/flow and /api/data/flow/self ---------------------------------------------
@@ -147,6 +155,7 @@ def flow_shape(columns: tuple[str, ...], *, user: bool = False) -> queries.Shape
 
 def _flow_answer(
     state: Any,
+    user_id: int,
     shape: queries.Shape,
     view: queries.View,
     start: int,
@@ -154,15 +163,23 @@ def _flow_answer(
     values: dict[str, Any],
     owner: int | None,
 ) -> Response:
-    """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV."""
-    if params.parse_format(request.args, csvexport.prefers_csv(request)):
-        filename = f"usage-flow-{start}-{end}.csv"
-        return csv_answer(state, shape, view, start, end, values, filename, owner)
-    if shape.user and values["user_id"] is None:
-        return success([])  # username= of nobody
+    """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV, asked by
+    `user_id`."""
+    csv = params.parse_format(request.args, csvexport.prefers_csv(request))
+    queries.check_answerable(view, start, end)
+    asked = etag.request_of(str(request.endpoint), user_id, shape, view, start, end, values, csv=csv, owner=owner)
     with state.connections() as (conn, gateway):
-        rows = names.name_rows(gateway, queries.usage(conn, shape, view, start, end, values), owner=owner)
-    return success(rows)
+        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
+        if (unchanged := etag.not_modified(tagged.tag)) is not None:
+            return unchanged
+        rows = []  # username= of nobody
+        if not csv and tagged.version is not None:
+            progress = tagged.version.progress
+            rows = names.name_rows(gateway, queries.usage(conn, shape, view, start, end, values, progress), owner=owner)
+    if csv:
+        filename = f"usage-flow-{start}-{end}.csv"
+        return csv_answer(state, shape, view, start, end, values, filename, owner, tagged.tag)
+    return etag.with_tag(success(rows), tagged.tag)
 
 
 def _realtime(args: MultiDict, enabled: bool) -> bool:
@@ -181,10 +198,10 @@ def data_flow() -> Response:
     view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
     columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
     if username is None:
-        return _flow_answer(state, flow_shape(columns), view, start, end, {}, None)
+        return _flow_answer(state, user.id, flow_shape(columns), view, start, end, {}, None)
     with state.gateway.connect() as gateway:
         user_id = live_user_id(gateway, username)
-    return _flow_answer(state, flow_shape(columns, user=True), view, start, end, {"user_id": user_id}, None)
+    return _flow_answer(state, user.id, flow_shape(columns, user=True), view, start, end, {"user_id": user_id}, None)
 
 
 @bp.get("/api/data/flow/self")
@@ -198,4 +215,6 @@ def data_flow_self() -> Response:
     view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
     # The caller's own rows only: keys of other users never appear, and username is
     # ignored, as new-api ignores it here.
-    return _flow_answer(state, flow_shape(SELF_FLOW, user=True), view, start, end, {"user_id": user.id}, user.id)
+    return _flow_answer(
+        state, user.id, flow_shape(SELF_FLOW, user=True), view, start, end, {"user_id": user.id}, user.id
+    )

@@ -15,7 +15,7 @@ from shared import models as m
 from shared import names, queries
 from shared.auth import live_user_id
 
-from . import AppState, csvexport, params
+from . import AppState, csvexport, etag, params
 from .auth import authenticate
 from .errors import failure, is_unavailable, log
 
@@ -75,17 +75,32 @@ def _answer(*, admin: bool) -> Response:
             # username=: the live user of that name; none (or a deleted one) has no rows.
             values["user_id"] = user.id if selection.username is None else live_user_id(gateway, selection.username)
         nobody = shape.user and values["user_id"] is None
-        if selection.csv or nobody:
-            queries.check_answerable(window.view, window.start, window.end)
-            rows = []
-        else:
-            answer = queries.usage(conn, shape, window.view, window.start, window.end, values)
-            rows = names.name_rows(gateway, answer, owner=None if admin else user.id)
+        owner = None if admin else user.id
+        queries.check_answerable(window.view, window.start, window.end)
+        asked = etag.request_of(
+            str(request.endpoint),
+            user.id,
+            shape,
+            window.view,
+            window.start,
+            window.end,
+            values,
+            csv=selection.csv,
+            owner=owner,
+        )
+        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not nobody)
+        if (unchanged := etag.not_modified(tagged.tag)) is not None:
+            return unchanged
+        rows = []
+        if not (selection.csv or nobody):
+            assert tagged.version is not None
+            progress = tagged.version.progress
+            answer = queries.usage(conn, shape, window.view, window.start, window.end, values, progress)
+            rows = names.name_rows(gateway, answer, owner=owner)
     if selection.csv:
         filename = f"usage-{'site' if admin else 'self'}-{window.granularity}-{window.start}-{window.end}.csv"
-        owner = None if admin else user.id
-        return csv_answer(state, shape, window.view, window.start, window.end, values, filename, owner)
-    return success(rows)
+        return csv_answer(state, shape, window.view, window.start, window.end, values, filename, owner, tagged.tag)
+    return etag.with_tag(success(rows), tagged.tag)
 
 
 def csv_answer(
@@ -96,13 +111,16 @@ def csv_answer(
     end: int,
     values: dict[str, Any],
     filename: str,
-    owner: int | None = None,
+    owner: int | None,
+    tag: str,
 ) -> Response:
     """The answer as CSV, streamed from its own snapshot: rows are read, named and
     written a chunk at a time, so a long export holds one chunk in memory. The caller
     has checked everything that can be refused (queries.check_answerable included):
     once streaming, a failure can only cut the stream short. `owner`: see
-    names.name_rows. A user_id of None in `values`: nobody's answer, the header alone."""
+    names.name_rows. A user_id of None in `values`: nobody's answer, the header alone.
+    `tag`: its ETag, from a version the caller read before this snapshot began, so
+    older than or equal to the rows sent, never newer (see shared.answer_version)."""
     header = names.named_columns(shape.columns)
 
     def chunks() -> Iterator[list[dict[str, Any]]]:
@@ -113,11 +131,12 @@ def csv_answer(
             for chunk in queries.stream_rows(conn, statement, bound):
                 yield names.name_rows(gateway, chunk, owner=owner)
 
-    return Response(
+    response = Response(
         stream_with_context(csvexport.lines(header, chunks())),
         mimetype=csvexport.MIMETYPE,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+    return etag.with_tag(response, tag)
 
 
 @bp.get("/api/data/self")

@@ -80,7 +80,18 @@ def upgrade(engine: Engine, revision: str = "head", *, gateway_tables: bool = Tr
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         after = current_revision(conn)
+        if before is not None and after != before:
+            _changed_summaries(conn)
     return UpgradeResult(before, after)
+
+
+def _changed_summaries(conn: Connection) -> None:
+    """An upgrade may change summary rows (or how they are read): move answers' version
+    (shared.answer_version), from the revision that has rollup_state.generation on."""
+    from .answer_version import bump_generation
+
+    if "generation" in {c["name"] for c in sa.inspect(conn).get_columns("rollup_state")}:
+        bump_generation(conn)
 
 
 class MigrationFailed(RuntimeError):
@@ -122,8 +133,11 @@ def _upgrade_stepwise(engine: Engine, config: Config, revision: str) -> UpgradeR
                 f"revision {step} failed: {reason}; its new tables were dropped and the database is {state}: "
                 f"fix the cause and run `usage-stats db upgrade` again"
             ) from exc
-    with engine.connect() as conn:
-        return UpgradeResult(first, current_revision(conn))
+    with engine.begin() as conn:
+        after = current_revision(conn)
+        if first is not None and after != first:
+            _changed_summaries(conn)
+        return UpgradeResult(first, after)
 
 
 def ensure_gateway_tables(engine: Engine) -> list[str]:

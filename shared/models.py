@@ -238,6 +238,11 @@ rollup_state = Table(
     # Retention's horizon (migration 0004): hourly rows before it are gone, and
     # hourly_detail_usage holds whole local days there (NULL: every hour is kept).
     Column("hours_kept_from", BigInteger, nullable=True),
+    # Moved (+1) in the same transaction as every change of summary rows that
+    # last_log_id and the gaps do not show: a re-aggregation that changed rows,
+    # retention's compaction, a zone's adoption, an upgrade (migration 0005). With them
+    # it is the version of the summary rows (shared.answer_version).
+    Column("generation", BigInteger, nullable=False, server_default="0"),
 )
 
 rollup_gap = Table(

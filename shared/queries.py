@@ -215,10 +215,7 @@ def answer_select(
     `filters` the value of each filtered dimension."""
     c = source.c
     keys = shape.keys
-    where = [c.created_at.between(start, end), *(c[d] == v for d, v in (filters or {}).items())]
-    where += [c[d] != "" for d in shape.nonempty]
-    if user is not None:
-        where.append(c.user_id == user)
+    where = _answer_where(source, shape, start, end, user, filters)
     order: list[Any] = [sa.desc(agg.fold_column(source, shape.rank_by))] if shape.rank_by else []
     order += [c.created_at] if agg.BUCKET in keys else []
     order += [code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET]
@@ -228,6 +225,18 @@ def answer_select(
         .group_by(*(c[k] for k in keys))
         .order_by(*order)
     )
+
+
+def _answer_where(
+    source: FromClause, shape: Shape, start: Any, end: Any, user: Any = None, filters: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """The rows of `source` an answer of `shape` keeps (see answer_select)."""
+    c = source.c
+    where = [c.created_at.between(start, end), *(c[d] == v for d, v in (filters or {}).items())]
+    where += [c[d] != "" for d in shape.nonempty]
+    if user is not None:
+        where.append(c.user_id == user)
+    return where
 
 
 def per_user_select(source: FromClause, user_id: Any, start: Any, end: Any) -> AnySelect:
@@ -304,11 +313,14 @@ def _tail_rows(
     start: Any,
     bound: Any,
     hours_from: Any = None,
+    *,
+    log_id: bool = False,
 ) -> list[AnySelect]:
     """The consume logs not counted yet, one row each in the summary's columns, bucketed
     as the rollup buckets them: ids above the watermark `w`, and ids inside the `gaps`
     ([lo, hi] ranges, all below `w`); from `hours_from` on where the summary rows are
-    (see _summary_rows), so that a log answers the same before and after its tick."""
+    (see _summary_rows), so that a log answers the same before and after its tick.
+    `log_id`: each row also carries its log's id as LOG_ID (for tail_signature)."""
     lg = m.logs.c
     columns = [c.name for c in summary.table.c]
 
@@ -326,7 +338,12 @@ def _tail_rows(
     if gaps:
         in_gaps = sa.or_(*(lg.id.between(lo, hi) for lo, hi in gaps))
         parts.append(agg.summary_log_rows(columns, sa.and_(in_gaps, in_range), bucket, indexable=False))
+    if log_id:
+        parts = [part.add_columns(lg.id.label(LOG_ID)) for part in parts]
     return parts
+
+
+LOG_ID = "log_id"
 
 
 def _source(
@@ -412,12 +429,11 @@ def _statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
     return answer_select(src, shape, start, end, user=user, filters=filters)
 
 
-def prepare(
-    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None = None
-) -> tuple[AnySelect, dict[str, Any]]:
-    """The statement of an answer and its parameters, read on `conn` (whose snapshot the
-    caller then executes it in): `values` holds user_id when `shape.user` asks for it,
-    and one value per filtered dimension. Refuses a view it cannot answer exactly."""
+def _parameters(
+    shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None, progress: Progress
+) -> tuple[dict[str, Any], int]:
+    """The bound values of an answer's statements (and of its tail signature), and the
+    number of gaps they name."""
     bound = created_before(view, end)
     _check_answerable(view, start, bound)
     values = dict(values or {})
@@ -429,20 +445,113 @@ def prepare(
     if values:
         raise TypeError(f"values not in the shape: {sorted(values)}")
     gaps: list[tuple[int, int]] = []
-    progress = read_progress(conn)
     params["hours_from"] = _hours_from(progress)
     if view.realtime:
         params["w"], gaps = progress.last_log_id, progress.gaps
         for i, (lo, hi) in enumerate(gaps):
             params[f"gap_lo_{i}"], params[f"gap_hi_{i}"] = lo, hi
-    return _statement(shape, view, len(gaps)), params
+    return params, len(gaps)
+
+
+def prepare(
+    conn: Connection,
+    shape: Shape,
+    view: View,
+    start: int,
+    end: int,
+    values: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> tuple[AnySelect, dict[str, Any]]:
+    """The statement of an answer and its parameters, read on `conn` (whose snapshot the
+    caller then executes it in): `values` holds user_id when `shape.user` asks for it,
+    and one value per filtered dimension. Refuses a view it cannot answer exactly.
+    `progress`: the rollup's, when the caller has read it on `conn` already."""
+    params, n_gaps = _parameters(shape, view, start, end, values, read_progress(conn) if progress is None else progress)
+    return _statement(shape, view, n_gaps), params
 
 
 def usage(
-    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any] | None = None
+    conn: Connection,
+    shape: Shape,
+    view: View,
+    start: int,
+    end: int,
+    values: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of an answer of `shape` whose bucket starts in [start, end]."""
-    return rows(conn, *prepare(conn, shape, view, start, end, values))
+    return rows(conn, *prepare(conn, shape, view, start, end, values, progress))
+
+
+# --- the version of an answer (shared.answer_version) ----------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """What the rollup has counted (`progress`) and rollup_state.generation, read in one
+    snapshot: together the version of the summary rows (`summary`)."""
+
+    progress: Progress
+    generation: int
+
+    @property
+    def summary(self) -> tuple[Any, ...]:
+        p = self.progress
+        return (p.last_log_id, p.hours_kept_from, self.generation, tuple(p.gaps))
+
+
+def read_version(conn: Connection) -> Version:
+    """rollup_state and the rollup_gap ranges in one statement, on `conn` (in its
+    snapshot): a conditional request reads this and a tail signature, nothing more."""
+    s, g = m.rollup_state, m.rollup_gap
+    found = conn.execute(
+        sa.select(s.c.last_log_id, s.c.hours_kept_from, s.c.generation, g.c.lo, g.c.hi)
+        .select_from(s.outerjoin(g, sa.true()))
+        .where(s.c.id == 1)
+        .order_by(g.c.lo)
+    ).all()
+    if not found:
+        return Version(Progress(0, []), 0)
+    first = found[0]
+    gaps = [(int(r.lo), int(r.hi)) for r in found if r.lo is not None]
+    return Version(Progress(int(first.last_log_id or 0), gaps, first.hours_kept_from), int(first.generation or 0))
+
+
+@lru_cache(maxsize=512)
+def _signature_statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
+    """(rows, largest id, sum of ids) of the tail rows an answer of `shape` reads: the
+    tail of _statement, under the same WHERE as the answer."""
+    start, end = _param("start"), _param("end")
+    gaps = [(_param(f"gap_lo_{i}"), _param(f"gap_hi_{i}")) for i in range(n_gaps)]
+    summary = shape.summary(_grain(view))
+    parts = _tail_rows(summary, view, _param("w"), gaps, start, _param("bound"), _param("hours_from"), log_id=True)
+    tail = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("tail")
+    user = _param("user_id") if shape.user else None
+    filters = {d: _param(f"f_{d}", agg.FIELDS[d].type) for d in shape.filtered}
+    ids = tail.c[LOG_ID]
+    return sa.select(
+        sa.func.count(), sa.func.coalesce(sa.func.max(ids), 0), sa.func.coalesce(sa.func.sum(ids), 0)
+    ).where(*_answer_where(tail, shape, start, end, user=user, filters=filters))
+
+
+def tail_signature(
+    conn: Connection,
+    shape: Shape,
+    view: View,
+    start: int,
+    end: int,
+    values: Mapping[str, Any] | None,
+    progress: Progress,
+) -> tuple[int, int, int] | None:
+    """A signature of the tail rows the answer of these arguments reads, on `conn` (in
+    the snapshot `progress` was read in): it changes when a log of the answer commits
+    into the tail, above the watermark or late inside a gap (the tail only grows between
+    ticks, and a tick moves `progress`). None for an answer without a tail."""
+    if not view.realtime:
+        return None
+    params, n_gaps = _parameters(shape, view, start, end, values, progress)
+    n, top, total = conn.execute(_signature_statement(shape, view, n_gaps), params).one()
+    return int(n), int(top), int(total)
 
 
 def rows(conn: Connection, query: AnySelect, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

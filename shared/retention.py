@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from . import aggregation as agg
 from . import models as m
 from . import rollup
+from .answer_version import bump_generation
 from .buckets import HOUR, local_midnight
 from .config import Settings
 from .rollup import locked
@@ -102,6 +103,10 @@ def run_retention(engine: Engine, settings: Settings, now: int | None = None) ->
                     result.deleted[table.name] = n
             if kept_from is None or kept_from < horizon:
                 conn.execute(sa.update(m.rollup_state).where(state.id == 1).values(hours_kept_from=horizon))
+            if any(result.compacted.values()) or any(result.deleted.values()):
+                # Rows changed (late hours behind an unchanged horizon included): answers'
+                # version moves with them (shared.answer_version).
+                bump_generation(conn)
     if result.logs_before is not None:
         result.deleted["logs"] = _delete_counted_logs(engine, settings, result.logs_before)
     result.seconds = time.perf_counter() - started

@@ -101,6 +101,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from . import aggregation as agg
 from . import models as m
 from .aggregation import AnySelect
+from .answer_version import bump_generation, bump_if_changed
 from .buckets import HOUR, day_start, first_split_hour, hour_start, local_midnight, next_local_midnight
 from .config import Settings
 
@@ -796,6 +797,7 @@ def adopt_timezone(engine: Engine, settings: Settings) -> bool:
                 if summary.grain == "day":
                     _derive_all(conn, summary, settings.stats_timezone)
         conn.execute(sa.update(m.rollup_state).where(m.rollup_state.c.id == 1).values(timezone=settings.stats_timezone))
+        bump_generation(conn)
     log.info("daily rows dropped: built in %s, STATS_TIMEZONE is now %s", current, settings.stats_timezone)
     return True
 
@@ -981,12 +983,15 @@ def _replace_days(
         if user_id is not None:
             stored = sa.and_(stored, finest.table.c.user_id == user_id)
         change = _sync(conn, finest, rows, stored)
+        # The others change only where the finest did (`_rederive`).
+        bump_if_changed(conn, change)
         for summary in agg.SUMMARIES[1:]:
             _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
         return _fresh_logs(conn, fresh, d_lo, d_hi)
     # Per grain, the last table synced and its change (rollup_change holds only the
     # latest _sync's): the tables without users are moved by it.
     synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
+    bumped = False
     for summary in agg.SUMMARIES:
         lo, hi = ranges[summary.grain]
         target = summary.table
@@ -1002,6 +1007,9 @@ def _replace_days(
             if user_id is not None:
                 stored = sa.and_(stored, target.c.user_id == user_id)
             synced[summary.grain] = (summary, _sync(conn, summary, rows, stored))
+            # rollup_change holds this _sync's change only: looked at now. The tables
+            # moved by it below change only where it is not empty.
+            bumped = bumped or bump_if_changed(conn, synced[summary.grain][1])
         else:
             # Only one user's logs were read: move these rows by the change of a
             # table of the same grain that holds that user's rows.
@@ -1016,7 +1024,10 @@ def _replace_days(
                     *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
                 ).group_by(*by),
             )
-            conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
+            emptied = conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0)).rowcount
+            if emptied and not bumped:
+                bump_generation(conn)
+                bumped = True
     return _fresh_logs(conn, fresh, d_lo, d_hi)
 
 

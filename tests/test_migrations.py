@@ -172,7 +172,7 @@ def test_an_upgrade_that_adds_summaries_fills_them_from_the_counted_logs_only(pg
         config.attributes["connection"] = conn
         command.downgrade(config, "0002")
     upgraded = upgrade(engine)
-    assert str(upgraded) == "upgraded from revision 0002 to 0004"
+    assert str(upgraded) == "upgraded from revision 0002 to 0005"
     result = fill_added_summaries(engine, settings, upgraded)
     assert result is not None and result.logs == 3
     # The log the rollup has not counted is left to the next tick, in every table alike.
@@ -221,3 +221,36 @@ def test_a_failed_mysql_upgrade_leaves_the_database_as_it_was_and_the_next_one_c
         again = upgrade(engine)
         assert (again.before, again.after) == ("0003", done.after)
         engine.dispose()
+
+
+def test_0005_adds_the_generation_and_an_upgrade_moves_it(engine):
+    """0005 adds rollup_state.generation (0 on existing rows), comes off again, and is
+    re-runnable; an upgrade that ran revisions moves the generation (it may change how
+    summary rows are read: shared.answer_version)."""
+    from alembic import command
+    from alembic.config import Config
+
+    def columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(engine).get_columns("rollup_state")}
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    assert "generation" not in columns()
+    with engine.begin() as conn:  # the state row survives, its progress too
+        conn.execute(sa.update(m.rollup_state).values(last_log_id=42))
+    assert str(upgrade(engine)) == "upgraded from revision 0004 to 0005"
+    assert "generation" in columns()
+    with engine.connect() as conn:
+        state = conn.execute(sa.select(m.rollup_state.c.last_log_id, m.rollup_state.c.generation)).one()
+    assert tuple(state) == (42, 1)
+    assert str(upgrade(engine)) == "already current (revision 0005)"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(m.rollup_state.c.generation)).scalar_one() == 1
+    # Half done (the column added, the revision not recorded): a second run completes it.
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '0004'")
+    assert str(upgrade(engine)) == "upgraded from revision 0004 to 0005"
+    assert _differences(engine) == []

@@ -1,0 +1,255 @@
+"""Conditional answers (api.etag, shared.answer_version): every data answer carries an
+ETag that changes whenever its rows can, and If-None-Match with it gets 304 and no body.
+
+Never stale: a log committed into the tail (above the watermark, or late inside a gap)
+is in the very next response under a new tag; a re-aggregation that changes summary
+rows changes the tag, one that changes nothing does not; so do retention's compaction
+and a zone's adoption. Tests taking `engine` run on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from shared import models as m
+from shared.config import Settings
+from shared.retention import run_retention
+from shared.rollup import adopt_timezone, reaggregate, tick
+from tests.api_support import add_user, assert_failure, make_api, ok_data
+from tests.logdata import insert, log
+
+ALICE, BOB, ADMIN = 1, 2, 3
+T0 = 1_717_200_000  # 2024-06-01 00:00 UTC
+RANGE = {"start_timestamp": T0, "end_timestamp": T0 + 2 * 86400 - 1, "granularity": "hour"}
+
+
+def setup(engine, tz: str = "UTC"):
+    tokens = {
+        uid: add_user(engine, uid, name, role=m.ROLE_ROOT if uid == ADMIN else m.ROLE_USER)
+        for uid, name in ((ALICE, "alice"), (BOB, "bob"), (ADMIN, "root"))
+    }
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), stats_timezone=tz)
+    return settings, make_api(engine, tz=tz), tokens
+
+
+def logs_at(user_id: int, *hours: int, **kw) -> list[dict]:
+    return [log(user_id=user_id, username=f"u{user_id}", created_at=T0 + h * 3600 + 60, **kw) for h in hours]
+
+
+def get(api, tokens, uid=ALICE, path="/api/data/self", tag=None, **params):
+    headers = {"If-None-Match": tag} if tag is not None else {}
+    return api.get(path, tokens[uid], uid, headers=headers, **{**RANGE, **params})
+
+
+def tag_of(response) -> str:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    tag = response.headers.get("ETag")
+    assert tag and tag.startswith('"') and tag.endswith('"'), tag
+    return tag
+
+
+def quotas(response) -> int:
+    return sum(r["quota"] for r in ok_data(response))
+
+
+def generation(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(m.rollup_state.c.generation)).scalar_one())
+
+
+def assert_not_modified(response, tag: str) -> None:
+    assert response.status_code == 304, (response.status_code, response.get_data(as_text=True)[:200])
+    assert response.get_data() == b""
+    assert response.headers["ETag"] == tag
+    assert "private" in response.headers["Cache-Control"] and "no-cache" in response.headers["Cache-Control"]
+
+
+def test_a_matching_if_none_match_gets_304_without_a_body(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2, 30))
+    tick(engine, settings)
+    first = get(api, tokens)
+    tag = tag_of(first)
+    assert first.headers["Vary"] == "Authorization, New-Api-User, Accept"
+    assert quotas(first) > 0
+    assert_not_modified(get(api, tokens, tag=tag), tag)
+    assert_not_modified(get(api, tokens, tag=f'"other", W/{tag}'), tag)  # weak comparison, a list
+    assert_not_modified(get(api, tokens, tag="*"), tag)
+    again = get(api, tokens, tag='"something else"')
+    assert tag_of(again) == tag and again.get_json() == first.get_json()
+    # Another range, granularity or zone is another answer.
+    assert tag_of(get(api, tokens, granularity="day")) != tag
+    assert tag_of(get(api, tokens, end_timestamp=T0 + 86400)) != tag
+    assert tag_of(get(api, tokens, tz="Asia/Shanghai")) != tag
+    # Another user's answer (the same parameters) has its own tag.
+    assert tag_of(get(api, tokens, BOB)) != tag
+
+
+def test_a_committed_log_is_in_the_next_response_under_a_new_tag(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2) + logs_at(BOB, 1))
+    tick(engine, settings)
+    tag = tag_of(get(api, tokens))
+    before = quotas(get(api, tokens))
+    # Into the tail, not rolled up yet: in the very next response.
+    insert(engine, logs_at(ALICE, 5, quota=1000))
+    fresh = get(api, tokens, tag=tag)
+    assert quotas(fresh) == before + 1000
+    tail_tag = tag_of(fresh)
+    assert tail_tag != tag
+    assert_not_modified(get(api, tokens, tag=tail_tag), tail_tag)
+    # Another user's logs do not move alice's /self answer, nor its tag.
+    insert(engine, logs_at(BOB, 5, 6))
+    assert_not_modified(get(api, tokens, tag=tail_tag), tail_tag)
+    # A non-consume log of hers is not in her answer either.
+    insert(engine, logs_at(ALICE, 5, kind=m.LOG_TOPUP))
+    assert_not_modified(get(api, tokens, tag=tail_tag), tail_tag)
+    # The site-wide answer has bob's.
+    site = tag_of(get(api, tokens, ADMIN, path="/api/data/"))
+    insert(engine, logs_at(BOB, 7))
+    assert tag_of(get(api, tokens, ADMIN, path="/api/data/", tag=site)) != site
+    # A tick moves the rollup's progress: a new tag, the same rows.
+    tick(engine, settings)
+    ticked = get(api, tokens, tag=tail_tag)
+    assert tag_of(ticked) != tail_tag and quotas(ticked) == before + 1000
+
+
+def test_a_late_commit_inside_a_gap_is_in_the_next_response_under_a_new_tag(engine):
+    settings, api, tokens = setup(engine)
+    rows = logs_at(ALICE, 1, 2, 3, 4, 5)
+    for i, row in enumerate(rows):
+        row["id"] = 10 + i if i < 2 else 20 + i  # 10, 11, 22, 23, 24: 12..21 not seen
+    insert(engine, rows)
+    tick(engine, settings)
+    with engine.begin() as conn:
+        # PostgreSQL and MariaDB record the gap themselves; SQLite keeps none (its ticks
+        # hold the one write lock), so it is written here.
+        if not conn.execute(sa.select(m.rollup_gap)).first():
+            conn.execute(sa.insert(m.rollup_gap).values(lo=12, hi=21, discovered_at=datetime.now(UTC)))
+        assert conn.execute(sa.select(m.rollup_state.c.last_log_id)).scalar_one() == 24
+    tag = tag_of(get(api, tokens))
+    before = quotas(get(api, tokens))
+    late = logs_at(ALICE, 3, quota=777)[0]
+    late["id"] = 15  # below the watermark, inside the gap
+    insert(engine, late)
+    fresh = get(api, tokens, tag=tag)
+    assert quotas(fresh) == before + 777 and tag_of(fresh) != tag
+
+
+def test_a_reaggregation_moves_the_tag_only_when_it_changes_rows(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2, 3, quota=100) + logs_at(BOB, 1, quota=5))
+    tick(engine, settings)
+    tag = tag_of(get(api, tokens))
+    site = tag_of(get(api, tokens, ADMIN, path="/api/data/"))
+    # Nothing to change: the same tag, also when every table is compared with the logs.
+    reaggregate(engine, settings, T0, T0 + 86400)
+    reaggregate(engine, settings, T0, T0 + 86400, check_every_table=True)
+    reaggregate(engine, settings, T0, T0 + 86400, user_id=ALICE)
+    assert_not_modified(get(api, tokens, tag=tag), tag)
+    # A counted log deleted from the raw logs: the summary rows still hold it (and so
+    # does the answer, under the same tag) until a re-aggregation rebuilds them.
+    with engine.begin() as conn:
+        lg = m.logs.c
+        first = conn.execute(sa.select(sa.func.min(lg.id)).where(lg.user_id == ALICE)).scalar_one()
+        conn.execute(sa.delete(m.logs).where(lg.id == first))
+    assert_not_modified(get(api, tokens, tag=tag), tag)
+    reaggregate(engine, settings, T0, T0 + 86400)
+    rebuilt = get(api, tokens, tag=tag)
+    assert quotas(rebuilt) == 200 and tag_of(rebuilt) != tag
+    assert tag_of(get(api, tokens, ADMIN, path="/api/data/", tag=site)) != site
+    # One user's re-aggregation that changes rows, on the per-grain path.
+    tag = tag_of(rebuilt)
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.logs).where(m.logs.c.user_id == ALICE).values(quota=50))
+    reaggregate(engine, settings, T0, T0 + 86400, user_id=ALICE, check_every_table=True)
+    moved = get(api, tokens, tag=tag)
+    assert quotas(moved) == 100 and tag_of(moved) != tag
+
+
+def test_retention_and_a_new_zone_move_the_generation(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 30))
+    tick(engine, settings)
+    tag = tag_of(get(api, tokens, granularity="day"))
+    g = generation(engine)
+    hourly = Settings(database_url=settings.database_url, retain_hourly_days=1)
+    run_retention(engine, hourly, now=T0 + 5 * 86400)  # compacts both days' hours
+    assert generation(engine) == g + 1
+    run_retention(engine, hourly, now=T0 + 5 * 86400)  # nothing left to do
+    assert generation(engine) == g + 1
+    assert tag_of(get(api, tokens, granularity="day", tag=tag)) != tag
+    shanghai = Settings(database_url=settings.database_url, stats_timezone="Asia/Shanghai")
+    assert adopt_timezone(engine, shanghai)
+    assert generation(engine) == g + 2
+    assert not adopt_timezone(engine, shanghai)
+    assert generation(engine) == g + 2
+
+
+def test_csv_and_json_of_one_answer_have_different_tags(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2))
+    tick(engine, settings)
+    as_json = tag_of(get(api, tokens))
+    as_csv = get(api, tokens, format="csv")
+    csv_tag = tag_of(as_csv)
+    assert as_csv.mimetype == "text/csv" and csv_tag != as_json
+    by_accept = api.get("/api/data/self", tokens[ALICE], ALICE, headers={"Accept": "text/csv"}, **RANGE)
+    assert tag_of(by_accept) == csv_tag and by_accept.get_data() == as_csv.get_data()
+    assert_not_modified(get(api, tokens, format="csv", tag=csv_tag), csv_tag)
+    assert get(api, tokens, format="csv", tag=as_json).status_code == 200
+    insert(engine, logs_at(ALICE, 3))
+    changed = get(api, tokens, format="csv", tag=csv_tag)
+    assert tag_of(changed) != csv_tag and changed.get_data().count(b"\r\n") == 4  # header and 3 hours
+
+
+def test_errors_carry_no_tag(engine):
+    _, api, tokens = setup(engine)
+    tag = tag_of(get(api, tokens))
+    for response in (
+        api.get("/api/data/self", headers={"If-None-Match": tag}, **RANGE),  # no credentials
+        get(api, tokens, tag=tag, granularity="fortnight"),
+        get(api, tokens, tag=tag, start_timestamp=T0 + 86400, end_timestamp=T0),
+        get(api, tokens, ALICE, path="/api/data/", tag=tag),  # not an admin
+        get(api, tokens, tag=tag, tz="Asia/Kolkata", granularity="day"),  # unanswerable
+    ):
+        assert "ETag" not in response.headers
+        assert_failure(response, response.status_code)
+        assert response.status_code in (400, 401, 403)
+
+
+def test_every_data_route_answers_conditionally(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2) + logs_at(BOB, 3))
+    tick(engine, settings)
+    flow = {"start_timestamp": T0, "end_timestamp": T0 + 86400}
+    for uid, path, params in (
+        (ADMIN, "/api/data/users", {}),
+        (ADMIN, "/api/data/users", {"username": "alice"}),
+        (ADMIN, "/api/data/users", {"username": "nobody"}),
+        (ADMIN, "/api/data/", {"username": "alice", "group_by": "model,channel"}),
+        (ADMIN, "/api/data/flow", flow),
+        (ALICE, "/api/data/flow/self", flow),
+        (ALICE, "/api/data/self", {"group_by": "token"}),
+    ):
+        tag = tag_of(get(api, tokens, uid, path, **params))
+        assert_not_modified(get(api, tokens, uid, path, tag=tag, **params), tag)
+        assert tag_of(get(api, tokens, uid, path, format="csv", **params)) != tag
+
+
+def test_a_renamed_key_changes_the_tag_of_answers_by_key(engine):
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, token_id=7, token_name="old"))
+    tick(engine, settings)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(m.tokens).values(id=7, user_id=ALICE, key="k" * 48, name="old"))
+    by_key = get(api, tokens, group_by="token")
+    tag = tag_of(by_key)
+    plain = tag_of(get(api, tokens))
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.tokens).where(m.tokens.c.id == 7).values(name="new"))
+    renamed = get(api, tokens, group_by="token", tag=tag)
+    assert tag_of(renamed) != tag and {r["token_name"] for r in ok_data(renamed)} == {"new"}
+    assert_not_modified(get(api, tokens, tag=plain), plain)  # no key names in it
