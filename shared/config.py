@@ -91,6 +91,9 @@ class Settings:
     rollup_batch_size: int = 50_000
     # Re-aggregation works through its range this many days per transaction.
     reaggregate_chunk_days: int = 1
+    # A re-aggregation handed to the workers asks this many of them (itself included) to
+    # share its chunks (shared.chunks); 1: it runs them alone.
+    reaggregate_workers: int = 2
     # Longest [start, end] one API request may ask for, in days, per granularity: they
     # bound the rows one answer can hold (31 days = 745 hourly buckets per model).
     api_max_span_hourly_days: int = 31
@@ -142,6 +145,7 @@ class Settings:
             stats_timezone=tz,
             rollup_batch_size=_int(environ, "ROLLUP_BATCH_SIZE", cls.rollup_batch_size),
             reaggregate_chunk_days=_int(environ, "REAGGREGATE_CHUNK_DAYS", cls.reaggregate_chunk_days),
+            reaggregate_workers=_int(environ, "REAGGREGATE_WORKERS", cls.reaggregate_workers),
             api_max_span_hourly_days=_int(environ, "API_MAX_SPAN_HOURLY_DAYS", cls.api_max_span_hourly_days),
             api_max_span_daily_days=_int(environ, "API_MAX_SPAN_DAILY_DAYS", cls.api_max_span_daily_days),
             log_format=_log_format(environ),

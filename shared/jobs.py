@@ -12,6 +12,9 @@
   meta done / total / started) and returns `result_record` (the same, plus the range done,
   the logs counted and `finished`); `job_status` reads one record and tells a queued,
   running or finished job from an id nobody enqueued.
+- A re-aggregation's chunks are shared (shared.chunks): its task asks for
+  REAGGREGATE_WORKERS - 1 helpers (`ask_for_helpers`), tasks that run chunks of its job
+  until none is left; only the job's own task writes its record.
 - Worker heartbeats: every worker writes, every HEARTBEAT_SECONDS (and at once when its
   running re-aggregations change), a record of itself and of the re-aggregations it runs
   to the result backend (`Heartbeat`); `usage-stats status` reads them (`workers`).
@@ -44,6 +47,8 @@ log = logging.getLogger("usage_stats.jobs")
 
 ROLLUP_TASK = "usage_stats.rollup"
 REAGGREGATE_TASK = "usage_stats.reaggregate"
+# A worker helping with another's re-aggregation: runs its chunks (shared.chunks).
+REAGGREGATE_HELP_TASK = "usage_stats.reaggregate_help"
 RETENTION_TASK = "usage_stats.retention"
 
 PENDING = "PENDING"
@@ -173,6 +178,13 @@ def enqueue_reaggregate(
             pass
         raise QueueUnavailable("broker", e) from e
     return task_id
+
+
+def ask_for_helpers(app: Celery, job: str, helpers: int) -> None:
+    """Send `helpers` help tasks for a running re-aggregation `job` (from its worker).
+    A help task that arrives after the job's chunks are all taken finds nothing and ends."""
+    for _ in range(helpers):
+        app.send_task(REAGGREGATE_HELP_TASK, args=[job])
 
 
 def enqueue_rollup(app: Celery) -> str:

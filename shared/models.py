@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects.mysql import DOUBLE, LONGTEXT
 from sqlalchemy.ext.compiler import compiles
@@ -256,4 +257,19 @@ rollup_gap = Table(
     # Set once no such transaction was left: the next tick counts what committed in the
     # range and then forgets the gap.
     Column("settled_at", DateTime(timezone=True), nullable=True),
+)
+
+# The chunks of a re-aggregation that several workers share (shared.chunks; migration 0006).
+rollup_chunk = Table(
+    "rollup_chunk",
+    metadata,
+    Column("job", String(64), primary_key=True),
+    Column("lo", BigInteger, primary_key=True),  # the chunk's days: [lo, hi)
+    Column("hi", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=True),
+    Column("check_every_table", Boolean, nullable=False, server_default=false()),
+    Column("created_at", BigInteger, nullable=False),
+    # Set in the transaction that writes the chunk's rows.
+    Column("done_at", BigInteger, nullable=True),
+    Column("logs", BigInteger, nullable=True),
 )

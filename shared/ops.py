@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
+from . import chunks as _chunks
 from . import metrics
 from . import retention as _retention
 from . import rollup as _rollup
@@ -39,13 +40,35 @@ def run_reaggregate(
     progress: Callable[[int, int], None] | None = None,
     *,
     check_every_table: bool = False,
+    job: str | None = None,
+    share: Callable[[str, int], None] | None = None,
 ) -> _rollup.ReaggregateResult:
     """shared.rollup.reaggregate, counted in the re-aggregation metrics; `progress(done,
-    total)` is called after each chunk."""
+    total)` is called after each chunk. With a `job` id (a worker's task), on a database
+    server, its chunks are shared with other workers (shared.chunks): `share(job,
+    chunks)` asks for them."""
     with metrics.reaggregation_running():
+        if job is not None and engine.dialect.name != "sqlite":
+            return _chunks.run_job(
+                engine,
+                settings,
+                job,
+                start,
+                end,
+                user_id,
+                check_every_table=check_every_table,
+                share=share,
+                progress=progress,
+            )
         return _rollup.reaggregate(
             engine, settings, start, end, user_id, progress=progress, check_every_table=check_every_table
         )
+
+
+def help_reaggregate(engine: Engine, settings: Settings, job: str) -> int:
+    """Run chunks of another worker's re-aggregation `job` until none is left to take."""
+    with metrics.reaggregation_running():
+        return _chunks.work(engine, settings, job)
 
 
 def run_retention(engine: Engine, settings: Settings, now: int | None = None) -> _retention.RetentionResult:

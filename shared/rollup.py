@@ -818,6 +818,16 @@ def day_starts(start: int, end: int, tz: str) -> list[int]:
     return days
 
 
+def day_chunks(start: int, end: int, settings: Settings) -> tuple[list[int], list[tuple[int, int]]]:
+    """The local midnights of the days [start, end) touches (`day_starts`), and the
+    chunks of REAGGREGATE_CHUNK_DAYS days a re-aggregation of them runs, as [lo, hi)."""
+    if end <= start:
+        raise ValueError(f"end ({end}) must be after start ({start})")
+    days = day_starts(start, end, settings.stats_timezone)
+    step = settings.reaggregate_chunk_days
+    return days, [(days[i], days[min(i + step, len(days) - 1)]) for i in range(0, len(days) - 1, step)]
+
+
 def reaggregate(
     engine: Engine,
     settings: Settings,
@@ -838,15 +848,10 @@ def reaggregate(
     where it changed (they are written with it in every transaction, so they agree
     with it). `check_every_table`: compare every table with the logs instead, for
     tables that cannot agree with the finest yet (a new, empty one: shared.ops)."""
-    if end <= start:
-        raise ValueError(f"end ({end}) must be after start ({start})")
     started = time.perf_counter()
-    days = day_starts(start, end, settings.stats_timezone)
-    step = settings.reaggregate_chunk_days
-    bounds = list(range(0, len(days) - 1, step))
+    days, bounds = day_chunks(start, end, settings)
     result = ReaggregateResult(start=days[0], end=days[-1], days=days)
-    for done, i in enumerate(bounds, 1):
-        lo, hi = days[i], days[min(i + step, len(days) - 1)]
+    for done, (lo, hi) in enumerate(bounds, 1):
         result.logs += _reaggregate_days(engine, settings, lo, hi, user_id, check_every_table)
         result.chunks = done
         if progress:
@@ -865,8 +870,16 @@ def reaggregate(
 
 
 def _reaggregate_days(
-    engine: Engine, settings: Settings, d_lo: int, d_hi: int, user_id: int | None, check_every_table: bool = False
+    engine: Engine,
+    settings: Settings,
+    d_lo: int,
+    d_hi: int,
+    user_id: int | None,
+    check_every_table: bool = False,
+    on_write: Callable[[Connection, int], None] | None = None,
 ) -> int:
+    """Re-aggregate the days [d_lo, d_hi); returns their consume logs. `on_write(conn,
+    logs)` runs in the write's transaction (shared.chunks marks the chunk done there)."""
     # Hours are UTC-aligned, days local: rebuild every hour that overlaps the days, from
     # all its logs (in a half-hour zone the first and last hours straddle into the
     # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
@@ -908,7 +921,10 @@ def _reaggregate_days(
                         [c.name for c in fresh.columns], _delta_select(_counted_rows(since, tz))
                     )
                 ).rowcount
-            return _replace_days(conn, settings, fresh, d_lo, d_hi, h_lo, h_hi, user_id, check_every_table, late > 0)
+            logs = _replace_days(conn, settings, fresh, d_lo, d_hi, h_lo, h_hi, user_id, check_every_table, late > 0)
+            if on_write is not None:
+                on_write(conn, logs)
+            return logs
 
 
 GAPS_THEN = "rollup_gap_then"

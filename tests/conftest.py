@@ -36,6 +36,7 @@ OUR_TABLES = (
     "daily_model_usage",
     "hourly_detail_usage",
     "rollup_gap",
+    "rollup_chunk",
 )
 
 

@@ -1,5 +1,6 @@
-"""The three tasks, registered under the names of the job protocol (shared.jobs); each is
-a thin call into shared.ops (rollup, re-aggregation, retention, with their metrics)."""
+"""The tasks, registered under the names of the job protocol (shared.jobs); each is a thin
+call into shared.ops (rollup, re-aggregation and its helpers, retention, with their
+metrics)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def reaggregate(
     def progress(done: int, total: int) -> None:
         jobs.report_progress(self, done, total, started)
 
+    def share(job: str, chunks: int) -> None:
+        jobs.ask_for_helpers(current_app, job, min(settings.reaggregate_workers, chunks) - 1)
+
     result = ops.run_reaggregate(
         get_engine(settings.stats_database_url),
         settings,
@@ -52,8 +56,17 @@ def reaggregate(
         user_id,
         progress=progress,
         check_every_table=bool(check_every_table),
+        job=self.request.id,
+        share=share,
     )
     return jobs.result_record(result, started, time.time())
+
+
+@shared_task(name=jobs.REAGGREGATE_HELP_TASK, ignore_result=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def reaggregate_help(job: str) -> int:
+    """Chunks of another worker's re-aggregation (shared.chunks)."""
+    settings = _settings()
+    return ops.help_reaggregate(get_engine(settings.stats_database_url), settings, str(job))
 
 
 @shared_task(name=jobs.RETENTION_TASK, ignore_result=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60)
