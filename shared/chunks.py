@@ -12,10 +12,13 @@ Why it is safe:
   lost machine) releases it when its connection drops, and the chunk is run again by
   whoever takes it next. Running a chunk twice is harmless: its write makes the days'
   rows equal their counted logs, and commits with its done_at or not at all.
-- Chunks beside ticks and beside each other (neighbouring chunks share the hours that
-  straddle a half-hour zone's midnight): each chunk's write runs under the rollup's lock
-  and adds what was counted since its aggregation (shared.rollup's docstring), so any
-  order of writes ends with the same rows.
+- Chunks beside ticks and beside each other: a chunk compares its days without the lock
+  and writes under it, adding what ticks counted since (shared.rollup's docstring). Its
+  comparison still holds only if nothing but ticks wrote its days meanwhile: every other
+  write moves rollup_state.generation by one, and a chunk records the generation its
+  write moved to, so the write phase counts the moves made by the job's chunks whose
+  hours do not meet its own (in a half-hour zone neighbours share an hour); any other
+  move, and the chunk compares again under the lock.
 - The job is delivered again if its worker dies (Celery's late acknowledgement): it
   finds its rows, and only the chunks not done yet are run.
 SQLite has one writer at a time: there the job runs its chunks alone (shared.ops).
@@ -33,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import models as m
+from .buckets import HOUR
 from .config import Settings
 from .rollup import ReaggregateResult, _reaggregate_days, day_chunks
 
@@ -169,12 +173,32 @@ def _is_done(engine: Engine, job: str, lo: int) -> bool:
 def _run(
     engine: Engine, settings: Settings, job: str, lo: int, hi: int, user_id: int | None, check_every_table: bool
 ) -> None:
-    def mark_done(conn: Connection, logs: int) -> None:
+    chunk = sa.and_(c.job == job, c.lo == lo)
+
+    def mark_done(conn: Connection, logs: int, wrote: bool) -> None:
+        generation = sa.select(m.rollup_state.c.generation).where(m.rollup_state.c.id == 1).scalar_subquery()
         conn.execute(
-            sa.update(m.rollup_chunk).where(c.job == job, c.lo == lo).values(done_at=int(time.time()), logs=logs)
+            sa.update(m.rollup_chunk)
+            .where(chunk)
+            .values(done_at=int(time.time()), logs=logs, generation=generation if wrote else None)
         )
 
-    _reaggregate_days(engine, settings, lo, hi, user_id, check_every_table, on_write=mark_done)
+    def bumps_elsewhere(conn: Connection, g0: int, g1: int) -> int:
+        """The job's other chunks that wrote in (g0, g1], and whose hours do not meet
+        this chunk's (in a half-hour zone neighbouring chunks share an hour)."""
+        h_lo, h_hi = lo - lo % HOUR, -(-hi // HOUR) * HOUR
+        their_lo = c.lo - c.lo % HOUR
+        their_hi = c.hi + (HOUR - c.hi % HOUR) % HOUR
+        apart = sa.or_(their_hi <= h_lo, their_lo >= h_hi)
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(c.job == job, c.lo != lo, c.generation > g0, c.generation <= g1, apart)
+            ).scalar_one()
+        )
+
+    _reaggregate_days(
+        engine, settings, lo, hi, user_id, check_every_table, on_write=mark_done, concurrent_bumps=bumps_elsewhere
+    )
 
 
 def _lock_key(job: str, lo: int) -> int:

@@ -272,4 +272,6 @@ rollup_chunk = Table(
     # Set in the transaction that writes the chunk's rows.
     Column("done_at", BigInteger, nullable=True),
     Column("logs", BigInteger, nullable=True),
+    # The generation its write moved rollup_state to (NULL: it changed no row).
+    Column("generation", BigInteger, nullable=True),
 )

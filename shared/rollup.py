@@ -101,7 +101,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from . import aggregation as agg
 from . import models as m
 from .aggregation import AnySelect
-from .answer_version import bump_generation, bump_if_changed
+from .answer_version import bump_generation
 from .buckets import HOUR, day_start, first_split_hour, hour_start, local_midnight, next_local_midnight
 from .config import Settings
 
@@ -876,10 +876,16 @@ def _reaggregate_days(
     d_hi: int,
     user_id: int | None,
     check_every_table: bool = False,
-    on_write: Callable[[Connection, int], None] | None = None,
+    on_write: Callable[[Connection, int, bool], None] | None = None,
+    concurrent_bumps: Callable[[Connection, int, int], int] | None = None,
 ) -> int:
-    """Re-aggregate the days [d_lo, d_hi); returns their consume logs. `on_write(conn,
-    logs)` runs in the write's transaction (shared.chunks marks the chunk done there)."""
+    """Re-aggregate the days [d_lo, d_hi); returns their consume logs.
+
+    `on_write(conn, logs, wrote)` runs in the write's transaction (shared.chunks marks
+    the chunk done there; `wrote`: rows changed, and rollup_state.generation moved by one).
+    `concurrent_bumps(conn, g0, g1)`: how many of the generation's moves in (g0, g1] were
+    made by writes known to leave these days alone (the other chunks of a shared job);
+    without it, none."""
     # Hours are UTC-aligned, days local: rebuild every hour that overlaps the days, from
     # all its logs (in a half-hour zone the first and last hours straddle into the
     # neighbouring days; rebuilding such an hour twice, once per chunk, is harmless).
@@ -889,23 +895,37 @@ def _reaggregate_days(
     if user_id is not None:
         in_range = sa.and_(in_range, lg.user_id == user_id)
     tz = settings.stats_timezone
+    finest = agg.SUMMARIES[0]
+    derives = not check_every_table and _derives_the_others(finest)
     with engine.connect() as conn:
-        # 1. Without the lock (ticks and other chunks go on): aggregate the logs counted
-        # at one moment of the rollup's progress, the long part of the work.
-        then = _progress_then(conn)
+        # 1. Without the lock (ticks and other chunks go on), in one snapshot: the logs
+        # counted at one moment of the rollup's progress, aggregated, and compared with
+        # the finest table's rows -- the long part of the work.
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        change: sa.TableClause | None = None
         with conn.begin():
             _tune_for_aggregation(conn)
+            then = _progress_then(conn)
             counted = sa.and_(in_range, lg.id <= then.last_log_id)
             if then.gaps:
                 counted = sa.and_(counted, ~sa.exists().where(_in_gap_then()))
             fresh = _temp_table_as(conn, "rollup_fresh", _delta_select(_counted_rows(counted, tz)))
-        # 2. Under the lock: add the logs counted since (a tick's few, if any), then
-        # compare and write.
+            if derives:
+                rows, stored = _finest_rows(fresh, settings, d_lo, d_hi, h_lo, h_hi, user_id, regroup=False)
+                change = _compare(conn, finest, rows, stored)
+                # MySQL reads each statement in a view of its own (READ COMMITTED): the
+                # stored rows compared are those of `then` only if nothing moved meanwhile.
+                if conn.dialect.name == "mysql" and _progress_then(conn, copy=False) != then:
+                    change = None
+        # 2. Under the lock: the logs of these days counted since (a tick's few, if any),
+        # then the write.
         with exclusive_on(conn, wait=True) as locked_conn:
             assert locked_conn is not None  # a waiting caller always gets the lock
             conn = locked_conn
-            now = _state(conn, settings).last_log_id
-            late = 0
+            state = _state(conn, settings)
+            now = int(state.last_log_id)
+            since = None
             if now != then.last_log_id or then.gaps:
                 _tune_for_aggregation(conn)
                 newer = lg.id > then.last_log_id
@@ -916,33 +936,139 @@ def _reaggregate_days(
                 )
                 if keeps_gaps(engine.dialect.name):
                     since = sa.and_(since, _not_in_gap())
-                late = conn.execute(
-                    sa.insert(fresh).from_select(
-                        [c.name for c in fresh.columns], _delta_select(_counted_rows(since, tz))
-                    )
-                ).rowcount
-            logs = _replace_days(conn, settings, fresh, d_lo, d_hi, h_lo, h_hi, user_id, check_every_table, late > 0)
+            moved = int(state.generation) - then.generation
+            if change is not None and moved == (
+                concurrent_bumps(conn, then.generation, state.generation) if moved and concurrent_bumps else 0
+            ):
+                # Only ticks wrote these days since `then`: the stored rows moved by
+                # exactly the late logs, as the fresh rows must, so the change compared
+                # then still holds, its values moved by the late logs (`_add_late`).
+                logs = _fresh_logs(conn, fresh, d_lo, d_hi)
+                if since is not None:
+                    logs += _add_late(conn, finest, change, since, tz, d_lo, d_hi)
+                wrote = _write_change(conn, finest, change)
+                for summary in agg.SUMMARIES[1:]:
+                    _rederive(conn, summary, change, tz, h_lo, h_hi)
+            else:
+                late = 0
+                if since is not None:
+                    late = conn.execute(
+                        sa.insert(fresh).from_select(
+                            [c.name for c in fresh.columns], _delta_select(_counted_rows(since, tz))
+                        )
+                    ).rowcount
+                logs, wrote = _replace_days(
+                    conn, settings, fresh, d_lo, d_hi, h_lo, h_hi, user_id, check_every_table, late > 0
+                )
+            if wrote:
+                # Answers' version moves with the rows (shared.answer_version): once per write.
+                bump_generation(conn)
             if on_write is not None:
-                on_write(conn, logs)
+                on_write(conn, logs, wrote)
             return logs
 
 
 GAPS_THEN = "rollup_gap_then"
 
 
-def _progress_then(conn: Connection) -> Progress:
-    """The rollup's progress now, its gaps also copied into GAPS_THEN. last_log_id is read
-    before the gaps: a tick committing in between can only have closed some of them (ids
-    it counted, or that will never commit) and opened new ones above that watermark, so
-    the logs counted by (last_log_id, gaps) are counted at both moments."""
-    with conn.begin():
-        s = m.rollup_state.c
-        last = conn.execute(sa.select(s.last_log_id).where(s.id == 1)).scalar_one_or_none()
-        if last is None:
-            raise RollupError("rollup_state is empty: run `usage-stats db upgrade` first")
-        gaps = _temp_table_as(conn, GAPS_THEN, sa.select(m.rollup_gap.c.lo, m.rollup_gap.c.hi))
-        found = conn.execute(sa.select(gaps.c.lo, gaps.c.hi)).all()
-    return Progress(int(last), [(lo, hi) for lo, hi in found])
+@dataclass(frozen=True)
+class _Then:
+    """The rollup's progress when a chunk began (its gaps copied into GAPS_THEN), and the
+    generation of the summary rows then (shared.answer_version)."""
+
+    last_log_id: int
+    gaps: tuple[tuple[int, int], ...]
+    generation: int
+
+
+def _progress_then(conn: Connection, *, copy: bool = True) -> _Then:
+    """The rollup's progress now, in the caller's transaction, its gaps also copied into
+    GAPS_THEN (`copy`). last_log_id is read before the gaps: a tick committing in between
+    can only have closed some of them (ids it counted, or that will never commit) and
+    opened new ones above that watermark, so the logs counted by (last_log_id, gaps) are
+    counted at both moments."""
+    s = m.rollup_state.c
+    state = conn.execute(sa.select(s.last_log_id, s.generation).where(s.id == 1)).one_or_none()
+    if state is None:
+        raise RollupError("rollup_state is empty: run `usage-stats db upgrade` first")
+    g = m.rollup_gap.c
+    if copy:
+        gaps = _temp_table_as(conn, GAPS_THEN, sa.select(g.lo, g.hi)).c
+        found = conn.execute(sa.select(gaps.lo, gaps.hi).order_by(gaps.lo)).all()
+    else:
+        found = conn.execute(sa.select(g.lo, g.hi).order_by(g.lo)).all()
+    return _Then(int(state.last_log_id), tuple((lo, hi) for lo, hi in found), int(state.generation))
+
+
+def _derives_the_others(finest: agg.Summary) -> bool:
+    """Whether every other table can be summed from `finest`: it holds every dimension,
+    in hours that lie inside local days."""
+    return finest.cut_at_midnight and set(finest.dimensions) == set(agg.DIMENSION_NAMES)
+
+
+def _finest_rows(
+    fresh: sa.TableClause,
+    settings: Settings,
+    d_lo: int,
+    d_hi: int,
+    h_lo: int,
+    h_hi: int,
+    user_id: int | None,
+    *,
+    regroup: bool,
+) -> tuple[AnySelect, Any]:
+    """The finest table's rows of the hours [h_lo, h_hi) from rollup_fresh, and the
+    condition picking the stored rows they replace. rollup_fresh is keyed by (hour, day,
+    dimensions). Where every local midnight falls on a UTC hour (all zones but a few
+    half-hour ones), an hour lies in one day, so its rows are unique by (hour,
+    dimensions) already: the finest table takes them as they are, without a second
+    GROUP BY over hundreds of thousands of rows (unless `regroup`: late logs were added
+    to rollup_fresh)."""
+    finest = agg.SUMMARIES[0]
+    f = fresh.c
+    key = _key_columns(finest, fresh)
+    in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
+    hours_in_one_day = not regroup and all(
+        d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone))
+    )
+    if hours_in_one_day:
+        rows = sa.select(*key, *(f[v] for v in finest.values)).where(in_range)
+    else:
+        rows = agg.aggregate(fresh, key, finest.values).where(in_range)
+    t = finest.table.c
+    stored = sa.and_(t[agg.BUCKET] >= h_lo, t[agg.BUCKET] < h_hi)
+    if user_id is not None:
+        stored = sa.and_(stored, t.user_id == user_id)
+    return rows, stored
+
+
+def _add_late(
+    conn: Connection, finest: agg.Summary, change: sa.TableClause, since: Any, tz: str, d_lo: int, d_hi: int
+) -> int:
+    """Move the change compared before the lock by the logs counted since (`since`):
+    where a key changed, its new and old values both gain the late logs' sums (the
+    ticks added them to the stored row; the fresh row must hold them too), and a row the
+    logs had lost comes back with the late logs alone. Keys that did not change need
+    nothing: fresh and stored moved alike. Returns the late logs of the days [d_lo, d_hi)."""
+    delta_rows = _delta_select(_counted_rows(since, tz)).subquery("d")
+    key = _key_columns(finest, delta_rows)
+    late = _temp_table_as(conn, "rollup_late", agg.aggregate(delta_rows, key, finest.values))
+    n_logs = int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(delta_rows.c[agg.LOG_COUNT]), 0)).where(
+                delta_rows.c.day >= d_lo, delta_rows.c.day < d_hi
+            )
+        ).scalar_one()
+    )
+    c, lt = change.c, late.c
+    values: dict[str, Any] = {"present": sa.true()}
+    for v in agg.MEASURE_NAMES:
+        values[f"new_{v}"] = c[f"new_{v}"] + lt[v]
+        values[f"old_{v}"] = c[f"old_{v}"] + lt[v]
+    for a in finest.attributes:
+        values[a] = sa.case((sa.and_(c.present, c[a] > lt[a]), c[a]), else_=lt[a])
+    conn.execute(sa.update(change).where(*(c[k] == lt[k] for k in finest.key)).values(values))
+    return n_logs
 
 
 def _in_gap_then() -> Any:
@@ -968,46 +1094,30 @@ def _replace_days(
     user_id: int | None,
     check_every_table: bool,
     regroup: bool,
-) -> int:
+) -> tuple[int, bool]:
     """Make the summary rows of the days [d_lo, d_hi) (hours [h_lo, h_hi)) equal
     rollup_fresh. `regroup`: rollup_fresh may hold a key more than once (late logs were
-    added to it)."""
+    added to it). Returns the days' consume logs, and whether any row was written."""
     f = fresh.c
-    # rollup_fresh is keyed by (hour, day, dimensions). Where every local midnight
-    # falls on a UTC hour (all zones but a few half-hour ones), an hour lies in one
-    # day, so its rows are unique by (hour, dimensions) already: the finest hourly
-    # table takes them as they are, without a second GROUP BY over hundreds of
-    # thousands of rows.
+    finest = agg.SUMMARIES[0]
+    if not check_every_table and _derives_the_others(finest):
+        # The finest table against the logs; every other table, at the keys that
+        # changed, summed again from the finest (see `_rederive`).
+        rows, stored = _finest_rows(fresh, settings, d_lo, d_hi, h_lo, h_hi, user_id, regroup=regroup)
+        change = _compare(conn, finest, rows, stored)
+        wrote = _write_change(conn, finest, change)
+        for summary in agg.SUMMARIES[1:]:
+            _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
+        return _fresh_logs(conn, fresh, d_lo, d_hi), wrote
     hours_in_one_day = not regroup and all(
         d % HOUR == 0 for d in (d_lo, d_hi, *day_starts(d_lo, d_hi, settings.stats_timezone))
     )
     all_dimensions = set(agg.DIMENSION_NAMES)
     ranges = {"hour": (h_lo, h_hi), "day": (d_lo, d_hi)}
-    finest = agg.SUMMARIES[0]
-    # Summing the others from the finest needs it to hold every dimension, in hours
-    # that lie inside local days.
-    if not check_every_table and finest.cut_at_midnight and set(finest.dimensions) == all_dimensions:
-        # The finest table against the logs; every other table, at the keys that
-        # changed, summed again from the finest (see `_rederive`).
-        key = _key_columns(finest, fresh)
-        in_range = sa.and_(f.hour >= h_lo, f.hour < h_hi)
-        if hours_in_one_day:
-            rows = sa.select(*key, *(f[v] for v in finest.values)).where(in_range)
-        else:
-            rows = agg.aggregate(fresh, key, finest.values).where(in_range)
-        stored = sa.and_(finest.table.c[agg.BUCKET] >= h_lo, finest.table.c[agg.BUCKET] < h_hi)
-        if user_id is not None:
-            stored = sa.and_(stored, finest.table.c.user_id == user_id)
-        change = _sync(conn, finest, rows, stored)
-        # The others change only where the finest did (`_rederive`).
-        bump_if_changed(conn, change)
-        for summary in agg.SUMMARIES[1:]:
-            _rederive(conn, summary, change, settings.stats_timezone, h_lo, h_hi)
-        return _fresh_logs(conn, fresh, d_lo, d_hi)
     # Per grain, the last table synced and its change (rollup_change holds only the
-    # latest _sync's): the tables without users are moved by it.
+    # latest compare's): the tables without users are moved by it.
     synced: dict[str, tuple[agg.Summary, sa.TableClause]] = {}
-    bumped = False
+    wrote = False
     for summary in agg.SUMMARIES:
         lo, hi = ranges[summary.grain]
         target = summary.table
@@ -1022,10 +1132,10 @@ def _replace_days(
             # Every log of these rows is in rollup_fresh: make the stored rows equal them.
             if user_id is not None:
                 stored = sa.and_(stored, target.c.user_id == user_id)
-            synced[summary.grain] = (summary, _sync(conn, summary, rows, stored))
-            # rollup_change holds this _sync's change only: looked at now. The tables
-            # moved by it below change only where it is not empty.
-            bumped = bumped or bump_if_changed(conn, synced[summary.grain][1])
+            change = _compare(conn, summary, rows, stored)
+            # rollup_change holds this compare's change only: written and kept now.
+            wrote = _write_change(conn, summary, change) or wrote
+            synced[summary.grain] = (summary, change)
         else:
             # Only one user's logs were read: move these rows by the change of a
             # table of the same grain that holds that user's rows.
@@ -1040,11 +1150,8 @@ def _replace_days(
                     *by, *(sa.func.sum(c[f"new_{n}"] - c[f"old_{n}"]).label(n) for n in agg.MEASURE_NAMES)
                 ).group_by(*by),
             )
-            emptied = conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0)).rowcount
-            if emptied and not bumped:
-                bump_generation(conn)
-                bumped = True
-    return _fresh_logs(conn, fresh, d_lo, d_hi)
+            conn.execute(sa.delete(target).where(stored, target.c[agg.LOG_COUNT] == 0))
+    return _fresh_logs(conn, fresh, d_lo, d_hi), wrote
 
 
 def _fresh_logs(conn: Connection, fresh: sa.TableClause, d_lo: int, d_hi: int) -> int:
@@ -1099,13 +1206,10 @@ def _derive_all(conn: Connection, summary: agg.Summary, tz: str) -> None:
     _fold(conn, summary, agg.aggregate(rows, _key_from_finest(summary, rows.c, tz), summary.values))
 
 
-def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) -> sa.TableClause:
-    """Make the summary's rows matching `where` equal `fresh` (rows in the table's
-    column order), writing only what differs: a re-aggregation of unchanged logs reads,
-    compares and writes nothing, where deleting and re-inserting every row would cost
-    several times the aggregation itself. Returns rollup_change: one row per key that
-    differed, with its attributes and the old_* and new_* measures (0 where the row was
-    absent)."""
+def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) -> sa.TableClause:
+    """rollup_change: one row per key where the summary's rows matching `where` differ
+    from `fresh`, with its attributes and the old_* and new_* measures (0 where the row
+    was absent), and `present` (false: the key has no fresh row)."""
     target, key, values = summary.table, list(summary.key), list(summary.values)
     n = fresh.subquery("n")
     o = sa.select(target).where(where).subquery("o")
@@ -1139,14 +1243,23 @@ def _sync(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) 
             .where(n.c[key[0]].is_(None))
         )
         conn.execute(sa.insert(change).from_select(list(change.c.keys()), absent))
+    return change
+
+
+def _write_change(conn: Connection, summary: agg.Summary, change: sa.TableClause) -> bool:
+    """Write rollup_change into the summary's table: delete the keys no longer present,
+    set the others to their new values. Returns whether there was anything to write."""
+    target, key, values = summary.table, list(summary.key), list(summary.values)
     c = change.c
+    if conn.execute(sa.select(sa.literal(1)).select_from(change).limit(1)).first() is None:
+        return False
     gone = sa.select(*(c[k] for k in key)).where(sa.not_(c.present))
     conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(gone)))
     present = sa.select(
         *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
     ).where(c.present)
     _upsert(conn, target, key + values, present, key, lambda new: {v: new[v] for v in values})
-    return change
+    return True
 
 
 # --- retention's compaction ----------------------------------------------------------

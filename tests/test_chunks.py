@@ -122,13 +122,13 @@ def _helper(url: str, job: str, phase: str, ready) -> None:
     if phase == "aggregating":
         rollup_module.exclusive_on = stall  # type: ignore[assignment]
     else:
-        real = rollup_module._replace_days
+        real = rollup_module._write_change
 
         def write_then_stall(*args, **kwargs):
             real(*args, **kwargs)
             stall()
 
-        rollup_module._replace_days = write_then_stall  # type: ignore[assignment]
+        rollup_module._write_change = write_then_stall  # type: ignore[assignment]
     engine = make_engine(url)
     chunks.work(engine, Settings(database_url=url, stats_timezone=TZ), job)
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from shared import aggregation as agg
 from shared import models as m
+from shared.answer_version import bump_generation
 from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
@@ -333,10 +334,11 @@ def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late)
     inside a gap the aggregation left out) must leave them counted exactly once."""
     s = cfg(server)
     lo, hi = day_bounds(T, TZ)
+    same = {"token_id": 11, "channel": 1, "group": "default"}  # the late logs share a key
     held = writer.connect()
     held_tx = held.begin()
-    insert(held, log(user_id=1, created_at=T + 5, quota=1000))  # its id, still uncommitted
-    insert(writer, [log(user_id=1, created_at=T, quota=7), log(user_id=2, created_at=T + 60, quota=5)])
+    insert(held, log(user_id=1, created_at=T + 5, quota=1000, **same))  # its id, still uncommitted
+    insert(writer, [log(user_id=1, created_at=T, quota=7, **same), log(user_id=2, created_at=T + 60, quota=5)])
     tick(server, s)
     assert len(gaps(server)) == 1
     if late == "new_id":
@@ -345,6 +347,7 @@ def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late)
     with server.begin() as conn:  # history that the re-aggregation must repair
         finest = agg.SUMMARIES[0].table
         conn.execute(sa.delete(finest).where(finest.c.user_id == 2))
+        conn.execute(sa.update(finest).values(quota=finest.c.quota + 1))
     fired = []
 
     def between(conn, cursor, statement, parameters, context, executemany):
@@ -352,7 +355,7 @@ def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late)
         if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
             fired.append(statement)
             if late == "new_id":
-                insert(writer, log(user_id=1, created_at=T + 30, quota=300))
+                insert(writer, log(user_id=1, created_at=T + 30, quota=300, **same))
             else:
                 held_tx.commit()
                 held.close()
@@ -379,6 +382,43 @@ def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late)
     assert totals(server) == (3, 1012 if late == "inside_a_gap" else 312)
     assert_exact(server, TZ)
     forget_gaps(server, s)
+    assert_exact(server, TZ)
+
+
+@integration
+def test_another_write_between_a_chunks_compare_and_its_write(server):
+    """Between a chunk's compare (without the lock) and its write, something other than a
+    tick changes its days' rows and moves the generation, as every such writer does (a
+    re-aggregation, retention, an upgrade): the chunk must compare again under the lock,
+    not write its stale change."""
+    s = cfg(server)
+    lo, hi = day_bounds(T, TZ)
+    insert(server, [log(user_id=1, created_at=T, quota=7), log(user_id=2, created_at=T + 60, quota=5)])
+    tick(server, s)
+    finest = agg.SUMMARIES[0].table
+    fired = []
+
+    def between(conn, cursor, statement, parameters, context, executemany):
+        if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
+            fired.append(statement)
+            with server.begin() as other:  # rows the chunk compared as equal, changed
+                other.execute(sa.update(finest).where(finest.c.user_id == 2).values(quota=finest.c.quota + 50))
+                bump_generation(other)
+
+    fresh_made = []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if "TABLE rollup_fresh AS" in statement:
+            fresh_made.append(True)
+
+    sa.event.listen(server, "after_cursor_execute", watch)
+    sa.event.listen(server, "before_cursor_execute", between)
+    try:
+        reaggregate(server, s, lo, hi)
+    finally:
+        sa.event.remove(server, "before_cursor_execute", between)
+        sa.event.remove(server, "after_cursor_execute", watch)
+    assert fired, "nothing ran between the chunk's two phases"
     assert_exact(server, TZ)
 
 

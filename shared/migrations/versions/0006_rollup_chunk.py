@@ -1,7 +1,8 @@
 """rollup_chunk: the chunks of a re-aggregation shared by several workers (shared.chunks).
 
 One row per chunk of days of a job: its range, and when it was written (done_at, in the
-same transaction as the chunk's rows) with how many logs it counted. Rows of a finished
+same transaction as the chunk's rows) with how many logs it counted and, if it changed
+rows, the rollup_state.generation its write moved to. Rows of a finished
 job are deleted by the job; nothing else reads them.
 
 Revision ID: 0006
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("done_at", sa.BigInteger, nullable=True),
         sa.Column("logs", sa.BigInteger, nullable=True),
+        sa.Column("generation", sa.BigInteger, nullable=True),
         sa.PrimaryKeyConstraint("job", "lo", name="rollup_chunk_pkey"),
         mysql_engine="InnoDB",
         mysql_charset="utf8mb4",
