@@ -76,6 +76,14 @@ class AnswerCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
     def _get(self, key: Key) -> Half | None:
         with self._lock:
             half = self._entries.get(key)
@@ -106,7 +114,7 @@ class AnswerCache:
         version = tagged.version
         assert version is not None
         key = Key(asked, version.summary, tagged.settings)
-        names = shape.keys
+        names = shape.sort_keys  # rows are in this order of their keys
         half = self._get(key)
         if half is None:
             rows = queries.summary_half(conn, shape, view, start, end, values, version.progress)

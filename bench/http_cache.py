@@ -12,7 +12,7 @@ PostgreSQL database that bench.run built (`python -m bench.run --shape dense --r
     must get 304 (a wrk script counts every other status). Targets: >= 1,000 req/s,
     p99 <= 50 ms.
 (b) full answers while a writer process commits that user's logs throughout (one log
-    per transaction, `--writer-rate` a second, inside the answer's range) and a tick
+    per transaction, `--writer-rate` a second, in the range's last hour) and a tick
     runs every `--tick-every` seconds: the tail and the rollup's progress move all the
     time, so answers differ. Target: >= 300 req/s.
 (c) the same full answers, with the same writer, served by the code before this change
@@ -276,7 +276,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, tree in trees.items():
             with server(url, tree, args.workers, workdir, name) as base:
-                with writer(url, heavy, start, end, args.writer_rate, args.tick_every) as stats:
+                # Logs arrive now: in the range's last hour (its newest buckets).
+                with writer(url, heavy, end - 3600, end, args.writer_rate, args.tick_every) as stats:
                     tags = set()
                     for _ in range(3):
                         tags.add(get(base + path, token, heavy)[1])

@@ -186,6 +186,12 @@ class Shape:
         """The columns grouped by: the bucket and the dimensions."""
         return tuple(c for c in self.columns if c == agg.BUCKET or c in GROUP_KEYS)
 
+    @property
+    def sort_keys(self) -> tuple[str, ...]:
+        """The keys in the order answers are sorted by (after rank_by): the bucket, then
+        the dimensions; text in code point order, which is Python's order of str."""
+        return tuple(k for k in self.keys if k == agg.BUCKET) + tuple(k for k in self.keys if k != agg.BUCKET)
+
     def summary(self, grain: str) -> agg.Summary:
         """The smallest summary table that answers this shape's buckets of `grain`
         exactly: every key and filter a dimension of it, every carried name a column."""
@@ -217,8 +223,9 @@ def answer_select(
     keys = shape.keys
     where = _answer_where(source, shape, start, end, user, filters)
     order: list[Any] = [sa.desc(agg.fold_column(source, shape.rank_by))] if shape.rank_by else []
-    order += [c.created_at] if agg.BUCKET in keys else []
-    order += [code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET]
+    order += [
+        code_point_order(c[k]) if k != agg.BUCKET and agg.FIELDS[k].type is sa.Text else c[k] for k in shape.sort_keys
+    ]
     return (
         sa.select(*(c[n] if n in keys else agg.fold_column(source, n) for n in shape.columns))
         .where(*where)
