@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from shared.config import Settings
 from shared.db import get_engine
 
+from .answer_cache import AnswerCache
 from .config import ApiLimits
 from .jsonprovider import OrjsonProvider
 
@@ -37,6 +38,8 @@ class AppState:
     # The gateway's main database, of `users`, `tokens` and `channels`: `engine` itself
     # unless new-api keeps its logs apart (LOG_SQL_DSN).
     gateway: Engine
+    # The summary halves of answers (api.answer_cache); None: every answer is read whole.
+    answers: AnswerCache | None = None
 
     @contextmanager
     def connections(self) -> Iterator[tuple[Connection, Connection]]:
@@ -60,11 +63,13 @@ def create_app(
     engine: Engine | None = None,
     limits: ApiLimits | None = None,
     gateway: Engine | None = None,
+    answer_cache: bool = True,
 ) -> Flask:
     """The Flask app. `settings` default to the environment; `engine` (for tests with an
     in-memory database) defaults to the process's engine for
     settings.stats_database_url, `gateway` to the one for settings.database_url (to
-    `engine` when the logs are not apart). No connection is opened here, so gunicorn
+    `engine` when the logs are not apart). `answer_cache`: keep the summary halves of
+    answers (api.answer_cache); off, every answer is read whole. No connection is opened here, so gunicorn
     --preload forks an empty pool."""
     from shared.logging_setup import configure
 
@@ -84,6 +89,7 @@ def create_app(
         engine=engine,
         limits=limits if limits is not None else ApiLimits.from_settings(settings),
         gateway=gateway,
+        answers=AnswerCache() if answer_cache else None,
     )
     errors.register(app)
     # LOG_FORMAT=json, or nobody set up logging yet (gunicorn): our handler on the root

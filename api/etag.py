@@ -110,24 +110,28 @@ def names_signature(gateway: Connection, columns: Sequence[str], owner: int | No
 
 @dataclass(frozen=True)
 class Tagged:
-    """An answer's version as read in its snapshot, and its tag. `version` is None for
-    an answer that reads no rows (nobody's)."""
+    """An answer's tag, and what it was made of: the version as read in the answer's
+    snapshot (None for an answer that reads no rows: nobody's), the signature of its
+    tail (None without one) and the settings' digest."""
 
     tag: str
     version: queries.Version | None
+    tail: tuple[int, int, int] | None
+    settings: str
 
 
 def tag_answer(state: AppState, conn: Connection, gateway: Connection, asked: Request, *, reads: bool = True) -> Tagged:
     """Read the answer's version on `conn` (the snapshot the answer is then read in) and
     make its tag. `reads`: False for an answer of nobody's rows (always empty)."""
+    settings = settings_digest(state)
     if not reads:
-        return Tagged(_digest(asked, settings_digest(state)), None)
+        return Tagged(_digest(asked, settings), None, None, settings)
     version = queries.read_version(conn)
     tail = queries.tail_signature(
         conn, asked.shape, asked.view, asked.start, asked.end, dict(asked.values), version.progress
     )
     named = names_signature(gateway, asked.shape.columns, asked.owner)
-    return Tagged(_digest(asked, version.summary, tail, named, settings_digest(state)), version)
+    return Tagged(_digest(asked, version.summary, tail, named, settings), version, tail, settings)
 
 
 def not_modified(tag: str) -> Response | None:

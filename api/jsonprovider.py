@@ -4,12 +4,22 @@ anything orjson does not know (Decimal) falls back to Flask's own conversions.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from flask.json.provider import DefaultJSONProvider
 
 # NON_STR_KEYS: SQLAlchemy's column names are a str subclass, which orjson refuses as a
 # key without it.
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+_default = DefaultJSONProvider.default
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """`obj` as the answers serialize it (api.answer_cache keeps rows so)."""
+    return orjson.dumps(obj, default=_default, option=_OPTIONS)
 
 
 class OrjsonProvider(DefaultJSONProvider):

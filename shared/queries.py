@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -186,6 +186,12 @@ class Shape:
         """The columns grouped by: the bucket and the dimensions."""
         return tuple(c for c in self.columns if c == agg.BUCKET or c in GROUP_KEYS)
 
+    @property
+    def sort_keys(self) -> tuple[str, ...]:
+        """The keys in the order answers are sorted by (after rank_by): the bucket, then
+        the dimensions; text in code point order, which is Python's order of str."""
+        return tuple(k for k in self.keys if k == agg.BUCKET) + tuple(k for k in self.keys if k != agg.BUCKET)
+
     def summary(self, grain: str) -> agg.Summary:
         """The smallest summary table that answers this shape's buckets of `grain`
         exactly: every key and filter a dimension of it, every carried name a column."""
@@ -217,8 +223,9 @@ def answer_select(
     keys = shape.keys
     where = _answer_where(source, shape, start, end, user, filters)
     order: list[Any] = [sa.desc(agg.fold_column(source, shape.rank_by))] if shape.rank_by else []
-    order += [c.created_at] if agg.BUCKET in keys else []
-    order += [code_point_order(c[k]) if agg.FIELDS[k].type is sa.Text else c[k] for k in keys if k != agg.BUCKET]
+    order += [
+        code_point_order(c[k]) if k != agg.BUCKET and agg.FIELDS[k].type is sa.Text else c[k] for k in shape.sort_keys
+    ]
     return (
         sa.select(*(c[n] if n in keys else agg.fold_column(source, n) for n in shape.columns))
         .where(*where)
@@ -481,6 +488,61 @@ def usage(
 ) -> list[dict[str, Any]]:
     """The rows of an answer of `shape` whose bucket starts in [start, end]."""
     return rows(conn, *prepare(conn, shape, view, start, end, values, progress))
+
+
+# --- an answer as its summary half and a patch (api.answer_cache) -----------------------
+
+
+def cacheable(shape: Shape) -> bool:
+    """Whether an answer of `shape` can be kept as its summary half and patched by the
+    tail (`patch_rows`): ordered by its keys alone (not ranked), with the bucket among
+    them, so that a patched row takes its key's place."""
+    return shape.rank_by is None and agg.BUCKET in shape.keys
+
+
+def summary_half(
+    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any], progress: Progress
+) -> list[dict[str, Any]]:
+    """The answer without the tail: the summary rows alone, as the answer reads them
+    under `progress` (a function of the summary version and the request)."""
+    quiet = replace(view, realtime=False)
+    params, _ = _parameters(shape, quiet, start, end, values, progress)
+    return rows(conn, _statement(shape, quiet, 0), params)
+
+
+@lru_cache(maxsize=512)
+def _patch_statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
+    """_statement at the keys the tail touches only: the summary rows of those keys
+    UNION ALL the tail, grouped and ordered as the answer."""
+    start, end, bound, hours_from = _param("start"), _param("end"), _param("bound"), _param("hours_from")
+    gaps = [(_param(f"gap_lo_{i}"), _param(f"gap_hi_{i}")) for i in range(n_gaps)]
+    summary = shape.summary(_grain(view))
+    user = _param("user_id") if shape.user else None
+    filters = {d: _param(f"f_{d}", agg.FIELDS[d].type) for d in shape.filtered}
+
+    def tail() -> list[AnySelect]:
+        return _tail_rows(summary, view, _param("w"), gaps, start, bound, hours_from)
+
+    parts = tail()
+    logs = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("tail")
+    touched = sa.select(*(logs.c[k] for k in shape.keys)).where(
+        *_answer_where(logs, shape, start, end, user=user, filters=filters)
+    )
+    stored = _summary_rows(summary, view, start, end, bound, hours_from).subquery("stored")
+    at_touched = sa.select(*stored.c).where(sa.tuple_(*(stored.c[k] for k in shape.keys)).in_(touched))
+    src = sa.union_all(at_touched, *tail()).subquery("usage")
+    return answer_select(src, shape, start, end, user=user, filters=filters)
+
+
+def patch_rows(
+    conn: Connection, shape: Shape, view: View, start: int, end: int, values: Mapping[str, Any], progress: Progress
+) -> list[dict[str, Any]]:
+    """The answer's rows at the keys its tail touches (whole: their summary rows and
+    tail rows folded in SQL, as the answer folds them), in the answer's order. With
+    `summary_half` under the same `progress`, the answer is the summary half with
+    these rows in their keys' places (api.answer_cache)."""
+    params, n_gaps = _parameters(shape, view, start, end, values, progress)
+    return rows(conn, _patch_statement(shape, view, n_gaps), params)
 
 
 # --- the version of an answer (shared.answer_version) ----------------------------------

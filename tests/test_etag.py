@@ -253,3 +253,89 @@ def test_a_renamed_key_changes_the_tag_of_answers_by_key(engine):
     renamed = get(api, tokens, group_by="token", tag=tag)
     assert tag_of(renamed) != tag and {r["token_name"] for r in ok_data(renamed)} == {"new"}
     assert_not_modified(get(api, tokens, tag=plain), plain)  # no key names in it
+
+
+def test_cached_answers_are_the_uncached_answers_byte_for_byte(engine):
+    """The answer cache (api.answer_cache) keeps summary halves and patches in the tail:
+    its bodies equal those of an app without it, at every step of a history of commits
+    into the tail (existing keys, new hours, new models, another user's), ticks and a
+    re-aggregation that changes rows."""
+    import random
+
+    from api import create_app
+
+    settings, cached, tokens = setup(engine)
+    plain = make_api(engine)
+    plain.app = create_app(settings, engine=engine, answer_cache=False)
+    plain.client = plain.app.test_client()
+    state = cached.app.extensions["usage_stats"]
+    assert state.answers is not None and plain.app.extensions["usage_stats"].answers is None
+    rnd = random.Random(11)
+    models = ("gpt-4o", "claude", "Z-model", "")
+
+    def batch(n: int) -> list[dict]:
+        return [
+            log(
+                user_id=rnd.choice((ALICE, ALICE, BOB)),
+                created_at=T0 + rnd.randrange(0, 2 * 86400),
+                model=rnd.choice(models),
+                quota=rnd.randrange(0, 1000),
+                kind=m.LOG_CONSUME if rnd.random() < 0.9 else m.LOG_ERROR,
+            )
+            for _ in range(n)
+        ]
+
+    cases = (
+        (ALICE, "/api/data/self", {}),
+        (ALICE, "/api/data/self", {"granularity": "day"}),
+        (ALICE, "/api/data/self", {"group_by": "model", "model_name": "claude"}),
+        (ADMIN, "/api/data/", {}),
+        (ADMIN, "/api/data/", {"tz": "Asia/Shanghai", "granularity": "day"}),
+        (ADMIN, "/api/data/users", {}),
+    )
+
+    def compare() -> None:
+        answers = state.answers
+        answers.clear()
+        hits = answers.hits
+        for uid, path, params in cases:
+            want = get(plain, tokens, uid, path, **params)
+            for _ in range(2):  # a miss, then a hit
+                got = get(cached, tokens, uid, path, **params)
+                assert got.status_code == 200 and got.get_data() == want.get_data(), (path, params)
+                assert got.headers["ETag"] == want.headers["ETag"]
+        # Each answer was kept once, and the second request of each was served from it.
+        assert len(answers) == len(cases) and answers.hits - hits == len(cases)
+
+    same_key = [log(user_id=ALICE, created_at=T0 + 60, model="claude", quota=5)]
+    insert(engine, batch(30) + same_key)
+    compare()  # everything in the tail, nothing rolled up
+    tick(engine, settings)
+    compare()
+    for step in range(4):
+        # Into the tail: kept keys patched (one of each kind), new keys inserted.
+        insert(engine, batch(5 + step) + same_key)
+        compare()
+    tick(engine, settings)
+    compare()
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.logs).where(m.logs.c.user_id == ALICE).values(quota=m.logs.c.quota + 1))
+    reaggregate(engine, settings, T0, T0 + 2 * 86400)
+    insert(engine, batch(3))
+    compare()
+
+
+def test_the_answer_cache_is_bounded_by_bytes():
+    from api.answer_cache import AnswerCache, Half, Key
+
+    cache = AnswerCache(max_bytes=1000)
+
+    def half(size: int) -> Half:
+        return Half([(1,)], [b"x"], {(1,): 0}, size)
+
+    for i in range(10):
+        cache._put(Key(i, (i,), ""), half(200))  # type: ignore[arg-type]
+        assert cache._bytes <= 1000
+    assert len(cache._entries) == 5
+    cache._put(Key("big", (), ""), half(300))  # type: ignore[arg-type]  # over a quarter: not kept
+    assert Key("big", (), "") not in cache._entries  # type: ignore[arg-type]
