@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,10 +233,12 @@ def _upsert(
     source: AnySelect,
     key: list[str],
     set_: Callable[[Any], dict[str, Any]],
+    *,
+    counted: bool = True,
 ) -> int:
     """INSERT INTO table (columns) source, where a row with the same key exists setting
     `set_(incoming)` on it instead (`incoming`: the incoming row's columns). Returns the
-    rows inserted or updated."""
+    rows inserted or updated (0 on MySQL unless `counted`)."""
     if conn.dialect.name == "mysql":
         # ON DUPLICATE KEY UPDATE may not refer to a grouped SELECT's columns: the source
         # is a derived table (also how MySQL 8 replaces the deprecated VALUES()).
@@ -244,7 +246,10 @@ def _upsert(
         by_target = dict(zip(columns, incoming.c))  # by position, as INSERT ... SELECT maps them
         ins = mysql.insert(table).from_select(columns, sa.select(*incoming.c))
         conn.execute(ins.on_duplicate_key_update(set_(by_target)))
-        # Its rowcount counts an updated row twice.
+        if not counted:
+            return 0
+        # Its rowcount counts an updated row twice, so the source is counted again: it
+        # runs the source a second time, which only a small one (a tick's) should pay.
         return int(conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one())
     ins = _insert(conn)(table).from_select(columns, source)
     return int(conn.execute(ins.on_conflict_do_update(index_elements=key, set_=set_(ins.excluded))).rowcount)
@@ -265,9 +270,17 @@ def _delta_select(rows: Any) -> AnySelect:
 
 
 def _fill_delta(conn: Connection, rows: Any) -> None:
-    """rollup_delta := _delta_select(rows), for a tick: a few thousand rows."""
-    conn.execute(CreateTable(delta, if_not_exists=True))
-    conn.execute(sa.delete(delta))
+    """rollup_delta := _delta_select(rows), for a tick: a few thousand rows.
+
+    Created afresh each time, never emptied by DELETE: a temporary table lives as long as
+    the pooled connection, and deleted rows stay in it (InnoDB never purges a temporary
+    table; PostgreSQL's autovacuum skips them), so every scan of it would read all the
+    rows of the connection's earlier ticks too, a cost growing with the history rolled up
+    (the first rollup alone leaves a million, beyond a small InnoDB buffer pool)."""
+    # MySQL: DROP TABLE (without TEMPORARY), like TRUNCATE, would commit the transaction.
+    temporary = "TEMPORARY " if conn.dialect.name == "mysql" else ""
+    conn.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {delta.name}")
+    conn.execute(CreateTable(delta))
     conn.execute(sa.insert(delta).from_select(list(delta.c.keys()), _delta_select(rows)))
 
 
@@ -302,10 +315,54 @@ def _temp_table_as(conn: Connection, name: str, select: AnySelect) -> sa.TableCl
     return sa.table(name, *(sa.column(c.name) for c in select.selected_columns))
 
 
-def _fold(conn: Connection, summary: agg.Summary, source: AnySelect) -> int:
-    """Add `source`'s rows (grouped, in the table's column order) into the summary's table."""
+def _keyed_temp_table(
+    conn: Connection, name: str, columns: Iterable[sa.Column[Any]], key: Iterable[str], select: AnySelect
+) -> sa.Table:
+    """MySQL: `select` (rows in the order of `columns`) into a temporary table with the
+    types of `columns` and a primary key on `key`. MariaDB joins a table without an index
+    row by row against every row of the other side (it has no hash join by default), so
+    a join onto an unindexed temporary table costs the product of both sides; with the
+    key, each probe is one index lookup. The types are the summary's own, so the key fits
+    InnoDB's limit as the summary's does."""
+    table = sa.Table(
+        name,
+        sa.MetaData(),
+        *(sa.Column(c.name, c.type, nullable=False) for c in columns),
+        sa.PrimaryKeyConstraint(*key),
+        prefixes=["TEMPORARY"],
+    )
+    conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {name}")
+    conn.execute(CreateTable(table))
+    conn.execute(sa.insert(table).from_select([c.name for c in table.columns], select))
+    return table
+
+
+def _delete_at_keys(conn: Connection, target: sa.Table, keys: sa.TableClause, key: list[str], *where: Any) -> None:
+    """DELETE the rows of `target` whose `key` is a row of `keys` (matching `where`).
+    A join (DELETE ... USING), not `(key) IN (SELECT ...)`: MariaDB runs no semi-join in a
+    single-table DELETE, so the IN form reads the whole target, probing `keys` per row;
+    joined, it reads `keys` and looks each one up by the target's primary key. SQLite has
+    no DELETE ... USING; its IN is planned as a lookup already."""
+    if conn.dialect.name == "sqlite":
+        picked = sa.select(*(keys.c[k] for k in key)).where(*where)
+        conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(picked)))
+        return
+    conn.execute(sa.delete(target).where(*(target.c[k] == keys.c[k] for k in key), *where))
+
+
+def _fold(conn: Connection, summary: agg.Summary, source: AnySelect, *, counted: bool = True) -> int:
+    """Add `source`'s rows (grouped, in the table's column order) into the summary's table.
+    Returns the rows added or updated (see `_upsert` for `counted`)."""
     columns = [c.name for c in summary.table.columns]
-    return _upsert(conn, summary.table, columns, source, list(summary.key), lambda new: agg.merge_into(summary, new))
+    return _upsert(
+        conn,
+        summary.table,
+        columns,
+        source,
+        list(summary.key),
+        lambda new: agg.merge_into(summary, new),
+        counted=counted,
+    )
 
 
 def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
@@ -317,12 +374,24 @@ def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
 def _fold_delta(conn: Connection) -> int:
     """Fold rollup_delta into every summary table. Returns the rows of the first (the
     finest hourly one) touched."""
-    touched = []
+    every = set(agg.DIMENSION_NAMES)
+    touched: list[int] = []
     for summary in agg.SUMMARIES:
         key = _key_columns(summary, delta)
+        if summary.cut_at_midnight and set(summary.dimensions) == every:
+            # A table of every dimension, cut at local midnights, is keyed like rollup_delta:
+            # a delta row's (hour, local day) is the piece of the hour inside the day, and
+            # the row's bucket is that piece's start, so no two delta rows share its key.
+            # Its rows are the delta's rows, with no GROUP BY (and, on MySQL, no second
+            # run of one to count them).
+            source = sa.select(*key, *(delta.c[v] for v in summary.values))
+            _fold(conn, summary, source.order_by(*map(agg.unlabel, key)), counted=False)
+            touched.append(int(conn.execute(sa.select(sa.func.count()).select_from(delta)).scalar_one()))
+            continue
         # In key order: the upsert walks the primary key left to right, not at random.
         source = agg.aggregate(delta, key, summary.values).order_by(*map(agg.unlabel, key))
-        touched.append(_fold(conn, summary, source))
+        # Only the finest table's rows are reported.
+        touched.append(_fold(conn, summary, source, counted=not touched))
     return touched[0]
 
 
@@ -1177,19 +1246,26 @@ def _rederive(conn: Connection, summary: agg.Summary, change: sa.TableClause, tz
     if not conn.execute(sa.select(sa.literal(1)).select_from(touched).limit(1)).first():
         return
     target = summary.table
-    in_touched = sa.tuple_(*(target.c[k] for k in summary.key)).in_(sa.select(*(touched.c[k] for k in summary.key)))
-    conn.execute(sa.delete(target).where(in_touched))
-    # A day touched at the range's edge (an hour straddling a half-hour midnight) reaches
-    # out of [lo, hi): read its rows whole (a day lasts at most 25 hours).
-    f = agg.SUMMARIES[0].table.c
+    _delete_at_keys(conn, target, touched, list(summary.key))
+    # The finest rows of the touched buckets only: from the first touched bucket's start
+    # to the last one's end, a day lasting at most 25 hours. (A day touched at the range's
+    # edge, by an hour straddling a half-hour midnight, reaches out of [lo, hi).) As
+    # literal bounds, so that the planner reads an index range of the buckets touched
+    # rather than the whole table.
+    t = touched.c
+    first, last = conn.execute(sa.select(sa.func.min(t[agg.BUCKET]), sa.func.max(t[agg.BUCKET]))).one()
     reach = 26 * HOUR
-    around = sa.and_(f.created_at >= lo - reach, f.created_at < hi + reach)
+    f = agg.SUMMARIES[0].table.c
+    around = sa.and_(
+        f.created_at >= max(first, lo - reach),
+        f.created_at < min(last + (HOUR if summary.grain == "hour" else reach), hi + reach),
+    )
     rows = sa.select(agg.SUMMARIES[0].table).where(around).subquery("finest")
     key = _key_from_finest(summary, rows.c, tz)
     from_finest = agg.aggregate(rows, key, summary.values).where(
         sa.tuple_(*map(agg.unlabel, key)).in_(sa.select(*(touched.c[k] for k in summary.key)))
     )
-    _fold(conn, summary, from_finest)
+    _fold(conn, summary, from_finest, counted=False)
 
 
 def _key_from_finest(summary: agg.Summary, columns: Any, tz: str) -> list[Any]:
@@ -1203,7 +1279,7 @@ def _key_from_finest(summary: agg.Summary, columns: Any, tz: str) -> list[Any]:
 def _derive_all(conn: Connection, summary: agg.Summary, tz: str) -> None:
     """Fill `summary` (emptied) with the sums of the finest table's rows, days in `tz`."""
     rows = agg.SUMMARIES[0].table.alias("finest")
-    _fold(conn, summary, agg.aggregate(rows, _key_from_finest(summary, rows.c, tz), summary.values))
+    _fold(conn, summary, agg.aggregate(rows, _key_from_finest(summary, rows.c, tz), summary.values), counted=False)
 
 
 def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: Any) -> sa.TableClause:
@@ -1211,11 +1287,13 @@ def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: An
     from `fresh`, with its attributes and the old_* and new_* measures (0 where the row
     was absent), and `present` (false: the key has no fresh row)."""
     target, key, values = summary.table, list(summary.key), list(summary.values)
-    n = fresh.subquery("n")
+    mysql_ = conn.dialect.name == "mysql"
+    # MySQL has no FULL JOIN: the fresh rows joined to the stored ones, then the stored
+    # rows without a fresh one (below), each a lookup into the fresh rows by their key.
+    n: Any = _keyed_temp_table(conn, "rollup_new", target.columns, key, fresh) if mysql_ else fresh.subquery("n")
     o = sa.select(target).where(where).subquery("o")
     on = sa.and_(*(n.c[k] == o.c[k] for k in key))
     differs = sa.or_(n.c[key[0]].is_(None), o.c[key[0]].is_(None), *(n.c[v] != o.c[v] for v in values))
-    mysql_ = conn.dialect.name == "mysql"
     change = _temp_table_as(
         conn,
         "rollup_change",
@@ -1226,7 +1304,6 @@ def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: An
             *(sa.func.coalesce(n.c[v], 0).label(f"new_{v}") for v in agg.MEASURE_NAMES),
             *(sa.func.coalesce(o.c[v], 0).label(f"old_{v}") for v in agg.MEASURE_NAMES),
         )
-        # MySQL has no FULL JOIN: the fresh rows here, the stored rows without one below.
         .select_from(n.outerjoin(o, on, full=not mysql_))
         .where(differs),
     )
@@ -1253,12 +1330,15 @@ def _write_change(conn: Connection, summary: agg.Summary, change: sa.TableClause
     c = change.c
     if conn.execute(sa.select(sa.literal(1)).select_from(change).limit(1)).first() is None:
         return False
-    gone = sa.select(*(c[k] for k in key)).where(sa.not_(c.present))
-    conn.execute(sa.delete(target).where(sa.tuple_(*(target.c[k] for k in key)).in_(gone)))
+    # Usually nothing is gone (a range re-checked, or filled after the tables were
+    # emptied): then there is no DELETE to plan, against a target whose statistics may
+    # say it is empty while the chunk fills it.
+    if conn.execute(sa.select(sa.literal(1)).select_from(change).where(sa.not_(c.present)).limit(1)).first():
+        _delete_at_keys(conn, target, change, key, sa.not_(c.present))
     present = sa.select(
         *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
     ).where(c.present)
-    _upsert(conn, target, key + values, present, key, lambda new: {v: new[v] for v in values})
+    _upsert(conn, target, key + values, present, key, lambda new: {v: new[v] for v in values}, counted=False)
     return True
 
 
@@ -1279,5 +1359,5 @@ def compact_to_days(conn: Connection, summary: agg.Summary, lo: int | None, hi: 
     days = _temp_table_as(conn, "rollup_days", agg.aggregate(rows, key, summary.values))
     n = conn.execute(sa.delete(t).where(where)).rowcount
     # WHERE: SQLite would read `FROM rollup_days ON CONFLICT` as a join's ON otherwise.
-    _fold(conn, summary, sa.select(*(days.c[c.name] for c in t.columns)).where(sa.true()))
+    _fold(conn, summary, sa.select(*(days.c[c.name] for c in t.columns)).where(sa.true()), counted=False)
     return int(n)
