@@ -248,16 +248,26 @@ def gunicorn(url: str, workdir: Path, workers: int, on_stop=None):
 
 
 @contextmanager
-def celery_worker(url: str, workdir: Path, *, beat: bool = False, app: str = "worker", queue: str | None = None):
+def celery_worker(
+    url: str,
+    workdir: Path,
+    *,
+    beat: bool = False,
+    app: str = "worker",
+    queue: str | None = None,
+    concurrency: int = 1,
+    **settings: Any,
+):
     """A real worker (prefork, one child, as the product runs it), optionally with beat
     at the default interval; both on Redis. `app`: the Celery app module (the product's,
     or bench.four_table_worker); `queue`: consume only this queue (so that two workers
-    can run side by side, each sent its own tasks), which is then left unflushed."""
+    can run side by side, each sent its own tasks), which is then left unflushed;
+    `concurrency`: pool processes; `settings`: more environment (REAGGREGATE_WORKERS=2)."""
     import redis
 
     if queue is None:
         redis.Redis.from_url(REDIS).flushdb()
-    env = service_env(url)
+    env = service_env(url, **settings)
     env.pop("ROLLUP_INTERVAL_SECONDS", None)  # the default interval
     name = app.rsplit(".", 1)[-1]
     wlog = workdir / f"{name}.log"
@@ -269,7 +279,7 @@ def celery_worker(url: str, workdir: Path, *, beat: bool = False, app: str = "wo
         app,
         "worker",
         "--pool=prefork",
-        "--concurrency=1",
+        f"--concurrency={concurrency}",
         "-l",
         "INFO",
         "-n",
