@@ -23,6 +23,7 @@ they vary with the credentials and with Accept (which can ask for CSV).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Connection
 from shared import models as m
 from shared import names, queries
 from shared.answer_version import code_version
+from shared.rollup import Progress
 
 from . import AppState
 
@@ -77,9 +79,25 @@ def _digest(*parts: Any) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
 
+# settings_digest per app state: neither the settings nor the code change in a process.
+# By id, with a weak reference checked on each hit (an app dropped frees its entry, and
+# an id reused by another state never matches it).
+_settings_digests: dict[int, tuple[weakref.ref[AppState], str]] = {}
+
+
 def settings_digest(state: AppState) -> str:
     """The settings that shape answers: the zone of the daily rows, real-time answers,
     the span limits (they decide defaults and refusals), and which database is read."""
+    kept = _settings_digests.get(id(state))
+    if kept is not None and kept[0]() is state:
+        return kept[1]
+    digest = _settings_digest(state)
+    key = id(state)
+    _settings_digests[key] = (weakref.ref(state, lambda _: _settings_digests.pop(key, None)), digest)
+    return digest
+
+
+def _settings_digest(state: AppState) -> str:
     s = state.settings
     return _digest(
         s.stats_timezone,
@@ -108,6 +126,13 @@ def names_signature(gateway: Connection, columns: Sequence[str], owner: int | No
     return tuple(parts)
 
 
+# The rollup's progress the last answer read (in any app of this process): the guess
+# under which the next one reads its version and tail signature in one statement
+# (queries.read_version_and_signature). Only a guess: a wrong one (a tick since, another
+# database) costs a second statement, never a wrong signature.
+_progress_seen: Progress | None = None
+
+
 @dataclass(frozen=True)
 class Tagged:
     """An answer's tag, and what it was made of: the version as read in the answer's
@@ -123,13 +148,14 @@ class Tagged:
 def tag_answer(state: AppState, conn: Connection, gateway: Connection, asked: Request, *, reads: bool = True) -> Tagged:
     """Read the answer's version on `conn` (the snapshot the answer is then read in) and
     make its tag. `reads`: False for an answer of nobody's rows (always empty)."""
+    global _progress_seen
     settings = settings_digest(state)
     if not reads:
         return Tagged(_digest(asked, settings), None, None, settings)
-    version = queries.read_version(conn)
-    tail = queries.tail_signature(
-        conn, asked.shape, asked.view, asked.start, asked.end, dict(asked.values), version.progress
+    version, tail = queries.read_version_and_signature(
+        conn, asked.shape, asked.view, asked.start, asked.end, dict(asked.values), _progress_seen
     )
+    _progress_seen = version.progress
     named = names_signature(gateway, asked.shape.columns, asked.owner)
     return Tagged(_digest(asked, version.summary, tail, named, settings), version, tail, settings)
 

@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, request
+from sqlalchemy.engine import Connection
 from werkzeug.datastructures import MultiDict
 
 from shared import models as m
@@ -158,6 +159,8 @@ def flow_shape(columns: tuple[str, ...], *, user: bool = False) -> queries.Shape
 
 def _flow_answer(
     state: Any,
+    conn: Connection,
+    gateway: Connection,
     user_id: int,
     shape: queries.Shape,
     view: queries.View,
@@ -167,21 +170,20 @@ def _flow_answer(
     owner: int | None,
 ) -> Response:
     """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV, asked by
-    `user_id`."""
+    `user_id`, read on the request's connections (state.connections)."""
     csv = params.parse_format(request.args, csvexport.prefers_csv(request))
     queries.check_answerable(view, start, end)
     asked = etag.request_of(str(request.endpoint), user_id, shape, view, start, end, values, csv=csv, owner=owner)
-    with state.connections() as (conn, gateway):
-        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
-        if (unchanged := etag.not_modified(tagged.tag)) is not None:
-            return unchanged
-        rows = []  # username= of nobody
-        if not csv and tagged.version is not None:
-            progress = tagged.version.progress
-            rows = names.name_rows(gateway, queries.usage(conn, shape, view, start, end, values, progress), owner=owner)
+    tagged = etag.tag_answer(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
+    if (unchanged := etag.not_modified(tagged.tag)) is not None:
+        return unchanged
     if csv:
         filename = f"usage-flow-{start}-{end}.csv"
         return csv_answer(state, shape, view, start, end, values, filename, owner, tagged.tag)
+    rows = []  # username= of nobody
+    if tagged.version is not None:
+        progress = tagged.version.progress
+        rows = names.name_rows(gateway, queries.usage(conn, shape, view, start, end, values, progress), owner=owner)
     return etag.with_tag(success(rows), tagged.tag)
 
 
@@ -189,35 +191,39 @@ def _realtime(args: MultiDict, enabled: bool) -> bool:
     return params.parse_realtime(params.single(args, "realtime"), enabled)
 
 
+# One checkout per request (each costs a ping and a rollback): authentication, the
+# username's lookup and the answer share the request's connections, as /api/data does.
+
+
 @bp.get("/api/data/flow")
 def data_flow() -> Response:
     state = app_state()
-    with state.gateway.connect() as gateway:
+    with state.connections() as (conn, gateway):
         user = authenticate(gateway, m.ROLE_ADMIN)
-    params.check_once(request.args, FLOW_PARAMETERS)
-    start, end = flow_range(request.args)
-    realtime = _realtime(request.args, state.settings.api_realtime)
-    username = params.parse_username(request.args)
-    view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
-    columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
-    if username is None:
-        return _flow_answer(state, user.id, flow_shape(columns), view, start, end, {}, None)
-    with state.gateway.connect() as gateway:
-        user_id = live_user_id(gateway, username)
-    return _flow_answer(state, user.id, flow_shape(columns, user=True), view, start, end, {"user_id": user_id}, None)
+        params.check_once(request.args, FLOW_PARAMETERS)
+        start, end = flow_range(request.args)
+        realtime = _realtime(request.args, state.settings.api_realtime)
+        username = params.parse_username(request.args)
+        view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
+        columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
+        if username is None:
+            return _flow_answer(state, conn, gateway, user.id, flow_shape(columns), view, start, end, {}, None)
+        values = {"user_id": live_user_id(gateway, username)}
+        return _flow_answer(
+            state, conn, gateway, user.id, flow_shape(columns, user=True), view, start, end, values, None
+        )
 
 
 @bp.get("/api/data/flow/self")
 def data_flow_self() -> Response:
     state = app_state()
-    with state.gateway.connect() as gateway:
+    with state.connections() as (conn, gateway):
         user = authenticate(gateway, m.ROLE_USER)
-    params.check_once(request.args, FLOW_SELF_PARAMETERS)
-    start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
-    realtime = _realtime(request.args, state.settings.api_realtime)
-    view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
-    # The caller's own rows only: keys of other users never appear, and username is
-    # ignored, as new-api ignores it here.
-    return _flow_answer(
-        state, user.id, flow_shape(SELF_FLOW, user=True), view, start, end, {"user_id": user.id}, user.id
-    )
+        params.check_once(request.args, FLOW_SELF_PARAMETERS)
+        start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
+        realtime = _realtime(request.args, state.settings.api_realtime)
+        view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
+        # The caller's own rows only: keys of other users never appear, and username is
+        # ignored, as new-api ignores it here.
+        shape = flow_shape(SELF_FLOW, user=True)
+        return _flow_answer(state, conn, gateway, user.id, shape, view, start, end, {"user_id": user.id}, user.id)

@@ -562,21 +562,29 @@ class Version:
         return (p.last_log_id, p.hours_kept_from, self.generation, tuple(p.gaps))
 
 
-def read_version(conn: Connection) -> Version:
-    """rollup_state and the rollup_gap ranges in one statement, on `conn` (in its
-    snapshot): a conditional request reads this and a tail signature, nothing more."""
+def _version_select(*also: Any) -> AnySelect:
+    """rollup_state and the rollup_gap ranges, one row per gap (one without any), with
+    the columns `also` after theirs."""
     s, g = m.rollup_state, m.rollup_gap
-    found = conn.execute(
-        sa.select(s.c.last_log_id, s.c.hours_kept_from, s.c.generation, g.c.lo, g.c.hi)
+    return (
+        sa.select(s.c.last_log_id, s.c.hours_kept_from, s.c.generation, g.c.lo, g.c.hi, *also)
         .select_from(s.outerjoin(g, sa.true()))
         .where(s.c.id == 1)
-        .order_by(g.c.lo)
-    ).all()
+    )
+
+
+def _version_of(found: Sequence[Any]) -> Version:
     if not found:
         return Version(Progress(0, []), 0)
     first = found[0]
-    gaps = [(int(r.lo), int(r.hi)) for r in found if r.lo is not None]
-    return Version(Progress(int(first.last_log_id or 0), gaps, first.hours_kept_from), int(first.generation or 0))
+    gaps = sorted((int(r[3]), int(r[4])) for r in found if r[3] is not None)
+    return Version(Progress(int(first[0] or 0), gaps, first[1]), int(first[2] or 0))
+
+
+def read_version(conn: Connection) -> Version:
+    """rollup_state and the rollup_gap ranges in one statement, on `conn` (in its
+    snapshot): a conditional request reads this and a tail signature, nothing more."""
+    return _version_of(conn.execute(_version_select().order_by(m.rollup_gap.c.lo)).all())
 
 
 @lru_cache(maxsize=512)
@@ -614,6 +622,47 @@ def tail_signature(
     params, n_gaps = _parameters(shape, view, start, end, values, progress)
     n, top, total = conn.execute(_signature_statement(shape, view, n_gaps), params).one()
     return int(n), int(top), int(total)
+
+
+@lru_cache(maxsize=512)
+def _versioned_signature_statement(shape: Shape, view: View, n_gaps: int) -> sa.CompoundSelect[Any]:
+    """read_version's rows (NULLs for the signature) UNION ALL _signature_statement's one
+    row (NULLs for the version): both in one round trip, and one statement, so one
+    snapshot on every database."""
+    signature = _signature_statement(shape, view, n_gaps).subquery("signature")
+    nothing = [sa.null()] * len(signature.c)
+    version = _version_select(*nothing)
+    return sa.union_all(
+        version, sa.select(*([sa.null()] * (len(version.selected_columns) - len(nothing))), *signature.c)
+    )
+
+
+def read_version_and_signature(
+    conn: Connection,
+    shape: Shape,
+    view: View,
+    start: int,
+    end: int,
+    values: Mapping[str, Any] | None,
+    guess: Progress | None,
+) -> tuple[Version, tuple[int, int, int] | None]:
+    """read_version and the tail_signature under the progress read, on `conn`, in one
+    statement when `guess` (the progress a previous request read: it moves once a tick)
+    is the progress read: the tail's bounds are bound as values (see `source`), so the
+    signature is computed under `guess` beside the version, and kept only if the
+    version's progress is that same one, read in the same statement; otherwise (a tick
+    since, or no guess) the signature is read again under the progress read."""
+    if guess is None or not view.realtime:
+        version = read_version(conn)
+        return version, tail_signature(conn, shape, view, start, end, values, version.progress)
+    params, n_gaps = _parameters(shape, view, start, end, values, guess)
+    found = conn.execute(_versioned_signature_statement(shape, view, n_gaps), params).all()
+    # The signature's row is the one whose count is not NULL.
+    version = _version_of([r for r in found if r[-3] is None])
+    if version.progress != guess:
+        return version, tail_signature(conn, shape, view, start, end, values, version.progress)
+    n, top, total = next(r[-3:] for r in found if r[-3] is not None)
+    return version, (int(n), int(top), int(total))
 
 
 def rows(conn: Connection, query: AnySelect, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from shared import models as m
+from shared import queries
 from shared.config import Settings
 from shared.retention import run_retention
 from shared.rollup import adopt_timezone, reaggregate, tick
@@ -136,6 +137,44 @@ def test_a_late_commit_inside_a_gap_is_in_the_next_response_under_a_new_tag(engi
     insert(engine, late)
     fresh = get(api, tokens, tag=tag)
     assert quotas(fresh) == before + 777 and tag_of(fresh) != tag
+
+
+def test_version_and_signature_in_one_statement_equal_them_read_apart(engine):
+    """queries.read_version_and_signature under a right guess of the progress (one
+    statement), a stale one and none (read again under the progress read): always
+    read_version and tail_signature as read apart, in one snapshot."""
+    settings, _, _ = setup(engine)
+    view = queries.View("hour")
+    start, end = RANGE["start_timestamp"], RANGE["end_timestamp"]
+
+    def apart() -> tuple[queries.Version, tuple[int, int, int] | None]:
+        with queries.snapshot(engine) as conn:
+            version = queries.read_version(conn)
+            return version, queries.tail_signature(
+                conn, queries.PER_USER, view, start, end, {"user_id": ALICE}, version.progress
+            )
+
+    def together(guess) -> tuple[queries.Version, tuple[int, int, int] | None]:
+        with queries.snapshot(engine) as conn:
+            return queries.read_version_and_signature(
+                conn, queries.PER_USER, view, start, end, {"user_id": ALICE}, guess
+            )
+
+    empty = apart()
+    assert together(None) == empty == together(empty[0].progress)
+    insert(engine, logs_at(ALICE, 1, 2) + logs_at(BOB, 1))
+    tick(engine, settings)
+    insert(engine, logs_at(ALICE, 3, 4))
+    stale = empty[0].progress
+    now = apart()
+    assert now[0].progress != stale and now[1] is not None and now[1][0] == 2  # alice's two logs in the tail
+    assert together(stale) == now == together(now[0].progress) == together(None)
+    with engine.begin() as conn:  # a gap (as PostgreSQL and MariaDB record them) over a counted log of alice's
+        first = conn.execute(sa.select(sa.func.min(m.logs.c.id)).where(m.logs.c.user_id == ALICE)).scalar_one()
+        conn.execute(sa.insert(m.rollup_gap).values(lo=first, hi=first, discovered_at=datetime.now(UTC)))
+    gapped = apart()
+    assert gapped[0].progress.gaps == [(first, first)] and gapped[1] is not None and gapped[1][0] == 3
+    assert together(now[0].progress) == gapped == together(gapped[0].progress)
 
 
 def test_a_reaggregation_moves_the_tag_only_when_it_changes_rows(engine):
