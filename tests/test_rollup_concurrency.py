@@ -326,6 +326,31 @@ def test_reaggregation_does_not_count_a_committed_log_still_in_a_gap(server, wri
     assert_exact(server, TZ)
 
 
+def reaggregate_between_phases(engine, s, lo, hi, act):
+    """reaggregate(lo, hi), running `act()` once between a chunk's two phases: after it
+    aggregated and compared (rollup_fresh exists), as it asks for the rollup's lock."""
+    fired, fresh_made = [], []
+
+    def watch(conn, cursor, statement, parameters, context, executemany):
+        if "TABLE rollup_fresh AS" in statement:
+            fresh_made.append(True)
+
+    def between(conn, cursor, statement, parameters, context, executemany):
+        if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
+            fired.append(statement)
+            act()
+
+    sa.event.listen(engine, "after_cursor_execute", watch)
+    sa.event.listen(engine, "before_cursor_execute", between)
+    try:
+        result = reaggregate(engine, s, lo, hi)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", between)
+        sa.event.remove(engine, "after_cursor_execute", watch)
+    assert fired, "nothing ran between the chunk's two phases"
+    return result
+
+
 @integration
 @pytest.mark.parametrize("late", ["new_id", "inside_a_gap"])
 def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late):
@@ -348,36 +373,17 @@ def test_a_tick_between_a_chunks_aggregation_and_its_write(server, writer, late)
         finest = agg.SUMMARIES[0].table
         conn.execute(sa.delete(finest).where(finest.c.user_id == 2))
         conn.execute(sa.update(finest).values(quota=finest.c.quota + 1))
-    fired = []
 
-    def between(conn, cursor, statement, parameters, context, executemany):
-        # The chunk has aggregated (rollup_fresh exists) and now asks for the lock.
-        if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
-            fired.append(statement)
-            if late == "new_id":
-                insert(writer, log(user_id=1, created_at=T + 30, quota=300, **same))
-            else:
-                held_tx.commit()
-                held.close()
-            if late == "new_id":
-                tick(server, s)
-            else:
-                forget_gaps(server, s)
+    def tick_in_between():
+        if late == "new_id":
+            insert(writer, log(user_id=1, created_at=T + 30, quota=300, **same))
+            tick(server, s)
+        else:
+            held_tx.commit()
+            held.close()
+            forget_gaps(server, s)
 
-    fresh_made = []
-
-    def watch(conn, cursor, statement, parameters, context, executemany):
-        if "TABLE rollup_fresh AS" in statement:
-            fresh_made.append(True)
-
-    sa.event.listen(server, "after_cursor_execute", watch)
-    sa.event.listen(server, "before_cursor_execute", between)
-    try:
-        r = reaggregate(server, s, lo, hi)
-    finally:
-        sa.event.remove(server, "before_cursor_execute", between)
-        sa.event.remove(server, "after_cursor_execute", watch)
-    assert fired, "the tick never ran between the chunk's two phases"
+    r = reaggregate_between_phases(server, s, lo, hi, tick_in_between)
     assert r.logs == 3  # the day's logs, the tick's included
     assert totals(server) == (3, 1012 if late == "inside_a_gap" else 312)
     assert_exact(server, TZ)
@@ -396,29 +402,13 @@ def test_another_write_between_a_chunks_compare_and_its_write(server):
     insert(server, [log(user_id=1, created_at=T, quota=7), log(user_id=2, created_at=T + 60, quota=5)])
     tick(server, s)
     finest = agg.SUMMARIES[0].table
-    fired = []
 
-    def between(conn, cursor, statement, parameters, context, executemany):
-        if not fired and fresh_made and ("pg_advisory_lock(" in statement or "GET_LOCK(" in statement):
-            fired.append(statement)
-            with server.begin() as other:  # rows the chunk compared as equal, changed
-                other.execute(sa.update(finest).where(finest.c.user_id == 2).values(quota=finest.c.quota + 50))
-                bump_generation(other)
+    def another_write():
+        with server.begin() as other:  # rows the chunk compared as equal, changed
+            other.execute(sa.update(finest).where(finest.c.user_id == 2).values(quota=finest.c.quota + 50))
+            bump_generation(other)
 
-    fresh_made = []
-
-    def watch(conn, cursor, statement, parameters, context, executemany):
-        if "TABLE rollup_fresh AS" in statement:
-            fresh_made.append(True)
-
-    sa.event.listen(server, "after_cursor_execute", watch)
-    sa.event.listen(server, "before_cursor_execute", between)
-    try:
-        reaggregate(server, s, lo, hi)
-    finally:
-        sa.event.remove(server, "before_cursor_execute", between)
-        sa.event.remove(server, "after_cursor_execute", watch)
-    assert fired, "nothing ran between the chunk's two phases"
+    reaggregate_between_phases(server, s, lo, hi, another_write)
     assert_exact(server, TZ)
 
 
