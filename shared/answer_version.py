@@ -56,15 +56,6 @@ def bump_generation(conn: Connection) -> None:
     conn.execute(sa.update(m.rollup_state).where(s.id == 1).values(generation=s.generation + 1))
 
 
-def bump_if_changed(conn: Connection, change: sa.TableClause) -> bool:
-    """bump_generation if `change` (a re-aggregation's rollup_change: one row per key
-    whose stored row it changed) holds a row; whether it did."""
-    if conn.execute(sa.select(sa.literal(1)).select_from(change).limit(1)).first() is None:
-        return False
-    bump_generation(conn)
-    return True
-
-
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """A digest of the installed code that builds answers: the package's version and
