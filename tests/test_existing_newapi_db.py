@@ -332,6 +332,7 @@ def test_upgrade_leaves_newapi_tables_alone_and_rolls_up_the_history(newapi_url)
             "hourly_detail_usage",
             "rollup_state",
             "rollup_gap",
+            "rollup_chunk",
             "usage_stats_alembic_version",
         }
         assert set(after["tables"]) == set(NEWAPI_TABLES) | ours
