@@ -365,6 +365,11 @@ def _fold(conn: Connection, summary: agg.Summary, source: AnySelect, *, counted:
     )
 
 
+def _has_rows(conn: Connection, table: sa.TableClause, *where: Any) -> bool:
+    """Whether `table` (a temporary table of this transaction's) has a row matching `where`."""
+    return conn.execute(sa.select(sa.literal(1)).select_from(table).where(*where).limit(1)).first() is not None
+
+
 def _key_columns(summary: agg.Summary, source: Any) -> list[Any]:
     """`summary`'s key as columns of `source` (a delta-shaped table with a column per grain)."""
     bucket = summary.bucket(source.c.hour, source.c.day).label(agg.BUCKET)
@@ -1123,14 +1128,13 @@ def _add_late(
     delta_rows = _delta_select(_counted_rows(since, tz)).subquery("d")
     key = _key_columns(finest, delta_rows)
     late = _temp_table_as(conn, "rollup_late", agg.aggregate(delta_rows, key, finest.values))
-    n_logs = int(
-        conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(delta_rows.c[agg.LOG_COUNT]), 0)).where(
-                delta_rows.c.day >= d_lo, delta_rows.c.day < d_hi
-            )
-        ).scalar_one()
-    )
     c, lt = change.c, late.c
+    # A finest row's bucket lies inside its local day (its hours are cut at midnight), so
+    # the late rows of the days [d_lo, d_hi) are those whose bucket is in that range.
+    in_days = sa.and_(lt[agg.BUCKET] >= d_lo, lt[agg.BUCKET] < d_hi)
+    n_logs = int(
+        conn.execute(sa.select(sa.func.coalesce(sa.func.sum(lt[agg.LOG_COUNT]), 0)).where(in_days)).scalar_one()
+    )
     values: dict[str, Any] = {"present": sa.true()}
     for v in agg.MEASURE_NAMES:
         values[f"new_{v}"] = c[f"new_{v}"] + lt[v]
@@ -1244,7 +1248,7 @@ def _rederive(conn: Connection, summary: agg.Summary, change: sa.TableClause, tz
     compares one table with the logs, not five. (For one user: the keys of tables
     without users are summed over every user's finest rows, so they stay exact.)"""
     touched = _temp_table_as(conn, "rollup_touched", sa.select(*_key_from_finest(summary, change.c, tz)).distinct())
-    if not conn.execute(sa.select(sa.literal(1)).select_from(touched).limit(1)).first():
+    if not _has_rows(conn, touched):
         return
     target = summary.table
     _delete_at_keys(conn, target, touched, list(summary.key))
@@ -1329,12 +1333,12 @@ def _write_change(conn: Connection, summary: agg.Summary, change: sa.TableClause
     set the others to their new values. Returns whether there was anything to write."""
     target, key, values = summary.table, list(summary.key), list(summary.values)
     c = change.c
-    if conn.execute(sa.select(sa.literal(1)).select_from(change).limit(1)).first() is None:
+    if not _has_rows(conn, change):
         return False
     # Usually nothing is gone (a range re-checked, or filled after the tables were
     # emptied): then there is no DELETE to plan, against a target whose statistics may
     # say it is empty while the chunk fills it.
-    if conn.execute(sa.select(sa.literal(1)).select_from(change).where(sa.not_(c.present)).limit(1)).first():
+    if _has_rows(conn, change, sa.not_(c.present)):
         _delete_at_keys(conn, target, change, key, sa.not_(c.present))
     present = sa.select(
         *(c[k] for k in key), *(c[a] for a in summary.attributes), *(c[f"new_{v}"] for v in agg.MEASURE_NAMES)
