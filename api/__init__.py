@@ -42,14 +42,16 @@ class AppState:
     answers: AnswerCache | None = None
 
     @contextmanager
-    def connections(self) -> Iterator[tuple[Connection, Connection]]:
+    def connections(self, *, deferred: bool = False) -> Iterator[tuple[Connection, Connection]]:
         """(stats, gateway): a queries.snapshot connection to `engine`, for the answer,
         and one to `gateway`, for who is asking and the names of keys and channels;
         one and the same connection when they are one database. Nothing is joined
-        across the two: a user name is resolved to its id first."""
+        across the two: a user name is resolved to its id first. `deferred`: the
+        snapshot begins only when etag.revalidate finds the client's copy out of date
+        (queries.snapshot)."""
         from shared.queries import snapshot
 
-        with snapshot(self.engine) as conn:
+        with snapshot(self.engine, deferred=deferred) as conn:
             if self.gateway is self.engine:
                 yield conn, conn
             else:

@@ -160,6 +160,32 @@ def tag_answer(state: AppState, conn: Connection, gateway: Connection, asked: Re
     return Tagged(_digest(asked, version.summary, tail, named, settings), version, tail, settings)
 
 
+def conditional() -> bool:
+    """Whether the request can be answered 304 (it carries If-None-Match): its
+    connections may then be opened deferred (AppState.connections), for `revalidate`."""
+    return bool(request.if_none_match)
+
+
+def revalidate(
+    state: AppState, conn: Connection, gateway: Connection, asked: Request, *, reads: bool = True
+) -> Tagged | Response:
+    """The 304 that ends the request, or the answer's tag read in the snapshot the
+    answer is then read in. On a deferred connection the version is read first outside
+    any transaction: if the client's copy is current, that is all the request costs;
+    if not, the snapshot begins and the version is read again in it, so that the
+    answer's rows and its tag come from one snapshot. Either read is at least as new as
+    every commit made before the request arrived: never a stale 304."""
+    if queries.deferred(conn):
+        first = tag_answer(state, conn, gateway, asked, reads=reads)
+        if (unchanged := not_modified(first.tag)) is not None:
+            return unchanged
+        queries.begin_snapshot(conn)
+    tagged = tag_answer(state, conn, gateway, asked, reads=reads)
+    if (unchanged := not_modified(tagged.tag)) is not None:
+        return unchanged
+    return tagged
+
+
 def not_modified(tag: str) -> Response | None:
     """304 when the request's If-None-Match holds `tag` (weak comparison, as RFC 9110
     asks for If-None-Match; `*` matches any answer)."""

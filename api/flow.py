@@ -62,7 +62,7 @@ USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user=True)
 @bp.get("/api/data/users")
 def data_users() -> Response:
     state = app_state()
-    with state.connections() as (conn, gateway):
+    with state.connections(deferred=etag.conditional()) as (conn, gateway):
         user = authenticate(gateway, m.ROLE_ADMIN)
         window = request_window(state, USERS_PARAMETERS)
         username = params.parse_username(request.args)
@@ -76,9 +76,9 @@ def data_users() -> Response:
         asked = etag.request_of(
             str(request.endpoint), user.id, shape, window.view, window.start, window.end, values, csv=csv, owner=None
         )
-        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not nobody)
-        if (unchanged := etag.not_modified(tagged.tag)) is not None:
-            return unchanged
+        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody)
+        if isinstance(tagged, Response):
+            return tagged
         rows = []
         if not csv and tagged.version is not None:
             if state.answers is not None and answer_cache.keeps(shape, csv):
@@ -174,9 +174,9 @@ def _flow_answer(
     csv = params.parse_format(request.args, csvexport.prefers_csv(request))
     queries.check_answerable(view, start, end)
     asked = etag.request_of(str(request.endpoint), user_id, shape, view, start, end, values, csv=csv, owner=owner)
-    tagged = etag.tag_answer(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
-    if (unchanged := etag.not_modified(tagged.tag)) is not None:
-        return unchanged
+    tagged = etag.revalidate(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
+    if isinstance(tagged, Response):
+        return tagged
     if csv:
         filename = f"usage-flow-{start}-{end}.csv"
         return csv_answer(state, shape, view, start, end, values, filename, owner, tagged.tag)
@@ -198,7 +198,7 @@ def _realtime(args: MultiDict, enabled: bool) -> bool:
 @bp.get("/api/data/flow")
 def data_flow() -> Response:
     state = app_state()
-    with state.connections() as (conn, gateway):
+    with state.connections(deferred=etag.conditional()) as (conn, gateway):
         user = authenticate(gateway, m.ROLE_ADMIN)
         params.check_once(request.args, FLOW_PARAMETERS)
         start, end = flow_range(request.args)
@@ -217,7 +217,7 @@ def data_flow() -> Response:
 @bp.get("/api/data/flow/self")
 def data_flow_self() -> Response:
     state = app_state()
-    with state.connections() as (conn, gateway):
+    with state.connections(deferred=etag.conditional()) as (conn, gateway):
         user = authenticate(gateway, m.ROLE_USER)
         params.check_once(request.args, FLOW_SELF_PARAMETERS)
         start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)

@@ -60,7 +60,7 @@ def _shape(selection: params.Selection, *, per_user: bool) -> queries.Shape:
 
 def _answer(*, admin: bool) -> Response:
     state = app_state()
-    with state.connections() as (conn, gateway):
+    with state.connections(deferred=etag.conditional()) as (conn, gateway):
         # Authentication before parameters, as new-api's middleware does: a caller
         # without a valid token learns nothing about what the endpoint accepts.
         user = authenticate(gateway, m.ROLE_ADMIN if admin else m.ROLE_USER)
@@ -88,9 +88,9 @@ def _answer(*, admin: bool) -> Response:
             csv=selection.csv,
             owner=owner,
         )
-        tagged = etag.tag_answer(state, conn, gateway, asked, reads=not nobody)
-        if (unchanged := etag.not_modified(tagged.tag)) is not None:
-            return unchanged
+        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody)
+        if isinstance(tagged, Response):
+            return tagged
         rows = []
         if not (selection.csv or nobody):
             assert tagged.version is not None

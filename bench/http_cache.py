@@ -4,7 +4,7 @@
     python -m bench.http_cache --database ... --before /path/to/a/checkout/of/main
 
 The heaviest user's 30 days by the hour (2,160 rows on the dense data), 32 connections,
-against gunicorn on loopback (the API alone, `api:create_app()`, sync workers), on a
+against gunicorn on loopback (the API alone, `api:create_app()` with api.gunicorn_conf), on a
 PostgreSQL database that bench.run built (`python -m bench.run --shape dense --rows 1M
 --figures none`; a copy of it is best: the writer below adds logs).
 
@@ -107,12 +107,14 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) 
 
 @contextmanager
 def server(url: str, tree: Path, workers: int, workdir: Path, name: str):
-    """gunicorn serving `tree`'s API (its code first on PYTHONPATH), sync workers."""
+    """gunicorn serving `tree`'s API (its code first on PYTHONPATH), with that tree's
+    own gunicorn settings (api.gunicorn_conf: threads per worker, where it sets them)."""
     port = free_port()
     logfile = workdir / f"gunicorn-{name}.log"
     env = dict(os.environ, DATABASE_URL=url, PYTHONPATH=str(tree), LOG_FORMAT="plain")
     # Started in `tree`: gunicorn puts its working directory first on sys.path.
-    cmd = ["env", f"--chdir={tree}", sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+    cmd = ["env", f"--chdir={tree}", sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf"]
+    cmd += ["--bind", f"127.0.0.1:{port}"]
     cmd += ["--workers", str(workers), "api:create_app()"]
     with process(cmd, env, logfile) as proc:
         base = f"http://127.0.0.1:{port}"

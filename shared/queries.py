@@ -260,15 +260,42 @@ def site_wide_select(source: FromClause, start: Any, end: Any) -> AnySelect:
 
 
 @contextmanager
-def snapshot(engine: Engine) -> Iterator[Connection]:
+def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
     """A connection whose statements all read one snapshot: REPEATABLE READ on
     PostgreSQL (read-only, so it never fails to serialize) and on MySQL (InnoDB's read
     view is taken by the first read and kept; the engine's level is READ COMMITTED); on
-    SQLite the transaction SQLAlchemy begins is one snapshot already (WAL)."""
+    SQLite the transaction SQLAlchemy begins is one snapshot already (WAL).
+
+    `deferred`: the snapshot begins at `begin_snapshot(conn)`; until then each statement
+    reads the newest commits on its own, outside any transaction (autocommit). For a
+    conditional request, which mostly ends in a 304 decided by two statements (who asks,
+    the version) that need not agree with each other: no BEGIN and no ROLLBACK, two
+    round trips of its four."""
     with engine.connect() as conn:
-        if conn.dialect.name in ("postgresql", "mysql"):
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        if conn.dialect.name in _SNAPSHOT_DIALECTS:
+            conn = conn.execution_options(isolation_level=_DEFERRED if deferred else _SNAPSHOT)
         yield conn
+
+
+_SNAPSHOT_DIALECTS = ("postgresql", "mysql")
+_SNAPSHOT = "REPEATABLE READ"
+_DEFERRED = "AUTOCOMMIT"
+
+
+def deferred(conn: Connection) -> bool:
+    """Whether `conn` is a `snapshot(deferred=True)` connection whose snapshot has not
+    begun."""
+    return bool(conn.get_execution_options().get("isolation_level") == _DEFERRED)
+
+
+def begin_snapshot(conn: Connection) -> None:
+    """From here on, `conn` (a `snapshot(deferred=True)` connection; any other is left
+    as it is) reads one snapshot, taken by its next statement."""
+    if deferred(conn):
+        # The isolation level may change only outside a transaction: in autocommit the
+        # commit ends SQLAlchemy's bookkeeping only, nothing is sent.
+        conn.commit()
+        conn.execution_options(isolation_level=_SNAPSHOT)
 
 
 INT64_MAX = 2**63 - 1

@@ -117,6 +117,37 @@ def test_a_committed_log_is_in_the_next_response_under_a_new_tag(engine):
     assert tag_of(ticked) != tail_tag and quotas(ticked) == before + 1000
 
 
+def test_a_conditional_request_decides_without_a_transaction_and_leaves_none_behind(engine):
+    """A conditional request reads who asks and the version outside any transaction
+    (queries.snapshot's deferred) and begins the answer's snapshot only when the
+    client's copy is out of date; afterwards its pooled connection is as every other:
+    the engine's isolation level, statements inside a transaction."""
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2))
+    tick(engine, settings)
+    tag = tag_of(get(api, tokens))
+    assert_not_modified(get(api, tokens, tag=tag), tag)
+    insert(engine, logs_at(ALICE, 3, quota=77))
+    fresh = get(api, tokens, tag=tag)  # out of date: the snapshot begins, the rows follow
+    assert tag_of(fresh) != tag and quotas(fresh) == quotas(get(api, tokens))
+    assert_not_modified(get(api, tokens, tag=tag_of(fresh)), tag_of(fresh))
+    if engine.dialect.name == "sqlite":
+        return  # one snapshot per transaction already; nothing is deferred
+    level = {"postgresql": "SHOW transaction_isolation", "mysql": "SELECT @@tx_isolation"}[engine.dialect.name]
+    in_transaction = {
+        "postgresql": "SELECT txid_current()",  # the same id twice only inside one transaction
+        "mysql": "SELECT @@autocommit",
+    }[engine.dialect.name]
+    for _ in range(engine.pool.size() + 1):
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(level).scalar_one().replace("-", " ").lower() == "read committed"
+            first = conn.exec_driver_sql(in_transaction).scalar_one()
+            if engine.dialect.name == "postgresql":
+                assert conn.exec_driver_sql(in_transaction).scalar_one() == first
+            else:
+                assert first == 0
+
+
 def test_a_late_commit_inside_a_gap_is_in_the_next_response_under_a_new_tag(engine):
     settings, api, tokens = setup(engine)
     rows = logs_at(ALICE, 1, 2, 3, 4, 5)
