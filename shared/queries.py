@@ -267,35 +267,39 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
     SQLite the transaction SQLAlchemy begins is one snapshot already (WAL).
 
     `deferred`: the snapshot begins at `begin_snapshot(conn)`; until then each statement
-    reads the newest commits on its own, outside any transaction (autocommit). For a
-    conditional request, which mostly ends in a 304 decided by two statements (who asks,
-    the version) that need not agree with each other: no BEGIN and no ROLLBACK, two
-    round trips of its four."""
+    reads the newest commits on its own: for a conditional request, which mostly ends in
+    a 304 decided by two statements (who asks, the version) that need not agree with
+    each other. On PostgreSQL outside any transaction (autocommit: no BEGIN, no
+    ROLLBACK); on MySQL in the engine's READ COMMITTED, where every statement reads its
+    own view (switching pymysql to autocommit and back would cost two round trips)."""
     with engine.connect() as conn:
-        if conn.dialect.name in _SNAPSHOT_DIALECTS:
-            conn = conn.execution_options(isolation_level=_DEFERRED if deferred else _SNAPSHOT)
+        name = conn.dialect.name
+        if deferred and name in _DEFERRED:
+            conn = conn.execution_options(**_DEFERRED[name], usage_stats_deferred=True)
+        elif name in _SNAPSHOT_DIALECTS:
+            conn = conn.execution_options(isolation_level=_SNAPSHOT)
         yield conn
 
 
 _SNAPSHOT_DIALECTS = ("postgresql", "mysql")
 _SNAPSHOT = "REPEATABLE READ"
-_DEFERRED = "AUTOCOMMIT"
+_DEFERRED: dict[str, dict[str, str]] = {"postgresql": {"isolation_level": "AUTOCOMMIT"}, "mysql": {}}
 
 
 def deferred(conn: Connection) -> bool:
     """Whether `conn` is a `snapshot(deferred=True)` connection whose snapshot has not
     begun."""
-    return bool(conn.get_execution_options().get("isolation_level") == _DEFERRED)
+    return bool(conn.get_execution_options().get("usage_stats_deferred"))
 
 
 def begin_snapshot(conn: Connection) -> None:
     """From here on, `conn` (a `snapshot(deferred=True)` connection; any other is left
     as it is) reads one snapshot, taken by its next statement."""
     if deferred(conn):
-        # The isolation level may change only outside a transaction: in autocommit the
-        # commit ends SQLAlchemy's bookkeeping only, nothing is sent.
+        # The isolation level may change only outside a transaction (in autocommit the
+        # commit ends SQLAlchemy's bookkeeping only: nothing is sent).
         conn.commit()
-        conn.execution_options(isolation_level=_SNAPSHOT)
+        conn.execution_options(isolation_level=_SNAPSHOT, usage_stats_deferred=False)
 
 
 INT64_MAX = 2**63 - 1
