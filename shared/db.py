@@ -1,5 +1,14 @@
 """One engine per database URL, with what SQLite needs to behave like a server.
 
+PostgreSQL and MySQL: a pooled connection is pinged before use only after it sat idle
+in the pool for PING_AFTER_IDLE seconds (`_ping_when_idle`, HikariCP's bypass window),
+not at every checkout: with psycopg2 SQLAlchemy's pre-ping costs two round trips (the
+SELECT 1 and a SET of the isolation level after it), more than a conditional API
+request's own two statements. A connection reused within the window was alive a moment
+ago; if the server went away meanwhile, its next statement fails as a disconnect,
+SQLAlchemy then retires every connection of the pool opened before, and the request
+fails as one issued during the outage would (the API answers 503).
+
 MySQL and MariaDB (`mysql://`, PyMySQL; see `mysql_connect_args`): utf8mb4, a strict
 sql_mode, UTC as the session time zone, READ COMMITTED (shared.rollup says why).
 
@@ -12,11 +21,12 @@ usage_period_start functions that shared.buckets compiles to.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -78,7 +88,7 @@ def make_engine(url: str) -> Engine:
         _prepare_sqlite(engine)
         return engine
     # hide_parameters: an error's text never shows bound values, such as a token.
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10, "hide_parameters": True}
+    kwargs: dict[str, Any] = {"pool_size": 5, "max_overflow": 10, "hide_parameters": True}
     if url.startswith("mysql"):
         # READ COMMITTED: every INSERT ... SELECT from logs is then a consistent read that
         # takes no lock on the gateway's rows (shared.rollup). pool_recycle: the server
@@ -90,8 +100,40 @@ def make_engine(url: str) -> Engine:
             isolation_level="READ COMMITTED",
             pool_recycle=3600,
         )
-        return create_engine(parsed.difference_update_query(["init_command"]), **kwargs)
-    return create_engine(url, **kwargs)
+        return _ping_when_idle(create_engine(parsed.difference_update_query(["init_command"]), **kwargs))
+    return _ping_when_idle(create_engine(url, **kwargs))
+
+
+# Seconds a pooled connection may sit idle and still be used without a ping.
+PING_AFTER_IDLE = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> Engine:
+    """Ping a connection at checkout when it has been idle PING_AFTER_IDLE seconds or
+    more; a dead one is replaced (DisconnectionError: the pool connects anew, as with
+    pool_pre_ping). See the module's docstring."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as e:
+            if engine.dialect.is_disconnect(e, dbapi_conn, None):
+                raise exc.DisconnectionError() from e
+            raise
+
+    return engine
 
 
 def get_engine(url: str) -> Engine:

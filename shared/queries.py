@@ -269,21 +269,46 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
     `deferred`: the snapshot begins at `begin_snapshot(conn)`; until then each statement
     reads the newest commits on its own: for a conditional request, which mostly ends in
     a 304 decided by two statements (who asks, the version) that need not agree with
-    each other. On PostgreSQL outside any transaction (autocommit: no BEGIN, no
-    ROLLBACK); on MySQL in the engine's READ COMMITTED, where every statement reads its
-    own view (switching pymysql to autocommit and back would cost two round trips)."""
+    each other. On PostgreSQL outside any transaction: the driver's autocommit, set on
+    psycopg2's connection itself (no BEGIN, no ROLLBACK; SQLAlchemy's AUTOCOMMIT level
+    would cost a SET when reset on return). On MySQL in the engine's READ COMMITTED,
+    where every statement reads its own view (pymysql's autocommit costs a round trip
+    each way)."""
     with engine.connect() as conn:
         name = conn.dialect.name
-        if deferred and name in _DEFERRED:
-            conn = conn.execution_options(**_DEFERRED[name], usage_stats_deferred=True)
-        elif name in _SNAPSHOT_DIALECTS:
-            conn = conn.execution_options(isolation_level=_SNAPSHOT)
-        yield conn
+        if not (deferred and name in _SNAPSHOT_DIALECTS):
+            if name in _SNAPSHOT_DIALECTS:
+                conn = conn.execution_options(isolation_level=_SNAPSHOT)
+            yield conn
+            return
+        conn = conn.execution_options(usage_stats_deferred=True)
+        if name == "postgresql":
+            _driver_autocommit(conn, True)
+        try:
+            yield conn
+        finally:
+            if name == "postgresql" and deferred_(conn) and not conn.invalidated:
+                # Out of SQLAlchemy's transaction first (in autocommit nothing is sent):
+                # psycopg2 left in the middle of one would reset its session with a SET.
+                conn.commit()
+                _driver_autocommit(conn, False)
 
 
 _SNAPSHOT_DIALECTS = ("postgresql", "mysql")
 _SNAPSHOT = "REPEATABLE READ"
-_DEFERRED: dict[str, dict[str, str]] = {"postgresql": {"isolation_level": "AUTOCOMMIT"}, "mysql": {}}
+
+
+def _driver_autocommit(conn: Connection, on: bool) -> None:
+    # psycopg2: flags of the client's, nothing is sent, as long as the session's isolation
+    # level is the server's default: an explicit one (SQLAlchemy sets it back to READ
+    # COMMITTED after a snapshot) would be applied with a SET in autocommit, and undone
+    # with another when leaving it.
+    driver = conn.connection.dbapi_connection
+    if on:
+        driver.isolation_level = None  # type: ignore[union-attr]  # the server's default
+        driver.autocommit = True  # type: ignore[union-attr]
+    else:
+        driver.autocommit = False  # type: ignore[union-attr]
 
 
 def deferred(conn: Connection) -> bool:
@@ -292,13 +317,18 @@ def deferred(conn: Connection) -> bool:
     return bool(conn.get_execution_options().get("usage_stats_deferred"))
 
 
+deferred_ = deferred  # (snapshot's own parameter hides the function's name there)
+
+
 def begin_snapshot(conn: Connection) -> None:
     """From here on, `conn` (a `snapshot(deferred=True)` connection; any other is left
     as it is) reads one snapshot, taken by its next statement."""
     if deferred(conn):
-        # The isolation level may change only outside a transaction (in autocommit the
-        # commit ends SQLAlchemy's bookkeeping only: nothing is sent).
+        # The isolation level may change only outside a transaction (on PostgreSQL, in
+        # autocommit, the commit ends SQLAlchemy's bookkeeping only: nothing is sent).
         conn.commit()
+        if conn.dialect.name == "postgresql":
+            _driver_autocommit(conn, False)
         conn.execution_options(isolation_level=_SNAPSHOT, usage_stats_deferred=False)
 
 
