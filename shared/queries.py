@@ -586,11 +586,19 @@ def _patch_statement(shape: Shape, view: View, n_gaps: int) -> AnySelect:
 
     parts = tail()
     logs = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("tail")
-    touched = sa.select(*(logs.c[k] for k in shape.keys)).where(
-        *_answer_where(logs, shape, start, end, user=user, filters=filters)
+    touched = (
+        sa.select(*(logs.c[k] for k in shape.keys))
+        .where(*_answer_where(logs, shape, start, end, user=user, filters=filters))
+        .distinct()
+        .subquery("touched")
     )
     stored = _summary_rows(summary, view, start, end, bound, hours_from).subquery("stored")
-    at_touched = sa.select(*stored.c).where(sa.tuple_(*(stored.c[k] for k in shape.keys)).in_(touched))
+    # Joined with the distinct keys, not `(keys) IN (SELECT ...)`: MariaDB runs that IN
+    # as a first-match semi-join comparing every stored row with every tail log (745 ms
+    # for 2,134 rows and 1,105 logs); joined, each key is one primary-key lookup.
+    at_touched = sa.select(*stored.c).join_from(
+        stored, touched, sa.and_(*(stored.c[k] == touched.c[k] for k in shape.keys))
+    )
     src = sa.union_all(at_touched, *tail()).subquery("usage")
     return answer_select(src, shape, start, end, user=user, filters=filters)
 
