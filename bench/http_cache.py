@@ -2,11 +2,15 @@
 
     python -m bench.http_cache --database usage_stats_etag_dense_1m
     python -m bench.http_cache --database ... --before /path/to/a/checkout/of/main
+    python -m bench.http_cache --url mysql://root@127.0.0.1:3306/http_dense_1m --copy-from http_dense_1m
 
 The heaviest user's 30 days by the hour (2,160 rows on the dense data), 32 connections,
 against gunicorn on loopback (the API alone, `api:create_app()` with api.gunicorn_conf), on a
 PostgreSQL database that bench.run built (`python -m bench.run --shape dense --rows 1M
---figures none`; a copy of it is best: the writer below adds logs).
+--figures none`; a copy of it is best: the writer below adds logs), or any database by
+`--url` (PostgreSQL or MariaDB). `--copy-from` fills --url's MariaDB database first, made
+anew: the users, keys, channels and logs of a PostgreSQL database bench.run built, copied
+row for row as bench.databases does, migrated and rolled up.
 
 (a) conditional: every request sends If-None-Match with the answer's current tag, and
     must get 304 (a wrk script counts every other status). Targets: >= 1,000 req/s,
@@ -20,8 +24,10 @@ PostgreSQL database that bench.run built (`python -m bench.run --shape dense --r
     after the other with (b) in each round, for the ratio.
 Also, for context: full answers with no writer, before and after.
 
-Results go to bench/results/http_cache_<database>.json. Every figure is measured here,
-on a shared machine: compare the ratios of one run, not absolute rates across runs.
+Results go to bench/results/http_cache_<database>.json (http_cache_mariadb_<database>.json
+for MariaDB), with the load average before and after every wrk run. Every figure is
+measured here, on a shared machine: compare the ratios of one run, not absolute rates
+across runs.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import data
+from bench import data, databases
 from bench.run import PG_ADMIN, _units, free_port, heaviest_user, process, wait_for
 from shared import models as m
+from shared import rollup
 from shared.config import Settings
 from shared.db import make_engine
 from shared.migrate import upgrade
@@ -80,6 +87,7 @@ def database_url(name: str) -> str:
 
 
 def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) -> dict:
+    load_before = os.getloadavg()
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout=30s", "--latency", "-s", str(script), url],
         env=dict(os.environ, **env),
@@ -96,6 +104,9 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) 
         "requests_per_second": float(rate[1]),
         "requests": int(requests[1]),
         "unexpected_status": int(other[1]),
+        # The machine is shared: how busy it was, from before the run to its end.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
     for pct in ("50", "99"):
         found = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
@@ -202,12 +213,30 @@ def writer(url: str, user: int, lo: int, hi: int, rate: float, tick_every: float
             stats["logs_per_second"] = round(stats["logs"] / stats["seconds"], 1)
 
 
+def copy_to_mariadb(source: str, url: str) -> None:
+    """`url`'s MariaDB database made anew from the PostgreSQL database `source`: its
+    gateway rows copied (bench.databases.copy_gateway), migrated, rolled up."""
+    target = make_engine(url)
+    name = target.url.database
+    with make_engine(target.url.set(database="mysql").render_as_string(hide_password=False)).begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    upgrade(target)
+    started = time.perf_counter()
+    copied = databases.copy_gateway(make_engine(source), target)
+    result = rollup.rollup(target, Settings(database_url=url), wait=True)
+    print(f"copied {copied} and rolled up {result.logs} logs in {time.perf_counter() - started:.0f} s", flush=True)
+
+
 # --- the run -------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="usage_stats_etag_dense_1m", help="a database bench.run built")
+    parser.add_argument("--url", help="a DATABASE_URL instead of --database (PostgreSQL or MariaDB)")
+    parser.add_argument("--copy-from", help="a PostgreSQL database to copy into --url's MariaDB database first")
+    parser.add_argument("--suffix", default="", help="appended to the results file's name (a variant)")
     parser.add_argument("--before", type=Path, help="a checkout of the code before (for (c))")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=4)
@@ -216,8 +245,14 @@ def main() -> None:
     parser.add_argument("--tick-every", type=float, default=10.0, help="seconds between ticks during (b) and (c)")
     args = parser.parse_args()
 
-    url = database_url(args.database)
+    url = args.url or database_url(args.database)
     engine = make_engine(url)
+    label = args.database
+    if args.url:
+        label = engine.url.database or ""
+        label = label if engine.dialect.name == "postgresql" else f"mariadb_{label}"
+    if args.copy_from:
+        copy_to_mariadb(database_url(args.copy_from), url)
     upgrade(engine)  # the schema of the code measured (0005: rollup_state.generation)
     tick(engine, Settings(database_url=url), wait=True)
     heavy = heaviest_user(url)
@@ -232,7 +267,10 @@ def main() -> None:
     auth = {"BENCH_TOKEN": token, "BENCH_USER": str(heavy)}
     trees = {"after": ROOT} | ({"before": args.before.resolve()} if args.before else {})
     out: dict[str, Any] = {
-        "database": args.database,
+        "database": label,
+        "dialect": engine.dialect.name,
+        "url": engine.url.render_as_string(hide_password=True),
+        "copied_from": args.copy_from,
         "path": path,
         "heavy_user": heavy,
         "connections": 32,
@@ -307,7 +345,7 @@ def main() -> None:
     log(json.dumps(out["summary"]))
     del out["writer"]
     RESULTS.mkdir(exist_ok=True)
-    target = RESULTS / f"http_cache_{args.database}.json"
+    target = RESULTS / f"http_cache_{label}{args.suffix}.json"
     target.write_text(json.dumps(out, indent=1) + "\n")
     log(f"written to {target}")
 
