@@ -24,6 +24,12 @@ row for row as bench.databases does, migrated and rolled up.
     after the other with (b) in each round, for the ratio.
 Also, for context: full answers with no writer, before and after.
 
+Every wrk run also records the CPU time per request of the API's processes (gunicorn's
+master and workers) and of the database's (PostgreSQL's backends of this database, the
+writer's and ticks' included; MariaDB's whole server process), read from /proc before
+and after, and the rate the machine's cores would serve at that cost (`cpu_bound_rps`):
+a figure that, unlike the rate, does not depend on what else the machine runs.
+
 Results go to bench/results/http_cache_<database>.json (http_cache_mariadb_<database>.json
 for MariaDB), with the load average before and after every wrk run. Every figure is
 measured here, on a shared machine: compare the ratios of one run, not absolute rates
@@ -43,11 +49,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from bench import data, databases
 from bench.run import PG_ADMIN, _units, free_port, heaviest_user, process, wait_for
@@ -86,8 +95,46 @@ def database_url(name: str) -> str:
     return make_engine(PG_ADMIN).url.set(database=name).render_as_string(hide_password=False)
 
 
-def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) -> dict:
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (gunicorn's master and workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *(p for c in children for p in process_tree(int(c)))]
+
+
+def database_pids(engine: Engine) -> list[int]:
+    """The processes doing this database's work: PostgreSQL's backends connected to it
+    (the writer's and the ticks' included), or MariaDB's one server process (which also
+    serves every other client of the server)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            return [int(r[0]) for r in conn.exec_driver_sql(query)]
+    found = subprocess.run(["pgrep", "-x", "mariadbd|mysqld"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+Processes = Callable[[], tuple[list[int], list[int]]]
+
+
+def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32, cpu: Processes | None = None) -> dict:
+    """wrk's rate, statuses and latencies; with `cpu` (the API's and the database's
+    processes), also their CPU time per request over the run: a cost that does not
+    depend on what else the machine runs, unlike the rate."""
     load_before = os.getloadavg()
+    pids = cpu() if cpu else ([], [])
+    cpu_before = {p: _cpu_seconds(p) for p in pids[0] + pids[1]}
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout=30s", "--latency", "-s", str(script), url],
         env=dict(os.environ, **env),
@@ -96,6 +143,11 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) 
         timeout=seconds + 90,
         check=True,
     ).stdout
+    spent: list[float] = []
+    if cpu:
+        # Processes started during the run (a pool's new connection) count from zero.
+        for group in cpu():
+            spent.append(sum(_cpu_seconds(p) - cpu_before.get(p, 0.0) for p in group))
     rate, requests = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
     other = re.search(r"OTHER_STATUS (\d+)", out)
     if rate is None or requests is None or other is None:
@@ -113,6 +165,12 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32) 
         result[f"p{pct}_ms"] = round(_units(found[1]), 2) if found else None
     errors = re.search(r"Socket errors: (.*)", out)
     result["socket_errors"] = errors[1] if errors else ""
+    if spent and result["requests"]:
+        api_ms, db_ms = (round(x / result["requests"] * 1000, 3) for x in spent)
+        result["cpu_ms_per_request"] = {"api": api_ms, "database": db_ms}
+        # What the machine's cores would serve at that cost if nothing else ran (wrk
+        # itself included): the ceiling the rate is measured against.
+        result["cpu_bound_rps"] = round((os.cpu_count() or 1) * 1000 / (api_ms + db_ms), 1)
     return result
 
 
@@ -137,7 +195,7 @@ def server(url: str, tree: Path, workers: int, workdir: Path, name: str):
                 return False
 
         wait_for(up, 60, "gunicorn", proc, logfile)
-        yield base
+        yield base, proc.pid
 
 
 def get(url: str, token: str, user: int, etag: str | None = None) -> tuple[int, str | None, bytes]:
@@ -228,6 +286,10 @@ def copy_to_mariadb(source: str, url: str) -> None:
     print(f"copied {copied} and rolled up {result.logs} logs in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def _processes(gunicorn: int, engine: Engine) -> tuple[list[int], list[int]]:
+    return process_tree(gunicorn), database_pids(engine)
+
+
 # --- the run -------------------------------------------------------------------------
 
 
@@ -288,25 +350,27 @@ def main() -> None:
     def show(name: str, r: dict) -> None:
         log(
             f"{name}: {r['requests_per_second']:.1f} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-            f"{r['requests']} requests, {r['unexpected_status']} unexpected status"
+            f"{r['requests']} requests, {r['unexpected_status']} unexpected status, "
+            f"CPU ms per request {r.get('cpu_ms_per_request')} (bound {r.get('cpu_bound_rps')} req/s)"
         )
 
     # (a) conditional requests, and full answers of an idle database, each tree.
     for name, tree in trees.items():
-        with server(url, tree, args.workers, workdir, name) as base:
+        with server(url, tree, args.workers, workdir, name) as (base, pid):
+            cpu = partial(_processes, pid, engine)
             status, tag, body = get(base + path, token, heavy)
             assert status == 200, body[:300]
             assert (tag is not None) == (name == "after"), (name, tag)  # the code each server runs
             out.setdefault("rows", len(json.loads(body)["data"]))
             out.setdefault("bytes", len(body))
-            full = wrk(base + path, {**auth, "BENCH_WANT_STATUS": "200"}, args.seconds, script)
+            full = wrk(base + path, {**auth, "BENCH_WANT_STATUS": "200"}, args.seconds, script, cpu=cpu)
             show(f"full answers, idle, {name}", full)
             out[f"full_idle_{name}"] = full
             if name == "after":
                 assert tag is not None
                 assert get(base + path, token, heavy, tag)[0] == 304
                 conditional = wrk(
-                    base + path, {**auth, "BENCH_ETAG": tag, "BENCH_WANT_STATUS": "304"}, args.seconds, script
+                    base + path, {**auth, "BENCH_ETAG": tag, "BENCH_WANT_STATUS": "304"}, args.seconds, script, cpu=cpu
                 )
                 show("(a) conditional, 304", conditional)
                 out["a_conditional"] = conditional
@@ -315,14 +379,15 @@ def main() -> None:
     out["b_full_writer_after"], out["c_full_writer_before"], out["writer"] = [], [], []
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            with server(url, tree, args.workers, workdir, name) as base:
+            with server(url, tree, args.workers, workdir, name) as (base, pid):
+                cpu = partial(_processes, pid, engine)
                 # Logs arrive now: in the range's last hour (its newest buckets).
                 with writer(url, heavy, end - 3600, end, args.writer_rate, args.tick_every) as stats:
                     tags = set()
                     for _ in range(3):
                         tags.add(get(base + path, token, heavy)[1])
                         time.sleep(0.05)
-                    r = wrk(base + path, {**auth, "BENCH_WANT_STATUS": "200"}, args.seconds, script)
+                    r = wrk(base + path, {**auth, "BENCH_WANT_STATUS": "200"}, args.seconds, script, cpu=cpu)
                 r["writer"] = stats
                 if name == "after":
                     r["distinct_tags_of_3_requests"] = len(tags)
