@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -108,23 +109,35 @@ def measure(url: str, workdir: Path, rounds: int, workers: int, label: str) -> d
     assert bounds is not None
     start, end = bounds
     times: dict[str, list[float]] = {"bare": [], "bare_detail": [], "one": [], "shared": []}
+    # The machine is shared: the 1-minute load average after each measurement, to read
+    # the figures by.
+    load: dict[str, list[float]] = {k: [] for k in times}
     for r in range(rounds):
         order = ["one", "shared"] if r % 2 == 0 else ["shared", "one"]
         times["bare"].append(bare_group_by(engine, BARE))
+        load["bare"].append(os.getloadavg()[0])
         times["bare_detail"].append(bare_group_by(engine, BARE_DETAIL))
+        load["bare_detail"].append(os.getloadavg()[0])
         for variant in order:
             if label == "damaged":
                 damage(engine)
             took = run_job(url, workdir, 1 if variant == "one" else workers, start, end)
             times[variant].append(took)
-            log(f"{label} round {r + 1}: {variant} {took:.2f} s")
+            load[variant].append(os.getloadavg()[0])
+            log(
+                f"{label} round {r + 1}: {variant} {took:.2f} s (bare {times['bare'][-1]:.2f} s; load {load[variant][-1]:.1f})"
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "seconds": times,
+        "load_average_1m": load,
         "median": med,
         "one_over_bare": med["one"] / med["bare"],
         "shared_over_bare": med["shared"] / med["bare"],
         "shared_over_one": med["shared"] / med["one"],
+        # The product aggregates at the detail grain (every dimension): the floor of that.
+        "shared_over_bare_detail": med["shared"] / med["bare_detail"],
+        "shared_over_bare_by_round": [s / b for s, b in zip(times["shared"], times["bare"], strict=True)],
         "exact": exact(engine),
     }
 
