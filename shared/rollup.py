@@ -853,9 +853,8 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
                 # Settled in an earlier transaction, before this snapshot: what committed
                 # in them was counted just now, nothing more can arrive.
                 conn.execute(sa.delete(m.rollup_gap).where(m.rollup_gap.c.settled_at.is_not(None)))
-                if my:
-                    # (Without gaps from earlier ticks there is nothing it could settle.)
-                    _settle_gaps_mysql(conn)
+            if my:
+                _settle_gaps_mysql(conn)
             # Every id of (w, h] seen (n_ids of them, all distinct): no gap to record.
             recorded = h is not None and n_ids < h - w
             if recorded:
