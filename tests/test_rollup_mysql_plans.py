@@ -59,17 +59,23 @@ def _access(plan: list[dict[str, Any]], table: str) -> tuple[str, str | None]:
     return rows[0]["type"], rows[0]["key"]
 
 
-def test_changed_day_is_reaggregated_by_key_lookups(mysql_engine):
-    settings = Settings(database_url=str(mysql_engine.url))
+def _rolled_up_day(engine: sa.Engine) -> tuple[Settings, list[dict[str, Any]]]:
+    """A day of USERS x MODELS x HOURS logs, rolled up: its settings and its logs."""
+    settings = Settings(database_url=str(engine.url))
     rows = [
         log(user_id=u, created_at=DAY + h * 3600 + u, model=f"model-{k}")
         for u in range(1, USERS + 1)
         for k in range(MODELS)
         for h in range(HOURS)
     ]
-    with mysql_engine.begin() as conn:
+    with engine.begin() as conn:
         conn.execute(sa.insert(m.logs), rows)
-    rollup(mysql_engine, settings, wait=True)
+    rollup(engine, settings, wait=True)
+    return settings, rows
+
+
+def test_changed_day_is_reaggregated_by_key_lookups(mysql_engine):
+    settings, rows = _rolled_up_day(mysql_engine)
     detail = m.metadata.tables["hourly_detail_usage"]
     with mysql_engine.begin() as conn:
         # A stored row without logs (gone) and rows missing (present again): both sides of
@@ -115,16 +121,7 @@ def test_an_answers_patch_looks_up_the_touched_keys(mysql_engine):
     and 1,105 logs)."""
     from shared import queries
 
-    settings = Settings(database_url=str(mysql_engine.url))
-    rows = [
-        log(user_id=u, created_at=DAY + h * 3600 + u, model=f"model-{k}")
-        for u in range(1, USERS + 1)
-        for k in range(MODELS)
-        for h in range(HOURS)
-    ]
-    with mysql_engine.begin() as conn:
-        conn.execute(sa.insert(m.logs), rows)
-    rollup(mysql_engine, settings, wait=True)
+    _rolled_up_day(mysql_engine)
     tail = [log(user_id=1, created_at=DAY + h * 3600 + 7, model=f"model-{h % MODELS}") for h in range(HOURS)] * 20
     with mysql_engine.begin() as conn:
         conn.execute(sa.insert(m.logs), tail)
