@@ -175,7 +175,7 @@ def revalidate(
     if not, the snapshot begins and the version is read again in it, so that the
     answer's rows and its tag come from one snapshot. Either read is at least as new as
     every commit made before the request arrived: never a stale 304."""
-    if queries.deferred(conn):
+    if queries.snapshot_pending(conn):
         first = tag_answer(state, conn, gateway, asked, reads=reads)
         if (unchanged := not_modified(first.tag)) is not None:
             return unchanged

@@ -287,10 +287,10 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
         try:
             yield conn
         finally:
-            if name == "postgresql" and deferred_(conn) and not conn.invalidated:
-                # Out of SQLAlchemy's transaction first (in autocommit nothing is sent):
-                # psycopg2 left in the middle of one would reset its session with a SET.
-                conn.commit()
+            if name == "postgresql" and snapshot_pending(conn) and not conn.invalidated:
+                # Out of SQLAlchemy's transaction first (in autocommit nothing is sent;
+                # a rollback, as an error may have ended the request).
+                conn.rollback()
                 _driver_autocommit(conn, False)
 
 
@@ -311,19 +311,16 @@ def _driver_autocommit(conn: Connection, on: bool) -> None:
         driver.autocommit = False  # type: ignore[union-attr]
 
 
-def deferred(conn: Connection) -> bool:
+def snapshot_pending(conn: Connection) -> bool:
     """Whether `conn` is a `snapshot(deferred=True)` connection whose snapshot has not
     begun."""
     return bool(conn.get_execution_options().get("usage_stats_deferred"))
 
 
-deferred_ = deferred  # (snapshot's own parameter hides the function's name there)
-
-
 def begin_snapshot(conn: Connection) -> None:
     """From here on, `conn` (a `snapshot(deferred=True)` connection; any other is left
     as it is) reads one snapshot, taken by its next statement."""
-    if deferred(conn):
+    if snapshot_pending(conn):
         # The isolation level may change only outside a transaction (on PostgreSQL, in
         # autocommit, the commit ends SQLAlchemy's bookkeeping only: nothing is sent).
         conn.commit()

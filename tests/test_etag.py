@@ -131,6 +131,8 @@ def test_a_conditional_request_decides_without_a_transaction_and_leaves_none_beh
     fresh = get(api, tokens, tag=tag)  # out of date: the snapshot begins, the rows follow
     assert tag_of(fresh) != tag and quotas(fresh) == quotas(get(api, tokens))
     assert_not_modified(get(api, tokens, tag=tag_of(fresh)), tag_of(fresh))
+    # Refused after the credentials were read on the deferred connection.
+    assert_failure(get(api, tokens, tag=tag, granularity="fortnight"), 400, "granularity")
     if engine.dialect.name == "sqlite":
         return  # one snapshot per transaction already; nothing is deferred
     level = {"postgresql": "SHOW transaction_isolation", "mysql": "SELECT @@tx_isolation"}[engine.dialect.name]
