@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "or MariaDB (a copy of the data set, used in place)",
     )
     parser.add_argument("--copy-from", help="a PostgreSQL database bench.run built, copied into --url's MariaDB first")
+    parser.add_argument("--suffix", default="", help="appended to the results file's name (a variant)")
     args = parser.parse_args(argv)
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
     my = args.url is not None and make_engine(args.url).dialect.name == "mysql"
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for t, d in CASES
         }
-    path = RESULTS / f"tick_speed_{label}.json"
+    path = RESULTS / f"tick_speed_{label}{args.suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     log(f"results in {path}")
     keys = ("median_ms", "tick_over_floor", "full_over_empty", "after_over_before")
