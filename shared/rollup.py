@@ -1401,7 +1401,7 @@ def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: An
         .select_from(n.outerjoin(o, on, full=not mysql_))
         .where(differs),
     )
-    if mysql_:
+    if mysql_ and _may_lack_fresh_rows(conn, target, where, n, change):
         absent = (
             sa.select(
                 *(o.c[k] for k in key),
@@ -1415,6 +1415,22 @@ def _compare(conn: Connection, summary: agg.Summary, fresh: AnySelect, where: An
         )
         conn.execute(sa.insert(change).from_select(list(change.c.keys()), absent))
     return change
+
+
+def _may_lack_fresh_rows(conn: Connection, target: sa.Table, where: Any, fresh: Any, change: Any) -> bool:
+    """MySQL: whether some stored row matching `where` may have no fresh row, judged by
+    counting: the stored rows (an index-only count) against the fresh rows that found a
+    stored one, at least the fresh rows less the change rows with no old count. (A fresh
+    row whose stored row was hand-edited to a count of 0 is then taken for unmatched: the
+    estimate errs low, towards looking.) Equal counts prove there is none, and spare the
+    search, which reads every stored row of the range whole: a quarter of an unchanged
+    day's re-check on MariaDB."""
+
+    def count(table: Any, *condition: Any) -> int:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*condition)).scalar_one())
+
+    matched_at_least = count(fresh) - count(change, change.c[f"old_{agg.LOG_COUNT}"] == 0)
+    return count(target, where) > matched_at_least
 
 
 def _write_change(conn: Connection, summary: agg.Summary, change: sa.TableClause) -> bool:

@@ -141,3 +141,32 @@ def test_an_answers_patch_looks_up_the_touched_keys(mysql_engine):
     extras = [str(r["Extra"] or "") for r in plan]
     assert not any("join buffer" in e or "FirstMatch" in e for e in extras), plan
     assert _access(plan, "hourly_usage")[1] == "PRIMARY"
+
+
+def test_an_unchanged_day_skips_the_search_for_gone_rows_and_a_damaged_one_does_not(mysql_engine):
+    """The stored rows without a fresh one are searched for only when the counts say one
+    may exist (shared.rollup._may_lack_fresh_rows): not on an unchanged day, and still
+    whenever a row is gone, including beside a row hand-edited to a count of 0 (which the
+    count takes for unmatched: it errs towards searching)."""
+    settings, rows = _rolled_up_day(mysql_engine)
+    searched = r"^INSERT INTO rollup_change .*LEFT OUTER JOIN rollup_new"
+    plans = _plans_of(mysql_engine, {"absent": searched}, lambda: reaggregate(mysql_engine, settings, DAY, DAY + 86400))
+    assert plans == {}
+    detail = m.metadata.tables["hourly_detail_usage"]
+    with mysql_engine.begin() as conn:
+        conn.execute(sa.update(detail).where(detail.c.user_id == 3).values({"count": 0}))
+        conn.execute(
+            sa.insert(detail).from_select(
+                [c.name for c in detail.columns if c.name != "model_name"] + ["model_name"],
+                sa.select(
+                    *(detail.c[c.name] for c in detail.columns if c.name != "model_name"),
+                    sa.literal("gone"),
+                ).where(detail.c.user_id == 1, detail.c.model_name == "model-0"),
+            )
+        )
+    plans = _plans_of(mysql_engine, {"absent": searched}, lambda: reaggregate(mysql_engine, settings, DAY, DAY + 86400))
+    assert set(plans) == {"absent"}
+    with mysql_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(detail.c.model_name == "gone")).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.min(detail.c["count"]))).scalar_one() > 0
+        assert conn.execute(sa.select(sa.func.sum(detail.c["count"]))).scalar_one() == len(rows)
