@@ -74,21 +74,27 @@ def _rolled_up_day(engine: sa.Engine) -> tuple[Settings, list[dict[str, Any]]]:
     return settings, rows
 
 
+def _add_rows_without_logs(conn: sa.Connection, model: str) -> None:
+    """Stored detail rows that no log makes: user 1's rows of model-0, under `model`."""
+    detail = m.metadata.tables["hourly_detail_usage"]
+    conn.execute(
+        sa.insert(detail).from_select(
+            [c.name for c in detail.columns if c.name != "model_name"] + ["model_name"],
+            sa.select(
+                *(detail.c[c.name] for c in detail.columns if c.name != "model_name"),
+                sa.literal(model),
+            ).where(detail.c.user_id == 1, detail.c.model_name == "model-0"),
+        )
+    )
+
+
 def test_changed_day_is_reaggregated_by_key_lookups(mysql_engine):
     settings, rows = _rolled_up_day(mysql_engine)
     detail = m.metadata.tables["hourly_detail_usage"]
     with mysql_engine.begin() as conn:
         # A stored row without logs (gone) and rows missing (present again): both sides of
         # the comparison, and every derived table, have something to do.
-        conn.execute(
-            sa.insert(detail).from_select(
-                [c.name for c in detail.columns if c.name != "model_name"] + ["model_name"],
-                sa.select(
-                    *(detail.c[c.name] for c in detail.columns if c.name != "model_name"),
-                    sa.literal("bogus"),
-                ).where(detail.c.user_id == 1, detail.c.model_name == "model-0"),
-            )
-        )
+        _add_rows_without_logs(conn, "bogus")
         conn.execute(sa.delete(detail).where(detail.c.user_id == 2))
     plans = _plans_of(
         mysql_engine,
@@ -155,15 +161,7 @@ def test_an_unchanged_day_skips_the_search_for_gone_rows_and_a_damaged_one_does_
     detail = m.metadata.tables["hourly_detail_usage"]
     with mysql_engine.begin() as conn:
         conn.execute(sa.update(detail).where(detail.c.user_id == 3).values({"count": 0}))
-        conn.execute(
-            sa.insert(detail).from_select(
-                [c.name for c in detail.columns if c.name != "model_name"] + ["model_name"],
-                sa.select(
-                    *(detail.c[c.name] for c in detail.columns if c.name != "model_name"),
-                    sa.literal("gone"),
-                ).where(detail.c.user_id == 1, detail.c.model_name == "model-0"),
-            )
-        )
+        _add_rows_without_logs(conn, "gone")
     plans = _plans_of(mysql_engine, {"absent": searched}, lambda: reaggregate(mysql_engine, settings, DAY, DAY + 86400))
     assert set(plans) == {"absent"}
     with mysql_engine.connect() as conn:
