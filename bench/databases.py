@@ -93,11 +93,20 @@ def recreate_pg() -> str:
 
 
 def recreate_my() -> str:
-    admin = make_engine(MY_ADMIN)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{MY_DB}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{MY_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    return admin.url.set(database=MY_DB).render_as_string(hide_password=False)
+    return recreate_mariadb(MY_ADMIN, MY_DB)
+
+
+def mariadb_admin(url: str) -> Engine:
+    """An engine on the `mysql` database of `url`'s server, for creating and dropping others."""
+    return make_engine(make_engine(url).url.set(database="mysql").render_as_string(hide_password=False))
+
+
+def recreate_mariadb(url: str, name: str) -> str:
+    """`name` made anew (empty, utf8mb4) on the MariaDB server of `url`; its URL."""
+    with mariadb_admin(url).begin() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    return make_engine(url).url.set(database=name).render_as_string(hide_password=False)
 
 
 def copy_rows(src: Engine, dst: Engine, table: sa.Table, where: Any = None, chunk: int = 20_000) -> int:

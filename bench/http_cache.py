@@ -59,7 +59,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bench import data, databases
-from bench.run import PG_ADMIN, _units, free_port, heaviest_user, process, wait_for
+from bench.run import PG_ADMIN, _units, children, cpu_seconds, free_port, heaviest_user, process, wait_for
 from shared import models as m
 from shared import rollup
 from shared.config import Settings
@@ -95,22 +95,9 @@ def database_url(name: str) -> str:
     return make_engine(PG_ADMIN).url.set(database=name).render_as_string(hide_password=False)
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (gunicorn's master and workers)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid, *(p for c in children for p in process_tree(int(c)))]
+    return [pid, *(p for c in children(pid) for p in process_tree(c))]
 
 
 def database_pids(engine: Engine) -> list[int]:
@@ -134,7 +121,7 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32, 
     depend on what else the machine runs, unlike the rate."""
     load_before = os.getloadavg()
     pids = cpu() if cpu else ([], [])
-    cpu_before = {p: _cpu_seconds(p) for p in pids[0] + pids[1]}
+    cpu_before = {p: cpu_seconds(p) for p in pids[0] + pids[1]}
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout=30s", "--latency", "-s", str(script), url],
         env=dict(os.environ, **env),
@@ -147,7 +134,7 @@ def wrk(url: str, env: dict, seconds: int, script: Path, connections: int = 32, 
     if cpu:
         # Processes started during the run (a pool's new connection) count from zero.
         for group in cpu():
-            spent.append(sum(_cpu_seconds(p) - cpu_before.get(p, 0.0) for p in group))
+            spent.append(sum(cpu_seconds(p) - cpu_before.get(p, 0.0) for p in group))
     rate, requests = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
     other = re.search(r"OTHER_STATUS (\d+)", out)
     if rate is None or requests is None or other is None:
@@ -274,11 +261,7 @@ def writer(url: str, user: int, lo: int, hi: int, rate: float, tick_every: float
 def copy_to_mariadb(source: str, url: str) -> None:
     """`url`'s MariaDB database made anew from the PostgreSQL database `source`: its
     gateway rows copied (bench.databases.copy_gateway), migrated, rolled up."""
-    target = make_engine(url)
-    name = target.url.database
-    with make_engine(target.url.set(database="mysql").render_as_string(hide_password=False)).begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    target = make_engine(databases.recreate_mariadb(url, str(make_engine(url).url.database)))
     upgrade(target)
     started = time.perf_counter()
     copied = databases.copy_gateway(make_engine(source), target)

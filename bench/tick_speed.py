@@ -239,18 +239,6 @@ def copy_database(source: str, name: str) -> str:
     return database_url(name)
 
 
-def mariadb_admin(url: str) -> Any:
-    return make_engine(make_engine(url).url.set(database="mysql").render_as_string(hide_password=False))
-
-
-def recreate_mariadb(url: str, name: str) -> str:
-    """`name` made anew on the MariaDB server of `url` (as bench.databases makes its own)."""
-    with mariadb_admin(url).begin() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    return make_engine(url).url.set(database=name).render_as_string(hide_password=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     from shared.migrate import upgrade
 
@@ -282,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.copy_from:
             log(f"copying {args.copy_from} into {args.url}")
             copy_to_mariadb(database_url(args.copy_from), args.url)
-        urls = {"history": args.url, "empty": recreate_mariadb(args.url, names["empty"])}
+        urls = {"history": args.url, "empty": databases.recreate_mariadb(args.url, names["empty"])}
         staging = make_engine(recreate_database(names["staging"]))
         upgrade(staging)
     else:
@@ -369,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in [*engines.values(), *([staging] if my else [])]:
             e.dispose()
         if my:
-            with mariadb_admin(args.url).begin() as conn:
+            with databases.mariadb_admin(args.url).begin() as conn:
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{names['empty']}`")
         with admin_engine().connect() as conn:
             for name in names.values() if not my else [names["staging"]]:
