@@ -839,14 +839,15 @@ def tick(engine: Engine, settings: Settings, *, wait: bool = False) -> TickResul
             _check_ids_not_restarted(conn, w)
 
         result = TickResult(batches=1, last_log_id=h if h is not None else w, more=n_ids >= settings.rollup_batch_size)
-        if pg and (h is not None or has_gaps):
-            statement = _fold_statement(settings.stats_timezone, h is not None, has_gaps, agg.SUMMARIES)
-            logs, buckets = conn.execute(statement, {"w": w, "h": h}).one()
-            result.logs, result.buckets = int(logs), int(buckets)
-        elif h is not None or has_gaps:
-            _fill_delta(conn, _tick_rows(settings.stats_timezone, w, h, has_gaps, view))
-            result.logs = _delta_logs(conn)
-            result.buckets = _fold_delta(conn)
+        if h is not None or has_gaps:
+            if pg:
+                statement = _fold_statement(settings.stats_timezone, h is not None, has_gaps, agg.SUMMARIES)
+                logs, buckets = conn.execute(statement, {"w": w, "h": h}).one()
+                result.logs, result.buckets = int(logs), int(buckets)
+            else:
+                _fill_delta(conn, _tick_rows(settings.stats_timezone, w, h, has_gaps, view))
+                result.logs = _delta_logs(conn)
+                result.buckets = _fold_delta(conn)
         if gaps_kept:
             if has_gaps:
                 _split_gaps_around_found(conn, view)
