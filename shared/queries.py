@@ -278,7 +278,7 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
         name = conn.dialect.name
         if not (deferred and name in _SNAPSHOT_DIALECTS):
             if name in _SNAPSHOT_DIALECTS:
-                conn = conn.execution_options(isolation_level=_SNAPSHOT)
+                conn = _repeatable_read(conn)
             yield conn
             return
         conn = conn.execution_options(usage_stats_deferred=True)
@@ -296,6 +296,18 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
 
 _SNAPSHOT_DIALECTS = ("postgresql", "mysql")
 _SNAPSHOT = "REPEATABLE READ"
+
+
+def _repeatable_read(conn: Connection) -> Connection:
+    """`conn`, outside any transaction, made to read its next one in REPEATABLE READ.
+    On MySQL for that transaction only (SET TRANSACTION, which its commit or rollback
+    ends, the pool's rollback on return included): SQLAlchemy's isolation_level option
+    would SET the session's level, and SET it back when the connection returns to the
+    pool, a round trip each. psycopg2 sends the level with its BEGIN."""
+    if conn.dialect.name == "mysql":
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL " + _SNAPSHOT)
+        return conn
+    return conn.execution_options(isolation_level=_SNAPSHOT)
 
 
 def _driver_autocommit(conn: Connection, on: bool) -> None:
@@ -326,7 +338,7 @@ def begin_snapshot(conn: Connection) -> None:
         conn.commit()
         if conn.dialect.name == "postgresql":
             _driver_autocommit(conn, False)
-        conn.execution_options(isolation_level=_SNAPSHOT, usage_stats_deferred=False)
+        _repeatable_read(conn.execution_options(usage_stats_deferred=False))
 
 
 INT64_MAX = 2**63 - 1

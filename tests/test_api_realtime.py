@@ -324,6 +324,38 @@ def test_a_reader_sees_a_committing_tick_entirely_or_not_at_all(realtime_server)
     check_exact(engine, api, tokens)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_snapshot_reads_one_view_and_leaves_its_connection_reading_each_commit(realtime_server, deferred):
+    """queries.snapshot: a log committed between two of its statements is seen by
+    neither (one snapshot, begun at once or by begin_snapshot); the connection, back in
+    the pool, then reads each commit again (the engine's READ COMMITTED: on MySQL the
+    snapshot's level was the one transaction's, not the session's)."""
+    engine = make_engine(realtime_server.url.render_as_string(hide_password=False))  # a pool of one, in use
+    lg = m.logs.c
+
+    def count(conn) -> int:
+        return conn.execute(sa.select(sa.func.count()).select_from(m.logs).where(lg.user_id == 77)).scalar_one()
+
+    try:
+        with queries.snapshot(engine, deferred=deferred) as conn:
+            if deferred:
+                assert count(conn) == 0
+                insert(realtime_server, [log(user_id=77)])
+                assert count(conn) == 1  # not begun: each statement reads the newest commits
+                queries.begin_snapshot(conn)
+            before = count(conn)
+            insert(realtime_server, [log(user_id=77)])
+            assert count(conn) == before
+        with engine.connect() as conn:  # the same connection, back from the pool
+            before = count(conn)
+            insert(realtime_server, [log(user_id=77)])
+            assert count(conn) == before + 1
+        assert engine.pool.checkedin() == 1
+    finally:
+        engine.dispose()
+
+
 def concurrent_ticks_and_reads(engine, settings, api, tokens, n_logs: int) -> int:
     """Ticks of a few logs each in a thread while the API answers; every answer must be
     the whole truth. Returns how many answers were checked while ticks were running."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 
 from shared import models as m
@@ -411,3 +412,18 @@ def test_the_answer_cache_is_bounded_by_bytes():
     assert len(cache._entries) == 5
     cache._put(Key("big", (), ""), half(300))  # type: ignore[arg-type]  # over a quarter: not kept
     assert Key("big", (), "") not in cache._entries  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 2160])
+def test_a_kept_body_is_the_envelope_orjson_writes(n):
+    """The kept rows joined into a body (answer_cache._body, from a list or any
+    iterable) are byte for byte the answer `success` would serialize."""
+    import orjson
+
+    from api.answer_cache import _body
+    from api.jsonprovider import dumps_bytes
+
+    rows = [{"model_name": f"m{i}", "count": i, "quota": -i, "created_at": 3600 * i} for i in range(n)]
+    whole = orjson.dumps({"success": True, "message": "", "data": rows})
+    assert _body([dumps_bytes(r) for r in rows]) == whole
+    assert _body(dumps_bytes(r) for r in rows) == whole
