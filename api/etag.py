@@ -35,9 +35,11 @@ from sqlalchemy.engine import Connection
 from shared import models as m
 from shared import names, queries
 from shared.answer_version import code_version
+from shared.auth import BY_TOKEN
 from shared.rollup import Progress
 
 from . import AppState
+from .auth import Claim
 
 CACHE_CONTROL = "private, no-cache"
 VARY = "Authorization, New-Api-User, Accept"
@@ -145,16 +147,31 @@ class Tagged:
     settings: str
 
 
-def tag_answer(state: AppState, conn: Connection, gateway: Connection, asked: Request, *, reads: bool = True) -> Tagged:
+def tag_answer(
+    state: AppState,
+    conn: Connection,
+    gateway: Connection,
+    asked: Request,
+    *,
+    reads: bool = True,
+    claim: Claim | None = None,
+) -> Tagged:
     """Read the answer's version on `conn` (the snapshot the answer is then read in) and
-    make its tag. `reads`: False for an answer of nobody's rows (always empty)."""
+    make its tag. `reads`: False for an answer of nobody's rows (always empty).
+    `claim`: credentials not yet checked, when `conn` is the gateway's database too: the
+    user is read in the version's statement and admitted (api.auth.admit) before the
+    tag is made, or the request is refused."""
     global _progress_seen
     settings = settings_digest(state)
     if not reads:
+        assert claim is None, "nothing is read to check the claim beside"
         return Tagged(_digest(asked, settings), None, None, settings)
-    version, tail = queries.read_version_and_signature(
-        conn, asked.shape, asked.view, asked.start, asked.end, dict(asked.values), _progress_seen
+    also = (BY_TOKEN, {"token": claim.token}) if claim is not None else None
+    version, tail, credentials = queries.read_version_and_signature(
+        conn, asked.shape, asked.view, asked.start, asked.end, dict(asked.values), _progress_seen, also
     )
+    if claim is not None:
+        claim.admit(credentials)
     _progress_seen = version.progress
     named = names_signature(gateway, asked.shape.columns, asked.owner)
     return Tagged(_digest(asked, version.summary, tail, named, settings), version, tail, settings)
@@ -167,20 +184,28 @@ def conditional() -> bool:
 
 
 def revalidate(
-    state: AppState, conn: Connection, gateway: Connection, asked: Request, *, reads: bool = True
+    state: AppState,
+    conn: Connection,
+    gateway: Connection,
+    asked: Request,
+    *,
+    reads: bool = True,
+    claim: Claim | None = None,
 ) -> Tagged | Response:
     """The 304 that ends the request, or the answer's tag read in the snapshot the
     answer is then read in. On a deferred connection the version is read first outside
     any transaction: if the client's copy is current, that is all the request costs;
     if not, the snapshot begins and the version is read again in it, so that the
     answer's rows and its tag come from one snapshot. Either read is at least as new as
-    every commit made before the request arrived: never a stale 304."""
+    every commit made before the request arrived: never a stale 304. `claim`: see
+    tag_answer; checked by the first read, before any answer."""
     if queries.snapshot_pending(conn):
-        first = tag_answer(state, conn, gateway, asked, reads=reads)
+        first = tag_answer(state, conn, gateway, asked, reads=reads, claim=claim)
+        claim = None
         if (unchanged := not_modified(first.tag)) is not None:
             return unchanged
         queries.begin_snapshot(conn)
-    tagged = tag_answer(state, conn, gateway, asked, reads=reads)
+    tagged = tag_answer(state, conn, gateway, asked, reads=reads, claim=claim)
     if (unchanged := not_modified(tagged.tag)) is not None:
         return unchanged
     return tagged

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -44,8 +45,10 @@ def plausible_token(token: str) -> bool:
 
 _u = m.users.c
 # Built once: every request runs it, and building a select costs more than running it
-# from SQLAlchemy's compiled cache.
-_BY_TOKEN = (
+# from SQLAlchemy's compiled cache. Run alone (`user_by_access_token`) or beside an
+# answer's version (queries.read_version_and_signature): its row, or None, then goes to
+# `user_of` with the token.
+BY_TOKEN = (
     sa.select(_u.id, _u.username, _u.role, _u.status, _u.access_token)
     .where(_u.access_token == sa.bindparam("token", type_=_u.access_token.type), _u.deleted_at.is_(None))
     .limit(1)
@@ -56,7 +59,11 @@ def user_by_access_token(conn: Connection, token: str) -> User | None:
     """The live user whose access token is exactly `token`, or None."""
     if not plausible_token(token):
         return None
-    row = conn.execute(_BY_TOKEN, {"token": token}).first()
+    return user_of(conn.execute(BY_TOKEN, {"token": token}).first(), token)
+
+
+def user_of(row: Any, token: str) -> User | None:
+    """The user of a row of BY_TOKEN (None: no row) if its token is exactly `token`."""
     if row is None or row.access_token is None:
         return None
     # char(32) comes back blank-padded from PostgreSQL when the stored token is shorter.

@@ -49,6 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -659,10 +660,36 @@ def _version_of(found: Sequence[Any]) -> Version:
     return Version(Progress(int(first[0] or 0), gaps, first[1]), int(first[2] or 0))
 
 
+@lru_cache(maxsize=1)
+def _version_statement() -> AnySelect:
+    return _version_select()
+
+
 def read_version(conn: Connection) -> Version:
     """rollup_state and the rollup_gap ranges in one statement, on `conn` (in its
     snapshot): a conditional request reads this and a tail signature, nothing more."""
-    return _version_of(conn.execute(_version_select().order_by(m.rollup_gap.c.lo)).all())
+    return _version_of(conn.execute(_version_statement()).all())
+
+
+# The columns of _version_select's rows before those it is given.
+_VERSION_WIDTH = 5
+
+
+@lru_cache(maxsize=512)
+def _beside(statement: Any, also: AnySelect) -> AnySelect:
+    """`statement`'s rows, each with the columns of `also`'s one row (NULLs without one)
+    after its own: two reads in one round trip and one statement."""
+    main, extra = statement.subquery("main"), also.subquery("also")
+    return sa.select(*main.c, *extra.c).select_from(main.outerjoin(extra, sa.true()))
+
+
+def _also_row(found: Sequence[Any], width: int, also: AnySelect | None) -> Any:
+    """`also`'s row among the columns after the first `width` of the rows `found`
+    (_beside), or None where it had none."""
+    if also is None or not found or all(v is None for v in found[0][width:]):
+        return None
+    names = [c.name for c in also.selected_columns]
+    return SimpleNamespace(**dict(zip(names, found[0][width:], strict=True)))
 
 
 @lru_cache(maxsize=512)
@@ -708,7 +735,8 @@ def _versioned_signature_statement(shape: Shape, view: View, n_gaps: int) -> sa.
     row (NULLs for the version): both in one round trip, and one statement, so one
     snapshot on every database."""
     signature = _signature_statement(shape, view, n_gaps).subquery("signature")
-    nothing = [sa.null()] * len(signature.c)
+    # Named: as a subquery (`_beside`) each column needs a name of its own.
+    nothing = [sa.null().label(f"signature_{i}") for i in range(len(signature.c))]
     version = _version_select(*nothing)
     return sa.union_all(
         version, sa.select(*([sa.null()] * (len(version.selected_columns) - len(nothing))), *signature.c)
@@ -723,24 +751,39 @@ def read_version_and_signature(
     end: int,
     values: Mapping[str, Any] | None,
     guess: Progress | None,
-) -> tuple[Version, tuple[int, int, int] | None]:
+    also: tuple[AnySelect, Mapping[str, Any]] | None = None,
+) -> tuple[Version, tuple[int, int, int] | None, Any]:
     """read_version and the tail_signature under the progress read, on `conn`, in one
     statement when `guess` (the progress a previous request read: it moves once a tick)
     is the progress read: the tail's bounds are bound as values (see `source`), so the
     signature is computed under `guess` beside the version, and kept only if the
     version's progress is that same one, read in the same statement; otherwise (a tick
-    since, or no guess) the signature is read again under the progress read."""
+    since, or no guess) the signature is read again under the progress read.
+
+    `also`: a select of at most one row and its parameters (names apart from the
+    answer's), read in the first of these statements (`_beside`): its row, with
+    attributes named as its columns, is returned third (None for no row)."""
+    extra, extra_params = also if also is not None else (None, {})
     if guess is None or not view.realtime:
-        version = read_version(conn)
-        return version, tail_signature(conn, shape, view, start, end, values, version.progress)
+        statement: Any = _version_statement()
+        found = conn.execute(_beside(statement, extra) if extra is not None else statement, dict(extra_params)).all()
+        version = _version_of(found)
+        signature = tail_signature(conn, shape, view, start, end, values, version.progress)
+        return version, signature, _also_row(found, _VERSION_WIDTH, extra)
     params, n_gaps = _parameters(shape, view, start, end, values, guess)
-    found = conn.execute(_versioned_signature_statement(shape, view, n_gaps), params).all()
+    statement = _versioned_signature_statement(shape, view, n_gaps)
+    found = conn.execute(
+        _beside(statement, extra) if extra is not None else statement, params | dict(extra_params)
+    ).all()
+    width = _VERSION_WIDTH + 3
+    row = _also_row(found, width, extra)
     # The signature's row is the one whose count is not NULL.
-    version = _version_of([r for r in found if r[-3] is None])
+    count = _VERSION_WIDTH
+    version = _version_of([r for r in found if r[count] is None])
     if version.progress != guess:
-        return version, tail_signature(conn, shape, view, start, end, values, version.progress)
-    n, top, total = next(r[-3:] for r in found if r[-3] is not None)
-    return version, (int(n), int(top), int(total))
+        return version, tail_signature(conn, shape, view, start, end, values, version.progress), row
+    n, top, total = next(r[count:width] for r in found if r[count] is not None)
+    return version, (int(n), int(top), int(total)), row
 
 
 def rows(conn: Connection, query: AnySelect, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

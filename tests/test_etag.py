@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from shared import models as m
 from shared import queries
+from shared.auth import BY_TOKEN
 from shared.config import Settings
 from shared.retention import run_retention
 from shared.rollup import adopt_timezone, reaggregate, tick
@@ -151,6 +152,43 @@ def test_a_conditional_request_decides_without_a_transaction_and_leaves_none_beh
                 assert first == 0
 
 
+def test_a_304_is_one_statement_that_also_checks_who_asks(engine):
+    """With the users in the answer's database, a conditional request's credentials are
+    read in the statement that reads its version (api.auth.Claim): an unchanged answer
+    costs that one statement. The claim is checked before any answer: a wrong token, a
+    user id that is not the token's, a disabled user or a guest gets its refusal, never
+    the 304 (nor the rows)."""
+    settings, api, tokens = setup(engine)
+    insert(engine, logs_at(ALICE, 1, 2))
+    tick(engine, settings)
+    tag = tag_of(get(api, tokens))
+    sent: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        sent.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert_not_modified(get(api, tokens, tag=tag), tag)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    reads = [s for s in sent if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(reads) == 1 and "users" in reads[0] and "rollup_state" in reads[0], sent
+
+    assert_failure(api.get("/api/data/self", "0" * 32, ALICE, headers={"If-None-Match": tag}, **RANGE), 401, "invalid")
+    assert_failure(
+        api.get("/api/data/self", tokens[ALICE], BOB, headers={"If-None-Match": tag}, **RANGE), 401, "does not match"
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.users).where(m.users.c.id == ALICE).values(status=2))
+    assert_failure(get(api, tokens, tag=tag), 403, "disabled")
+    with engine.begin() as conn:
+        conn.execute(sa.update(m.users).where(m.users.c.id == ALICE).values(status=1, role=0))
+    assert_failure(get(api, tokens, tag=tag), 403)
+    # Refused for its credentials before its parameters, as without the claim.
+    assert_failure(api.get("/api/data/self", "0" * 32, ALICE, granularity="fortnight"), 401, "invalid")
+
+
 def test_a_late_commit_inside_a_gap_is_in_the_next_response_under_a_new_tag(engine):
     settings, api, tokens = setup(engine)
     rows = logs_at(ALICE, 1, 2, 3, 4, 5)
@@ -177,7 +215,7 @@ def test_version_and_signature_in_one_statement_equal_them_read_apart(engine):
     """queries.read_version_and_signature under a right guess of the progress (one
     statement), a stale one and none (read again under the progress read): always
     read_version and tail_signature as read apart, in one snapshot."""
-    settings, _, _ = setup(engine)
+    settings, _, tokens = setup(engine)
     view = queries.View("hour")
     start, end = RANGE["start_timestamp"], RANGE["end_timestamp"]
 
@@ -189,10 +227,19 @@ def test_version_and_signature_in_one_statement_equal_them_read_apart(engine):
             )
 
     def together(guess) -> tuple[queries.Version, tuple[int, int, int] | None]:
-        with queries.snapshot(engine) as conn:
-            return queries.read_version_and_signature(
-                conn, queries.PER_USER, view, start, end, {"user_id": ALICE}, guess
-            )
+        # With and without the credentials' select beside them: the same, and its row
+        # (alice's, or none for a token nobody has).
+        found = []
+        for token, user in ((None, None), (tokens[ALICE], ALICE), ("0" * 32, None)):
+            also = (BY_TOKEN, {"token": token}) if token is not None else None
+            with queries.snapshot(engine) as conn:
+                version, signature, row = queries.read_version_and_signature(
+                    conn, queries.PER_USER, view, start, end, {"user_id": ALICE}, guess, also
+                )
+            assert (row.id if row is not None else None) == user
+            found.append((version, signature))
+        assert found[0] == found[1] == found[2]
+        return found[0]
 
     empty = apart()
     assert together(None) == empty == together(empty[0].progress)
