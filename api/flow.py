@@ -32,7 +32,7 @@ from shared import models as m
 from shared import names, queries
 from shared.auth import live_user_id
 
-from . import answer_cache, csvexport, etag, params
+from . import answer_cache, auth, csvexport, etag, params
 from .auth import authenticate
 from .config import DAY, ApiLimits
 from .errors import ApiError
@@ -63,20 +63,22 @@ USERS_BY_NAME = queries.Shape(USERS_COLUMNS, user=True)
 def data_users() -> Response:
     state = app_state()
     with state.connections(deferred=etag.conditional()) as (conn, gateway):
-        user = authenticate(gateway, m.ROLE_ADMIN)
-        window = request_window(state, USERS_PARAMETERS)
-        username = params.parse_username(request.args)
-        csv = params.parse_format(request.args, csvexport.prefers_csv(request))
-        values: dict[str, Any] = {}
-        shape = USERS
-        if username is not None:
-            shape, values = USERS_BY_NAME, {"user_id": live_user_id(gateway, username)}
-        queries.check_answerable(window.view, window.start, window.end)
+        who = auth.asking(conn, gateway, m.ROLE_ADMIN)
+        with who.refusing_first():
+            window = request_window(state, USERS_PARAMETERS)
+            username = params.parse_username(request.args)
+            csv = params.parse_format(request.args, csvexport.prefers_csv(request))
+            values: dict[str, Any] = {}
+            shape = USERS
+            if username is not None:
+                who.now()  # checked before another user's id is looked up
+                shape, values = USERS_BY_NAME, {"user_id": live_user_id(gateway, username)}
+            queries.check_answerable(window.view, window.start, window.end)
         nobody = shape.user and values["user_id"] is None
         asked = etag.request_of(
-            str(request.endpoint), user.id, shape, window.view, window.start, window.end, values, csv=csv, owner=None
+            str(request.endpoint), who.id, shape, window.view, window.start, window.end, values, csv=csv, owner=None
         )
-        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody)
+        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody, claim=who.claim)
         if isinstance(tagged, Response):
             return tagged
         rows = []
@@ -161,7 +163,7 @@ def _flow_answer(
     state: Any,
     conn: Connection,
     gateway: Connection,
-    user_id: int,
+    who: auth.Asking,
     shape: queries.Shape,
     view: queries.View,
     start: int,
@@ -169,12 +171,14 @@ def _flow_answer(
     values: dict[str, Any],
     owner: int | None,
 ) -> Response:
-    """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV, asked by
-    `user_id`, read on the request's connections (state.connections)."""
-    csv = params.parse_format(request.args, csvexport.prefers_csv(request))
-    queries.check_answerable(view, start, end)
-    asked = etag.request_of(str(request.endpoint), user_id, shape, view, start, end, values, csv=csv, owner=owner)
-    tagged = etag.revalidate(state, conn, gateway, asked, reads=not (shape.user and values["user_id"] is None))
+    """The flow rows as JSON or (format=csv, Accept: text/csv) as CSV, asked by `who`,
+    read on the request's connections (state.connections)."""
+    with who.refusing_first():
+        csv = params.parse_format(request.args, csvexport.prefers_csv(request))
+        queries.check_answerable(view, start, end)
+    asked = etag.request_of(str(request.endpoint), who.id, shape, view, start, end, values, csv=csv, owner=owner)
+    reads = not (shape.user and values["user_id"] is None)
+    tagged = etag.revalidate(state, conn, gateway, asked, reads=reads, claim=who.claim)
     if isinstance(tagged, Response):
         return tagged
     if csv:
@@ -199,7 +203,9 @@ def _realtime(args: MultiDict, enabled: bool) -> bool:
 def data_flow() -> Response:
     state = app_state()
     with state.connections(deferred=etag.conditional()) as (conn, gateway):
+        # The columns depend on the role: authenticated at once.
         user = authenticate(gateway, m.ROLE_ADMIN)
+        who = auth.Asking(gateway, m.ROLE_ADMIN, user, None)
         params.check_once(request.args, FLOW_PARAMETERS)
         start, end = flow_range(request.args)
         realtime = _realtime(request.args, state.settings.api_realtime)
@@ -207,23 +213,22 @@ def data_flow() -> Response:
         view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
         columns = ROOT_FLOW if user.role >= m.ROLE_ROOT else ADMIN_FLOW
         if username is None:
-            return _flow_answer(state, conn, gateway, user.id, flow_shape(columns), view, start, end, {}, None)
+            return _flow_answer(state, conn, gateway, who, flow_shape(columns), view, start, end, {}, None)
         values = {"user_id": live_user_id(gateway, username)}
-        return _flow_answer(
-            state, conn, gateway, user.id, flow_shape(columns, user=True), view, start, end, values, None
-        )
+        return _flow_answer(state, conn, gateway, who, flow_shape(columns, user=True), view, start, end, values, None)
 
 
 @bp.get("/api/data/flow/self")
 def data_flow_self() -> Response:
     state = app_state()
     with state.connections(deferred=etag.conditional()) as (conn, gateway):
-        user = authenticate(gateway, m.ROLE_USER)
-        params.check_once(request.args, FLOW_SELF_PARAMETERS)
-        start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
-        realtime = _realtime(request.args, state.settings.api_realtime)
-        view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
+        who = auth.asking(conn, gateway, m.ROLE_USER)
+        with who.refusing_first():
+            params.check_once(request.args, FLOW_SELF_PARAMETERS)
+            start, end = flow_range(request.args, SELF_FLOW_MAX_SPAN)
+            realtime = _realtime(request.args, state.settings.api_realtime)
+            view = flow_view(start, end, state.limits, state.settings.stats_timezone, realtime)
         # The caller's own rows only: keys of other users never appear, and username is
         # ignored, as new-api ignores it here.
         shape = flow_shape(SELF_FLOW, user=True)
-        return _flow_answer(state, conn, gateway, user.id, shape, view, start, end, {"user_id": user.id}, user.id)
+        return _flow_answer(state, conn, gateway, who, shape, view, start, end, {"user_id": who.id}, who.id)

@@ -13,10 +13,9 @@ from markupsafe import escape
 
 from shared import models as m
 from shared import names, queries
-from shared.auth import User, live_user_id
+from shared.auth import live_user_id
 
 from . import AppState, answer_cache, auth, csvexport, etag, params
-from .auth import authenticate
 from .errors import failure, is_unavailable, log
 
 bp = Blueprint("usage_stats", __name__)
@@ -58,30 +57,18 @@ def _shape(selection: params.Selection, *, per_user: bool) -> queries.Shape:
     return queries.Shape(columns, filtered=filtered, user=per_user)
 
 
-def _known(user: User | None) -> User:
-    assert user is not None, "authenticated, or a claim to check"
-    return user
-
-
 def _answer(*, admin: bool) -> Response:
     state = app_state()
-    role = m.ROLE_ADMIN if admin else m.ROLE_USER
     with state.connections(deferred=etag.conditional()) as (conn, gateway):
         # Authentication before parameters, as new-api's middleware does: a caller
-        # without a valid token learns nothing about what the endpoint accepts. Where
-        # the gateway's users are in this database, well-formed credentials are read in
-        # the statement that reads the answer's version (a claim, checked there before
-        # anything is answered), and whatever refuses the request before that statement
-        # gives way to authenticate's refusal.
-        claim = auth.claim(role) if conn is gateway else None
-        user = None if claim is not None else authenticate(gateway, role)
-        try:
+        # without a valid token learns nothing about what the endpoint accepts
+        # (auth.Asking: its credentials may be read with the answer's version).
+        who = auth.asking(conn, gateway, m.ROLE_ADMIN if admin else m.ROLE_USER)
+        with who.refusing_first():
             window = request_window(state, params.ADMIN_PARAMETERS if admin else params.SELF_PARAMETERS)
             selection = params.parse_selection(request.args, admin=admin, prefers_csv=csvexport.prefers_csv(request))
-            if claim is not None and selection.username is not None:
-                # An administrator asking for a user by name: who asks is checked first.
-                user, claim = authenticate(gateway, role), None
-            asker = claim.user_id if claim is not None else _known(user).id
+            if selection.username is not None:
+                who.now()  # an administrator asking for a user by name: checked first
             # /self is one user's own rows, whatever the filters say: another user's key
             # id or name matches nothing of theirs.
             per_user = not admin or selection.username is not None
@@ -89,17 +76,13 @@ def _answer(*, admin: bool) -> Response:
             values: dict[str, Any] = {d: selection.filters[d] for d in shape.filtered}
             if shape.user:
                 # username=: the live user of that name; none (or a deleted one) has no rows.
-                values["user_id"] = asker if selection.username is None else live_user_id(gateway, selection.username)
+                values["user_id"] = who.id if selection.username is None else live_user_id(gateway, selection.username)
             nobody = shape.user and values["user_id"] is None
-            owner = None if admin else asker
+            owner = None if admin else who.id
             queries.check_answerable(window.view, window.start, window.end)
-        except Exception:
-            if claim is not None:
-                authenticate(gateway, role)
-            raise
         asked = etag.request_of(
             str(request.endpoint),
-            asker,
+            who.id,
             shape,
             window.view,
             window.start,
@@ -108,7 +91,7 @@ def _answer(*, admin: bool) -> Response:
             csv=selection.csv,
             owner=owner,
         )
-        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody, claim=claim)
+        tagged = etag.revalidate(state, conn, gateway, asked, reads=not nobody, claim=who.claim)
         if isinstance(tagged, Response):
             return tagged
         rows = []
