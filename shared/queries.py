@@ -672,7 +672,7 @@ def read_version(conn: Connection) -> Version:
 
 
 # The columns of _version_select's rows before those it is given.
-_VERSION_WIDTH = 5
+_VERSION_WIDTH = len(_version_select().selected_columns)
 
 
 @lru_cache(maxsize=512)
@@ -775,7 +775,7 @@ def read_version_and_signature(
     found = conn.execute(
         _beside(statement, extra) if extra is not None else statement, params | dict(extra_params)
     ).all()
-    width = _VERSION_WIDTH + 3
+    width = _VERSION_WIDTH + 3  # the signature's (rows, largest id, sum of ids)
     row = _also_row(found, width, extra)
     # The signature's row is the one whose count is not NULL.
     count = _VERSION_WIDTH
