@@ -18,6 +18,7 @@ from typing import Any
 
 from flask import g, request
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import models as m
 from shared.auth import User, plausible_token, user_by_access_token, user_of
@@ -112,6 +113,8 @@ class Asking:
         credentials learns nothing about what the route accepts (new-api's order)."""
         try:
             yield
+        except SQLAlchemyError:
+            raise  # the database failed (a 503): not a refusal, and nothing to check with
         except Exception:
             if self.claim is not None:
                 authenticate(self.gateway, self.min_role)

@@ -169,6 +169,29 @@ def test_authentication_comes_before_parameters(api, people):
     assert_failure(api.get(ALL, **as_(people, "alice"), granularity="week"), 403)
 
 
+def test_a_database_failure_before_the_version_is_not_followed_by_another_statement(sqlite_engine):
+    """auth.Asking.refusing_first: a refusal (a parameter's) made while the credentials
+    are only claimed gives way to authenticate's, which reads the database; a failure of
+    the database itself is raised as it is (a 503), never replaced by what a second
+    statement on the broken connection would raise (a 500). Here the connection is closed:
+    any statement on it fails with ResourceClosedError."""
+    from flask import Flask
+
+    from api.auth import Asking, Claim
+    from api.errors import ApiError
+
+    conn = sqlite_engine.connect()
+    conn.close()
+    who = Asking(conn, m.ROLE_USER, None, Claim("a" * 32, 1, m.ROLE_USER))
+    lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    with Flask(__name__).test_request_context(headers={"Authorization": "Bearer " + "a" * 32, "New-Api-User": "1"}):
+        with pytest.raises(sa.exc.OperationalError) as raised, who.refusing_first():
+            raise lost
+        assert raised.value is lost
+        with pytest.raises(sa.exc.ResourceClosedError), who.refusing_first():  # authenticate ran first
+            raise ApiError(400, "invalid granularity")
+
+
 # --- who sees what --------------------------------------------------------------------
 
 
