@@ -4,7 +4,7 @@ PostgreSQL and MySQL: a pooled connection is pinged before use only after it sat
 in the pool for PING_AFTER_IDLE seconds (`_ping_when_idle`, HikariCP's bypass window),
 not at every checkout: with psycopg2 SQLAlchemy's pre-ping costs two round trips (the
 SELECT 1 and a SET of the isolation level after it), more than a conditional API
-request's own two statements. A connection reused within the window was alive a moment
+request's own one or two statements. A connection reused within the window was alive a moment
 ago; if the server went away meanwhile, its next statement fails as a disconnect,
 SQLAlchemy then retires every connection of the pool opened before, and the request
 fails as one issued during the outage would (the API answers 503).

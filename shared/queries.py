@@ -269,8 +269,8 @@ def snapshot(engine: Engine, *, deferred: bool = False) -> Iterator[Connection]:
 
     `deferred`: the snapshot begins at `begin_snapshot(conn)`; until then each statement
     reads the newest commits on its own: for a conditional request, which mostly ends in
-    a 304 decided by two statements (who asks, the version) that need not agree with
-    each other. On PostgreSQL outside any transaction: the driver's autocommit, set on
+    a 304 decided by one statement (the version, with who asks beside it: api.auth's
+    Claim) or two (who asks, the version) that need not agree with each other. On PostgreSQL outside any transaction: the driver's autocommit, set on
     psycopg2's connection itself (no BEGIN, no ROLLBACK; SQLAlchemy's AUTOCOMMIT level
     would cost a SET when reset on return). On MySQL in the engine's READ COMMITTED,
     where every statement reads its own view (pymysql's autocommit costs a round trip
@@ -671,10 +671,6 @@ def read_version(conn: Connection) -> Version:
     return _version_of(conn.execute(_version_statement()).all())
 
 
-# The columns of _version_select's rows before those it is given.
-_VERSION_WIDTH = len(_version_select().selected_columns)
-
-
 @lru_cache(maxsize=512)
 def _beside(statement: Any, also: AnySelect) -> AnySelect:
     """`statement`'s rows, each with the columns of `also`'s one row (NULLs without one)
@@ -683,13 +679,21 @@ def _beside(statement: Any, also: AnySelect) -> AnySelect:
     return sa.select(*main.c, *extra.c).select_from(main.outerjoin(extra, sa.true()))
 
 
-def _also_row(found: Sequence[Any], width: int, also: AnySelect | None) -> Any:
-    """`also`'s row among the columns after the first `width` of the rows `found`
-    (_beside), or None where it had none."""
-    if also is None or not found or all(v is None for v in found[0][width:]):
-        return None
-    names = [c.name for c in also.selected_columns]
-    return SimpleNamespace(**dict(zip(names, found[0][width:], strict=True)))
+def _read_beside(
+    conn: Connection, statement: Any, params: Mapping[str, Any], also: tuple[AnySelect, Mapping[str, Any]] | None
+) -> tuple[Sequence[Any], Any]:
+    """`statement`'s rows and, read in the same statement (`_beside`), `also`'s one row
+    (a select and its parameters) with attributes named as its columns, or None."""
+    if also is None:
+        return conn.execute(statement, dict(params)).all(), None
+    extra, extra_params = also
+    found = conn.execute(_beside(statement, extra), {**params, **extra_params}).all()
+    width = len(statement.selected_columns)
+    rows = [tuple(r[:width]) for r in found]
+    if not found or all(v is None for v in found[0][width:]):
+        return rows, None
+    names = [c.name for c in extra.selected_columns]
+    return rows, SimpleNamespace(**dict(zip(names, found[0][width:], strict=True)))
 
 
 @lru_cache(maxsize=512)
@@ -763,26 +767,17 @@ def read_version_and_signature(
     `also`: a select of at most one row and its parameters (names apart from the
     answer's), read in the first of these statements (`_beside`): its row, with
     attributes named as its columns, is returned third (None for no row)."""
-    extra, extra_params = also if also is not None else (None, {})
     if guess is None or not view.realtime:
-        statement: Any = _version_statement()
-        found = conn.execute(_beside(statement, extra) if extra is not None else statement, dict(extra_params)).all()
+        found, row = _read_beside(conn, _version_statement(), {}, also)
         version = _version_of(found)
-        signature = tail_signature(conn, shape, view, start, end, values, version.progress)
-        return version, signature, _also_row(found, _VERSION_WIDTH, extra)
+        return version, tail_signature(conn, shape, view, start, end, values, version.progress), row
     params, n_gaps = _parameters(shape, view, start, end, values, guess)
-    statement = _versioned_signature_statement(shape, view, n_gaps)
-    found = conn.execute(
-        _beside(statement, extra) if extra is not None else statement, params | dict(extra_params)
-    ).all()
-    width = _VERSION_WIDTH + 3  # the signature's (rows, largest id, sum of ids)
-    row = _also_row(found, width, extra)
+    found, row = _read_beside(conn, _versioned_signature_statement(shape, view, n_gaps), params, also)
     # The signature's row is the one whose count is not NULL.
-    count = _VERSION_WIDTH
-    version = _version_of([r for r in found if r[count] is None])
+    version = _version_of([r for r in found if r[-3] is None])
     if version.progress != guess:
         return version, tail_signature(conn, shape, view, start, end, values, version.progress), row
-    n, top, total = next(r[count:width] for r in found if r[count] is not None)
+    n, top, total = next(r[-3:] for r in found if r[-3] is not None)
     return version, (int(n), int(top), int(total)), row
 
 
