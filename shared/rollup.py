@@ -364,19 +364,17 @@ def _delete_at_keys(conn: Connection, target: sa.Table, keys: sa.TableClause, ke
     conn.execute(sa.delete(target).where(*(target.c[k] == keys.c[k] for k in key), *where))
 
 
+def _fold_upsert(summary: agg.Summary) -> tuple[sa.Table, list[str], list[str], Callable[[Any], dict[str, Any]]]:
+    """The upsert that adds rows into the summary's table: the table, its columns (the
+    rows come in that order), its key, and the merge of an incoming row (agg.merge_into)."""
+    return summary.table, [c.name for c in summary.table.columns], list(summary.key), partial(agg.merge_into, summary)
+
+
 def _fold(conn: Connection, summary: agg.Summary, source: AnySelect, *, counted: bool = True) -> int:
     """Add `source`'s rows (grouped, in the table's column order) into the summary's table.
     Returns the rows added or updated (see `_upsert` for `counted`)."""
-    columns = [c.name for c in summary.table.columns]
-    return _upsert(
-        conn,
-        summary.table,
-        columns,
-        source,
-        list(summary.key),
-        lambda new: agg.merge_into(summary, new),
-        counted=counted,
-    )
+    table, columns, key, merge = _fold_upsert(summary)
+    return _upsert(conn, table, columns, source, key, merge, counted=counted)
 
 
 def _has_rows(conn: Connection, table: sa.TableClause, *where: Any) -> bool:
@@ -777,10 +775,8 @@ def _fold_statement(tz: str, new: bool, gaps: bool, summaries: tuple[agg.Summary
     d = _delta_select(_tick_rows(tz, bound["w"], bound["h"] if new else None, gaps)).cte(delta.name)
     folds: list[Any] = []
     for summary, source, _ in _fold_sources(d, summaries):
-        columns = [c.name for c in summary.table.columns]
-        upsert = _upsert_statement(
-            postgresql.insert, summary.table, columns, source, list(summary.key), partial(agg.merge_into, summary)
-        )
+        table, columns, key, merge = _fold_upsert(summary)
+        upsert = _upsert_statement(postgresql.insert, table, columns, source, key, merge)
         if not folds:
             upsert = upsert.returning(sa.literal(1))  # counted below: the finest table's rows
         folds.append(upsert.cte(f"fold_{summary.table.name}"))
