@@ -376,17 +376,19 @@ def main() -> None:
                 show(f"full answers with the writer, {name} (writer {stats.get('logs_per_second')} logs/s)", r)
                 out["b_full_writer_after" if name == "after" else "c_full_writer_before"].append(r)
 
-    def median(key: str) -> float | None:
-        runs = out.get(key) or []
-        return statistics.median(r["requests_per_second"] for r in runs) if runs else None
-
-    def api_cpu(runs: list[dict]) -> float | None:
-        # The API's CPU per request: what the code measured changes, whatever else runs.
-        found = [r["cpu_ms_per_request"]["api"] for r in runs if r.get("cpu_ms_per_request")]
+    def median(key: str, pick: Callable[[dict], float | None]) -> float | None:
+        found = [v for v in map(pick, out.get(key) or []) if v is not None]
         return statistics.median(found) if found else None
 
-    after, before = median("b_full_writer_after"), median("c_full_writer_before")
-    cpu_after, cpu_before = api_cpu(out["b_full_writer_after"]), api_cpu(out["c_full_writer_before"])
+    def rate(r: dict) -> float:
+        return float(r["requests_per_second"])
+
+    def api_cpu(r: dict) -> float | None:
+        # The API's CPU per request: what the code measured changes, whatever else runs.
+        return r["cpu_ms_per_request"]["api"] if r.get("cpu_ms_per_request") else None
+
+    after, before = median("b_full_writer_after", rate), median("c_full_writer_before", rate)
+    cpu_after, cpu_before = median("b_full_writer_after", api_cpu), median("c_full_writer_before", api_cpu)
     out["summary"] = {
         "a_rps": out["a_conditional"]["requests_per_second"],
         "a_p99_ms": out["a_conditional"]["p99_ms"],

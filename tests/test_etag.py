@@ -158,9 +158,9 @@ FLOW_SELF = ("/api/data/flow/self", ALICE)
 def test_a_304_is_one_statement_that_also_checks_who_asks(engine):
     """With the users in the answer's database, a conditional request's credentials are
     read in the statement that reads its version (api.auth.Claim): an unchanged answer
-    costs that one statement, on every route whose answer does not depend on the role. The claim is checked before any answer: a wrong token, a
-    user id that is not the token's, a disabled user or a guest gets its refusal, never
-    the 304 (nor the rows)."""
+    costs that one statement, on every route whose answer does not depend on the role.
+    The claim is checked before any answer: a wrong token, a user id that is not the
+    token's, a disabled user or a guest gets its refusal, never the 304 (nor the rows)."""
     settings, api, tokens = setup(engine)
     insert(engine, logs_at(ALICE, 1, 2))
     tick(engine, settings)
